@@ -1,0 +1,192 @@
+"""The ``dynsearch`` command: thin argument handling over the library.
+
+Exit codes: 0 success; 2 for anything the user can fix (one line, no
+traceback); 1 for an internal failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  dynsearch train                          train the default recipe's default point
+  dynsearch search                         multi-objective search, default recipe
+  dynsearch search digits-exits --trials 16 --out runs/demo
+  dynsearch pareto runs/demo --json
+  dynsearch list
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dynsearch",
+        description="Search dynamic neural networks (early exits, gates, experts, adaptive "
+        "computation) for the best accuracy / cost trade-off.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from dynsearch import __version__
+
+    parser.add_argument("--version", action="version", version=f"dynsearch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    recipe_help = "a YAML recipe path or a built-in recipe name (default: digits-exits; see 'dynsearch list')"
+
+    train = commands.add_parser("train", help="train the recipe's default point once and measure it",
+                                description="Train the recipe's default configuration once and print "
+                                "test accuracy, macs (test split mean of what ran), macs_full and params.")
+    train.add_argument("recipe", nargs="?", help=recipe_help)
+    train.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
+    train.add_argument("--out", help="also save config.json, model.safetensors and metrics.json here")
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+
+    search = commands.add_parser("search", help="run or resume a multi-objective search",
+                                 description="Run a multi-objective search (Ray Tune trials, Optuna "
+                                 "sampler) and print its Pareto front. Re-running on the same --out resumes.")
+    search.add_argument("recipe", nargs="?", help=recipe_help)
+    search.add_argument("--trials", type=_positive_int, help="number of COMPLETE trials wanted")
+    search.add_argument("--epochs", type=_positive_int, help="epochs per trial")
+    search.add_argument("--concurrent", type=_positive_int, help="trials running at once")
+    search.add_argument("--sampler", choices=["nsga2", "tpe", "random"], help="Optuna sampler")
+    search.add_argument("--seed", type=int, help="search seed")
+    search.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    search.add_argument("--address", help="join an existing Ray cluster (HOST:PORT); default: a local instance")
+    search.add_argument("--json", action="store_true", help="print the front as JSON when done")
+
+    front = commands.add_parser("pareto", help="print the Pareto front of a run",
+                                description="Print the non-dominated trials of a run directory.")
+    front.add_argument("run_dir", help="a search's run directory")
+    front.add_argument("--json", action="store_true", help="print a JSON list")
+
+    listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _print_front(front: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Pareto front (validation accuracy vs MACs)")
+    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits at"):
+        table.add_column(column, justify="right")
+    for item in front:
+        exits = item["config"].get("exits", {}).get("stages", [])
+        table.add_row(
+            str(item["trial"]),
+            f"{item['accuracy']:.4f}",
+            f"{item['test_accuracy']:.4f}",
+            f"{item['macs']:,.0f}",
+            f"{item['macs'] / item['macs_full']:.0%}",
+            f"{item['params']:,}",
+            ",".join(map(str, exits)) or "-",
+        )
+    Console().print(table)
+
+
+def _cmd_train(args) -> int:
+    import dynsearch
+
+    result = dynsearch.train(args.recipe, out=args.out, epochs=args.epochs)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        share = result["macs"] / result["macs_full"]
+        print(f"test accuracy {result['test_accuracy']:.4f}")
+        print(f"macs          {result['macs']:,.0f} per sample ({share:.1%} of macs_full)")
+        print(f"macs_full     {result['macs_full']:,}")
+        print(f"params        {result['params']:,}")
+        if "exit_histogram" in result:
+            print(f"exits taken   {result['exit_histogram']} (per stage, test split)")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    import dynsearch
+
+    result = dynsearch.search(
+        args.recipe, out=args.out, address=args.address, progress=True,
+        trials=args.trials, epochs=args.epochs, concurrent_trials=args.concurrent,
+        seed=args.seed, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
+    )
+    if args.json:
+        print(json.dumps(result.front))
+    else:
+        _print_front(result.front)
+        print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_pareto(args) -> int:
+    import dynsearch
+
+    front = dynsearch.pareto(args.run_dir)
+    if args.json:
+        print(json.dumps(front))
+    else:
+        _print_front(front)
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from dynsearch.dynamic import MECHANISMS
+    from dynsearch.recipe import builtin_recipes
+    from dynsearch.spaces import available_spaces
+
+    listing = {
+        "recipes": sorted(builtin_recipes()),
+        "spaces": available_spaces(),
+        "mechanisms": [
+            {"name": m.name, "family": m.family, "paper": m.paper} for m in MECHANISMS.values()
+        ],
+    }
+    if args.json:
+        print(json.dumps(listing))
+        return 0
+    print("recipes:    " + ", ".join(listing["recipes"]))
+    print("spaces:     " + ", ".join(listing["spaces"]))
+    print("mechanisms:")
+    for m in listing["mechanisms"]:
+        print(f"  {m['name']:<10} {m['family']:<12} {m['paper']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from dynsearch.errors import UserError
+
+    handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "list": _cmd_list}
+    try:
+        return handlers[args.command](args)
+    except UserError as exc:
+        print(f"dynsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dynsearch: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

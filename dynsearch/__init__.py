@@ -1,0 +1,8 @@
+"""dynsearch: search the architecture and runtime policy of dynamic neural networks."""
+from dynsearch.api import SearchResult, search, train
+from dynsearch.errors import UserError
+from dynsearch.front import pareto
+from dynsearch.recipe import Recipe, load_recipe
+
+__version__ = "0.1.0"
+__all__ = ["Recipe", "SearchResult", "UserError", "load_recipe", "pareto", "search", "train", "__version__"]

@@ -1,0 +1,76 @@
+"""The Python API, mirrored by the CLI: train, search, pareto."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynsearch.recipe import Recipe, load_recipe
+
+
+def _recipe(recipe_or_path: Recipe | str | Path | None, overrides: dict[str, Any]) -> Recipe:
+    recipe = recipe_or_path if isinstance(recipe_or_path, Recipe) else load_recipe(recipe_or_path)
+    return recipe.with_overrides(**overrides) if overrides else recipe
+
+
+def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | None = None, **overrides) -> dict[str, Any]:
+    """Train the recipe's default point once; return its measured figures.
+
+    Returns ``test_accuracy``, ``macs`` (mean over the test split of what each
+    sample's trace says ran), ``macs_full``, ``params``, plus ``val_accuracy``,
+    ``val_macs`` and ``exit_histogram`` (test split) where the model has exits.
+    With ``out``, the config, weights and metrics are written there.
+    """
+    import torch
+
+    from dynsearch.data import load_splits
+    from dynsearch.spaces import default_config
+    from dynsearch.trial import evaluate, save_trial, train_model
+
+    recipe = _recipe(recipe_or_path, overrides)
+    torch.set_num_threads(max(1, int(recipe.cpus_per_trial)))
+    data = recipe.data
+    splits = load_splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
+    config = default_config(recipe, splits)
+    model = train_model(config, splits)
+    metrics = evaluate(model, splits)
+    result = {
+        "test_accuracy": metrics["test_accuracy"],
+        "macs": metrics["test_macs"],
+        "macs_full": metrics["macs_full"],
+        "params": metrics["params"],
+        "val_accuracy": metrics["accuracy"],
+        "val_macs": metrics["macs"],
+    }
+    if "test_exit_histogram" in metrics:
+        result["exit_histogram"] = metrics["test_exit_histogram"]
+    if out is not None:
+        save_trial(Path(out).expanduser().resolve(), config, model, {**metrics, "status": "COMPLETE"})
+    return result
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    front: list[dict[str, Any]]
+
+
+def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | None = None,
+           address: str | None = None, progress: bool = False, **overrides) -> SearchResult:
+    """Run (or resume) a multi-objective search; return the run directory and its front.
+
+    ``overrides`` replace top-level recipe fields (``trials=8``, ``epochs=2``...).
+    ``out`` defaults to ``runs/<recipe name>``.
+    """
+    from dynsearch.front import pareto
+    from dynsearch.tuner import run_search
+
+    recipe = _recipe(recipe_or_path, overrides)
+    out = Path(out) if out is not None else Path("runs") / recipe.name
+    callback = None
+    if progress:
+        from dynsearch.progress import Progress
+
+        callback = Progress(recipe.trials, out.expanduser().resolve())
+    run_dir = run_search(recipe, out, address=address, progress=callback)
+    return SearchResult(run_dir, pareto(run_dir))

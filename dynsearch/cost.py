@@ -1,0 +1,89 @@
+"""Cost accounting: per-component MACs, measured once, summed over what each trace says ran.
+
+Convention (DESIGN.md): MACs of convolutions, linear layers and matrix
+products, i.e. ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 (bias,
+normalisation, activations and pooling not counted).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_macs(fn: Callable[[], Any]) -> int:
+    """MACs of whatever ``fn()`` computes, counted by FlopCounterMode (FLOPs / 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() // 2
+
+
+@torch.no_grad()
+def measure_component_macs(model) -> dict[str, int]:
+    """Per-sample MACs of each component of a DynamicModel.
+
+    A dry run of a copy in training mode (every path runs) records each
+    component's input shape; each component is then counted alone at batch 1.
+    """
+    probe = copy.deepcopy(model)
+    components = probe.components()
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name):
+        def hook(_module, args):
+            shapes.setdefault(name, tuple(args[0].shape[1:]))
+
+        return hook
+
+    hooks = [module.register_forward_pre_hook(recorder(name)) for name, module in components.items()]
+    probe.train()
+    probe(probe.example_input(batch_size=2))
+    for hook in hooks:
+        hook.remove()
+    probe.eval()
+    macs = {}
+    for name, module in components.items():
+        if name not in shapes:
+            raise RuntimeError(f"component {name!r} did not run in the training-mode dry run")
+        x = torch.zeros(1, *shapes[name])
+        macs[name] = count_macs(lambda: module(x))
+    return macs
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+@torch.no_grad()
+def measure(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
+    """Accuracy and mean per-sample MACs of ``model`` in eval mode on a split.
+
+    MACs come from the traces of what actually ran (the model really skips).
+    Returns ``accuracy``, ``macs``, ``macs_full``, ``exit_histogram`` (when the
+    mechanism records exits) and ``per_sample_macs`` (a list).
+    """
+    was_training = model.training
+    model.eval()
+    component_macs = model.component_macs()
+    correct, per_sample, exits = 0, [], []
+    for start in range(0, len(inputs), batch_size):
+        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+        out = model(x)
+        correct += int((out.logits.argmax(dim=1) == y).sum())
+        per_sample.append(out.trace.macs_per_sample(component_macs))
+        if "exit_index" in out.trace.records:
+            exits.append(out.trace.records["exit_index"])
+    model.train(was_training)
+    macs = torch.cat(per_sample)
+    result: dict[str, Any] = {
+        "accuracy": correct / len(inputs),
+        "macs": float(macs.mean()),
+        "macs_full": model.macs_full(),
+        "per_sample_macs": macs.tolist(),
+    }
+    if exits:
+        counts = torch.bincount(torch.cat(exits), minlength=len(getattr(model, "stages", [])))
+        result["exit_histogram"] = counts.tolist()
+    return result

@@ -1,0 +1,140 @@
+"""Early-exit networks.
+
+BranchyNet: Teerapittayanon, McDanel & Kung, "BranchyNet: Fast Inference via
+Early Exiting from Deep Neural Networks", ICPR 2016. Exit heads sit after
+chosen stages; training minimises the weighted joint loss sum_n w_n * CE_n
+over every head; at inference a sample leaves at the first head whose
+confidence reaches the threshold (here the maximum softmax probability), and
+the stages after it are never computed for that sample.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
+
+
+@register_mechanism(
+    "exits",
+    family="early-exit",
+    paper="BranchyNet (Teerapittayanon et al., ICPR 2016): max-softmax confidence exits",
+)
+class EarlyExitNet(DynamicModel):
+    """A backbone with exit heads after the stages listed in ``config["exits"]["stages"]``.
+
+    Config keys: ``input_shape``, ``num_classes``, ``backbone`` (see
+    backbones.py) and ``exits``: ``stages`` (indices of stages followed by an
+    exit head; the last stage always ends in the final classifier),
+    ``head_width`` (hidden width of each exit head, 0 for a linear head),
+    ``threshold`` (max-softmax confidence needed to exit) and ``loss_weight``
+    (weight of each exit head's loss; the final classifier's weight is 1).
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        exits = config["exits"]
+        self.stem, stages = build_backbone(config)
+        self.stages = nn.ModuleList(stages)
+        shapes = stage_output_shapes(self.stem, stages, config["input_shape"])
+        last = len(stages) - 1
+        self.exit_stages = sorted({int(i) for i in exits["stages"] if 0 <= int(i) < last})
+        num_classes = config["num_classes"]
+        self.heads = nn.ModuleDict(
+            {
+                str(i): make_head(shapes[i], num_classes, exits.get("head_width") or None)
+                for i in self.exit_stages
+            }
+        )
+        self.classifier = make_head(shapes[last], num_classes)
+        self._exit_set = set(self.exit_stages)
+        self.threshold = float(exits["threshold"])
+        self.loss_weight = float(exits.get("loss_weight", 1.0))
+
+    # -- contract -----------------------------------------------------------
+    def components(self) -> dict[str, nn.Module]:
+        parts = {"stem": self.stem}
+        parts.update({f"stage{i}": stage for i, stage in enumerate(self.stages)})
+        parts.update({f"exit{i}": self.heads[str(i)] for i in self.exit_stages})
+        parts["classifier"] = self.classifier
+        return parts
+
+    def static_components(self) -> list[str]:
+        return ["stem", *(f"stage{i}" for i in range(len(self.stages))), "classifier"]
+
+    def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
+        if output.head_logits is None:  # eval output: only the exits taken
+            return nn.functional.cross_entropy(output.logits, target)
+        *exit_logits, final_logits = output.head_logits
+        loss = nn.functional.cross_entropy(final_logits, target)
+        for logits in exit_logits:
+            loss = loss + self.loss_weight * nn.functional.cross_entropy(logits, target)
+        return loss
+
+    def forward(self, x: torch.Tensor) -> DynamicOutput:
+        if self.training:
+            return self._forward_all(x)
+        return self._forward_exiting(x)
+
+    # -- training: every head on every sample --------------------------------
+    def _forward_all(self, x: torch.Tensor) -> DynamicOutput:
+        batch = x.shape[0]
+        ones = x.new_ones(batch)
+        counts = {name: ones for name in self.components()}
+        h = self.stem(x)
+        head_logits = []
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i in self._exit_set:
+                head_logits.append(self.heads[str(i)](h))
+        head_logits.append(self.classifier(h))
+        exit_index = torch.full((batch,), len(self.stages) - 1, dtype=torch.long)
+        trace = Trace(counts, {"exit_index": exit_index})
+        return DynamicOutput(head_logits[-1], trace, head_logits)
+
+    # -- eval: leave at the first confident head -----------------------------
+    def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
+        batch = x.shape[0]
+        last = len(self.stages) - 1
+        counts = {name: x.new_zeros(batch) for name in self.components()}
+        counts["stem"] += 1
+        exit_index = torch.full((batch,), last, dtype=torch.long)
+        logits_out = None
+        alive = torch.arange(batch)  # samples still running
+        h = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            counts[f"stage{i}"][alive] += 1
+            if i == last:
+                break
+            head = self.heads[str(i)] if i in self._exit_set else None
+            if head is None:
+                continue
+            logits = head(h)
+            counts[f"exit{i}"][alive] += 1
+            leave = logits.softmax(dim=1).amax(dim=1) >= self.threshold
+            if logits_out is None:
+                logits_out = logits.new_zeros(batch, logits.shape[1])
+            if batch == 1:  # fast path: one decision, no index bookkeeping
+                if bool(leave):
+                    exit_index[0] = i
+                    return DynamicOutput(logits, Trace(counts, {"exit_index": exit_index}))
+                continue
+            if leave.any():
+                gone = alive[leave]
+                logits_out[gone] = logits[leave]
+                exit_index[gone] = i
+                stay = ~leave
+                alive, h = alive[stay], h[stay]
+                if alive.numel() == 0:
+                    return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+        logits = self.classifier(h)
+        counts["classifier"][alive] += 1
+        if logits_out is None:
+            logits_out = logits
+        else:
+            logits_out[alive] = logits
+        return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))

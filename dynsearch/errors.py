@@ -1,0 +1,9 @@
+"""Errors a user can fix (exit code 2) as opposed to internal failures (exit code 1)."""
+
+
+class UserError(Exception):
+    """A problem the user can fix: bad recipe, argument, path or file.
+
+    The message is one line that names the problem and the fix; the CLI prints
+    it without a traceback and exits with code 2.
+    """

@@ -1,0 +1,83 @@
+"""The Pareto front of a run, read from its Optuna study and trial folders.
+
+Reading a front imports neither Ray nor any mechanism.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dynsearch.errors import UserError
+
+FRONT_FILE = "pareto.json"
+
+
+def _check_run_dir(run_dir: str | Path) -> Path:
+    from dynsearch.tuner import STUDY_FILE
+
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise UserError(f"run directory {run_dir}: not found; pass the --out folder of a search")
+    if not (path / STUDY_FILE).is_file():
+        raise UserError(f"run directory {run_dir}: holds no {STUDY_FILE}; pass the --out folder of a search")
+    return path.resolve()
+
+
+def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The non-dominated COMPLETE trials of a run, most accurate first.
+
+    Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
+    ``macs``, ``macs_full``, ``params``, ``config`` and ``stats``.
+    """
+    from dynsearch.tuner import open_study, read_trial_metrics, trial_dir
+
+    path = _check_run_dir(run_dir)
+    try:
+        study = open_study(path)
+    except Exception as exc:  # a journal that optuna cannot replay
+        raise UserError(f"run directory {run_dir}: the study cannot be read ({exc.__class__.__name__}); "
+                        "the journal is corrupt") from None
+    front = []
+    for trial in study.best_trials:  # Optuna's non-dominated set over COMPLETE trials
+        metrics = read_trial_metrics(path, trial.number)
+        config_path = trial_dir(path, trial.number) / "config.json"
+        if metrics.get("status") != "COMPLETE" or not config_path.is_file():
+            raise UserError(
+                f"run directory {run_dir}: trial {trial.number} is COMPLETE in the study but its "
+                f"folder {config_path.parent} is missing or incomplete; restore it or start a new run"
+            )
+        front.append(
+            {
+                "trial": trial.number,
+                "accuracy": float(metrics["accuracy"]),
+                "test_accuracy": float(metrics["test_accuracy"]),
+                "macs": float(metrics["macs"]),
+                "macs_full": int(metrics["macs_full"]),
+                "params": int(metrics["params"]),
+                "config": json.loads(config_path.read_text(encoding="utf-8")),
+                "stats": {},
+            }
+        )
+    front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"]))
+    return front
+
+
+def write_front(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Compute the front and store it as ``pareto.json`` in the run directory."""
+    from dynsearch.trial import write_json
+
+    front = pareto(run_dir)
+    write_json(Path(run_dir) / FRONT_FILE, front)
+    return front
+
+
+def trial_counts(run_dir: str | Path) -> dict[str, int]:
+    """How many trials of the study are in each state."""
+    from dynsearch.tuner import open_study
+
+    study = open_study(_check_run_dir(run_dir))
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts

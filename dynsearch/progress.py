@@ -1,0 +1,60 @@
+"""A line of progress per trial event during a search (a Ray Tune callback)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray import tune
+from rich.console import Console
+
+from dynsearch.tuner import read_trial_metrics
+
+
+class Progress(tune.Callback):
+    """Prints trials done / running / failed and elapsed time as trials start and end."""
+
+    def __init__(self, total: int, run_dir: Path, console: Console | None = None):
+        self.total, self.run_dir = total, run_dir
+        self.console = console or Console(stderr=True, highlight=False)
+        self.started = time.time()
+        self.running: set[str] = set()
+        self.done = self.failed = 0
+        self.best_accuracy: float | None = None
+
+    def _line(self, event: str) -> None:
+        elapsed = int(time.time() - self.started)
+        best = "" if self.best_accuracy is None else f", best val acc {self.best_accuracy:.3f}"
+        self.console.print(
+            f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {event} | {self.done}/{self.total} done, "
+            f"{len(self.running)} running, {self.failed} failed{best}"
+        )
+
+    @staticmethod
+    def _number(trial) -> int | None:
+        config = trial.config.get("dynsearch", {}) if isinstance(trial.config, dict) else {}
+        return config.get("trial")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._line(f"trial {self._number(trial)} started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        number = self._number(trial)
+        metrics = read_trial_metrics(self.run_dir, number) if number is not None else {}
+        if metrics.get("status") == "COMPLETE":
+            self.done += 1
+            accuracy = metrics["accuracy"]
+            self.best_accuracy = max(self.best_accuracy or 0.0, accuracy)
+            share = metrics["macs"] / metrics["macs_full"]
+            self._line(f"trial {number} COMPLETE val acc {accuracy:.3f}, macs {metrics['macs']:,.0f} ({share:.0%} of full)")
+        else:
+            self.failed += 1
+            self._line(f"trial {number} FAIL")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        number = self._number(trial)
+        reason = read_trial_metrics(self.run_dir, number).get("reason", "see Ray's error file") if number is not None else ""
+        self._line(f"trial {number} FAIL: {reason}")

@@ -1,0 +1,222 @@
+"""Recipes: YAML (read with yaml.safe_load) validated into a typed pydantic model.
+
+Every invalid or unknown field becomes a ``UserError`` whose one-line message
+names the field and the fix.
+"""
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynsearch.errors import UserError
+
+OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min"}
+DEFAULT_RECIPE = "digits-exits"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    name: str = "digits"
+    split_seed: int = 0
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from dynsearch.data import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}")
+        return name
+
+
+class BackboneSpec(_Strict):
+    kind: Literal["cnn", "mlp"] = "cnn"
+    widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8)
+    depth: int = Field(1, ge=1, le=8)
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, widths: list[int]) -> list[int]:
+        if any(w < 1 or w > 4096 for w in widths):
+            raise ValueError("every width must be between 1 and 4096")
+        return widths
+
+
+class Objective(_Strict):
+    name: Literal["accuracy", "macs", "params"]
+    direction: Optional[Literal["max", "min"]] = None
+
+    @model_validator(mode="after")
+    def _natural_direction(self) -> "Objective":
+        natural = OBJECTIVE_DIRECTIONS[self.name]
+        if self.direction is None:
+            self.direction = natural
+        elif self.direction != natural:
+            raise ValueError(f"{self.name} can only be {natural}imised; set direction: {natural} or leave it out")
+        return self
+
+
+class SamplerSpec(_Strict):
+    name: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population_size: Optional[int] = Field(None, ge=2, description="NSGA-II population; default trials // 3")
+    n_startup_trials: Optional[int] = Field(None, ge=1, description="TPE random start; default trials // 4")
+
+
+class Recipe(_Strict):
+    """A search (or a single training) described in full."""
+
+    name: str = "recipe"
+    data: DataSpec = Field(default_factory=DataSpec)
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    space: str = "exits"
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(name="accuracy"), Objective(name="macs")], min_length=1
+    )
+    trials: int = Field(16, ge=1, le=100000)
+    epochs: int = Field(15, ge=1, le=10000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    seed: int = 0
+    cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)
+    concurrent_trials: int = Field(1, ge=1, le=1024)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("space")
+    @classmethod
+    def _known_space(cls, space: str) -> str:
+        from dynsearch.spaces import available_spaces
+
+        if space not in available_spaces():
+            raise ValueError(f"unknown search space {space!r}; use one of {available_spaces()}")
+        return space
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_objectives(cls, objectives: list[Objective]) -> list[Objective]:
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives repeat a name ({names}); list each objective once")
+        return objectives
+
+    @model_validator(mode="after")
+    def _budget(self) -> "Recipe":
+        pop = self.sampler.population_size
+        if self.sampler.name == "nsga2" and pop is not None and pop > max(2, self.trials // 3):
+            raise ValueError(
+                f"sampler.population_size={pop} is more than a third of trials={self.trials}; "
+                f"use at most {max(2, self.trials // 3)} or leave it out"
+            )
+        return self
+
+    # -- derived --------------------------------------------------------------
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def metric_modes(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def population_size(self) -> int:
+        """NSGA-II population scaled to the budget: at most a third of the trials."""
+        return self.sampler.population_size or max(2, self.trials // 3)
+
+    def n_startup_trials(self) -> int:
+        return self.sampler.n_startup_trials or max(1, min(10, self.trials // 4))
+
+    def with_overrides(self, **overrides: Any) -> "Recipe":
+        """A validated copy with top-level fields replaced (None values are ignored)."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                value = {**data[key], **value}  # a nested override keeps the other settings
+            data[key] = value
+        return parse_recipe(data, source="overrides")
+
+
+def _format_error(error: dict[str, Any], source: str) -> str:
+    loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    kind = error["type"]
+    where = f"recipe {source}"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field '{loc}'; remove it or check its spelling"
+    if kind == "missing":
+        return f"{where}: field '{loc}' is required; add it"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    field = f"field '{loc}'" if loc else "recipe"
+    return f"{where}: {field}: {message}{shown}"
+
+
+def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
+    """Validate a mapping into a Recipe; raise UserError with a one-line message."""
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {source}: must be a YAML mapping of fields (got {type(data).__name__})")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_error(exc.errors()[0], source)) from None
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Recipes shipped with the package: name -> path."""
+    folder = resources.files("dynsearch.recipes")
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith((".yaml", ".yml"))
+    }
+
+
+def resolve_recipe_path(recipe: str | Path | None) -> Path:
+    """A recipe argument is a path or the name of a built-in recipe."""
+    if recipe is None:
+        recipe = DEFAULT_RECIPE
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    builtin = builtin_recipes()
+    if str(recipe) in builtin:
+        return builtin[str(recipe)]
+    if path.exists():
+        raise UserError(f"recipe {recipe}: is not a file; pass a YAML recipe file")
+    raise UserError(
+        f"recipe {recipe}: no such file or built-in recipe; pass a YAML path or one of {sorted(builtin)}"
+    )
+
+
+def load_recipe(recipe: str | Path | None = None) -> Recipe:
+    """Read and validate a recipe given as a path or a built-in name."""
+    path = resolve_recipe_path(recipe)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"recipe {path}: cannot be read ({exc.__class__.__name__}); check the file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"recipe {path}: not valid YAML{where}; fix the syntax") from None
+    return parse_recipe(data, source=str(path))
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return recipe.model_dump(mode="json")
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,50 @@
+"""Resolve search spaces by name and evaluate their default point."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+# Spaces registered at run time (a user's own, or a test's), by name.
+_REGISTERED: dict[str, Any] = {}
+
+
+def register_space(name: str, space: Any) -> None:
+    """Make ``space`` (anything with ``DEFAULTS`` and ``define(trial, recipe, data)``)
+    usable as ``space: name`` in recipes of this process."""
+    if not callable(getattr(space, "define", None)) or not isinstance(getattr(space, "DEFAULTS", None), dict):
+        raise TypeError("a search space needs a DEFAULTS dict and a define(trial, recipe, data) function")
+    _REGISTERED[name] = space
+
+
+def available_spaces() -> list[str]:
+    import dynsearch.search_spaces as package
+
+    shipped = {m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")}
+    return sorted(shipped | set(_REGISTERED))
+
+
+def get_space(name: str) -> Any:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    return importlib.import_module(f"dynsearch.search_spaces.{name}")
+
+
+def default_config(recipe, data) -> dict[str, Any]:
+    """The trial config of the space's default point, with the recipe's ``defaults`` applied."""
+    import optuna
+
+    from dynsearch.errors import UserError
+
+    space = get_space(recipe.space)
+    params = {**space.DEFAULTS, **recipe.defaults}
+    unknown = sorted(set(recipe.defaults) - set(space.DEFAULTS))
+    if unknown:
+        raise UserError(
+            f"recipe field 'defaults': unknown parameter(s) {unknown} for space {recipe.space!r}; "
+            f"use {sorted(space.DEFAULTS)}"
+        )
+    try:
+        return space.define(optuna.trial.FixedTrial(params, number=0), recipe, data)
+    except ValueError as exc:  # FixedTrial rejects values outside the space
+        raise UserError(f"recipe field 'defaults': {exc}; pick a value inside the space") from None

@@ -1,0 +1,176 @@
+"""One trial: Lightning training of a DynamicModel, then measurement.
+
+``run_config`` is the whole trial, used by ``dynsearch train`` directly and by
+the Ray Tune trainable (tuner.py), which passes a ``report`` function.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dynsearch.cost import count_params, measure
+from dynsearch.dynamic import DynamicModel, build_model
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def _quiet_lightning() -> None:
+    # Lightning sets its loggers to INFO when imported, so this runs after the import.
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def _lightning():
+    import pytorch_lightning as pl
+
+    _quiet_lightning()
+    return pl
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or metric came out NaN or infinite."""
+
+
+def make_module(model: DynamicModel, lr: float):
+    """The LightningModule around a DynamicModel (built lazily: Lightning is imported here)."""
+    pl = _lightning()
+
+    class DynamicModule(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self._val_correct = 0
+            self._val_macs = 0.0
+            self._val_count = 0
+
+        def training_step(self, batch, _index):
+            x, y = batch
+            loss = self.model.training_loss(self.model(x), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"training loss is {float(loss)} at epoch {self.current_epoch}")
+            return loss
+
+        def on_validation_epoch_start(self):
+            self._val_correct, self._val_macs, self._val_count = 0, 0.0, 0
+
+        def validation_step(self, batch, _index):
+            x, y = batch
+            out = self.model(x)  # eval mode: real per-sample decisions
+            self._val_correct += int((out.logits.argmax(1) == y).sum())
+            self._val_macs += float(out.trace.macs_per_sample(self.model.component_macs()).sum())
+            self._val_count += len(y)
+
+        def on_validation_epoch_end(self):
+            if self._val_count:
+                self.log("val_accuracy", self._val_correct / self._val_count)
+                self.log("val_macs", self._val_macs / self._val_count)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=lr)
+
+    return DynamicModule()
+
+
+def make_report_callback(report: Report):
+    """A Lightning callback that reports each epoch's validation metrics through ``report``."""
+    pl = _lightning()
+
+    class ReportCallback(pl.Callback):
+        def on_validation_epoch_end(self, trainer, _module):
+            if trainer.sanity_checking:
+                return
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            report(
+                {
+                    "epoch": trainer.current_epoch,
+                    "accuracy": metrics.get("val_accuracy", float("nan")),
+                    "macs": metrics.get("val_macs", float("nan")),
+                    "final": False,
+                }
+            )
+
+    return ReportCallback()
+
+
+def train_model(config: dict[str, Any], splits, report: Report | None = None) -> DynamicModel:
+    """Train the model a trial config describes on ``splits`` with Lightning."""
+    pl = _lightning()
+    train = config["train"]
+    torch.manual_seed(int(train["seed"]))
+    model = build_model(config)
+    model.component_macs()  # measured once, before training
+    generator = torch.Generator().manual_seed(int(train["seed"]))
+    train_loader = DataLoader(
+        TensorDataset(splits.train_x, splits.train_y),
+        batch_size=int(train["batch_size"]),
+        shuffle=True,
+        generator=generator,
+    )
+    val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
+    callbacks = [make_report_callback(report)] if report else []
+    trainer = pl.Trainer(
+        max_epochs=int(train["epochs"]),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        deterministic=False,
+    )
+    trainer.fit(make_module(model, float(train["lr"])), train_loader, val_loader)
+    model.eval()
+    return model
+
+
+def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
+    """The objectives of a trained model: validation for selection, test for reporting only."""
+    val = measure(model, splits.val_x, splits.val_y)
+    test = measure(model, splits.test_x, splits.test_y)
+    metrics = {
+        "accuracy": val["accuracy"],
+        "macs": val["macs"],
+        "macs_full": val["macs_full"],
+        "params": count_params(model),
+        "test_accuracy": test["accuracy"],
+        "test_macs": test["macs"],
+    }
+    if "exit_histogram" in val:
+        metrics["exit_histogram"] = val["exit_histogram"]
+        metrics["test_exit_histogram"] = test["exit_histogram"]
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"non-finite metric(s) {bad}: {[metrics[k] for k in bad]}")
+    return metrics
+
+
+def save_trial(trial_dir: Path, config: dict[str, Any], model: DynamicModel | None, metrics: dict[str, Any]) -> None:
+    """Write config.json, model.safetensors and metrics.json (each atomically)."""
+    from safetensors.torch import save_file
+
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    write_json(trial_dir / "config.json", config)
+    if model is not None:
+        tmp = trial_dir / "model.safetensors.tmp"
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp))
+        os.replace(tmp, trial_dir / "model.safetensors")
+    write_json(trial_dir / "metrics.json", metrics)
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Ready YAML recipes, installed as ``dynsearch.recipes`` package data."""
