@@ -14,7 +14,7 @@ FRONT_FILE = "pareto.json"
 
 
 def _check_run_dir(run_dir: str | Path) -> Path:
-    from dynsearch.tuner import STUDY_FILE
+    from dynsearch.study import STUDY_FILE
 
     path = Path(run_dir).expanduser()
     if not path.is_dir():
@@ -30,7 +30,7 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
     Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
     ``macs``, ``macs_full``, ``params``, ``config`` and ``stats``.
     """
-    from dynsearch.tuner import open_study, read_trial_metrics, trial_dir
+    from dynsearch.study import open_study, read_trial_metrics, trial_dir
 
     path = _check_run_dir(run_dir)
     try:
@@ -74,7 +74,7 @@ def write_front(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def trial_counts(run_dir: str | Path) -> dict[str, int]:
     """How many trials of the study are in each state."""
-    from dynsearch.tuner import open_study
+    from dynsearch.study import open_study
 
     study = open_study(_check_run_dir(run_dir))
     counts: dict[str, int] = {}

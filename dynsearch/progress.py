@@ -7,7 +7,7 @@ from pathlib import Path
 from ray import tune
 from rich.console import Console
 
-from dynsearch.tuner import read_trial_metrics
+from dynsearch.study import read_trial_metrics
 
 
 class Progress(tune.Callback):
@@ -21,12 +21,20 @@ class Progress(tune.Callback):
         self.done = self.failed = 0
         self.best_accuracy: float | None = None
 
+    def __getstate__(self):  # Ray pickles callbacks; a console holds a lock
+        return {k: v for k, v in self.__dict__.items() if k != "console"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.console = Console(stderr=True, highlight=False)
+
     def _line(self, event: str) -> None:
         elapsed = int(time.time() - self.started)
         best = "" if self.best_accuracy is None else f", best val acc {self.best_accuracy:.3f}"
         self.console.print(
             f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {event} | {self.done}/{self.total} done, "
-            f"{len(self.running)} running, {self.failed} failed{best}"
+            f"{len(self.running)} running, {self.failed} failed{best}",
+            soft_wrap=True,
         )
 
     @staticmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from typing import Any
 
 # Spaces registered at run time (a user's own, or a test's), by name.
@@ -44,7 +45,17 @@ def default_config(recipe, data) -> dict[str, Any]:
             f"recipe field 'defaults': unknown parameter(s) {unknown} for space {recipe.space!r}; "
             f"use {sorted(space.DEFAULTS)}"
         )
+    trial = optuna.trial.FixedTrial(params, number=0)
     try:
-        return space.define(optuna.trial.FixedTrial(params, number=0), recipe, data)
-    except ValueError as exc:  # FixedTrial rejects values outside the space
-        raise UserError(f"recipe field 'defaults': {exc}; pick a value inside the space") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # out-of-range values are reported below instead
+            config = space.define(trial, recipe, data)
+    except ValueError as exc:  # a categorical value outside its choices
+        raise UserError(f"recipe field 'defaults': {exc}; pick one of the space's choices") from None
+    for name, distribution in trial.distributions.items():
+        if not distribution._contains(distribution.to_internal_repr(params[name])):
+            raise UserError(
+                f"recipe field 'defaults.{name}': {params[name]!r} is outside the space ({distribution}); "
+                "pick a value inside it"
+            )
+    return config

@@ -1,0 +1,56 @@
+import os
+
+import pytest
+import torch
+
+# Ray must stay on loopback in tests (PITFALLS.md).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def exits_config(stages=(0, 1), threshold=0.9, widths=(8, 32, 64), head_width=32, kind="cnn", depth=1):
+    return {
+        "mechanism": "exits",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "backbone": {"kind": kind, "widths": list(widths), "depth": depth},
+        "exits": {"stages": list(stages), "head_width": head_width, "threshold": threshold, "loss_weight": 0.5},
+        "train": {"lr": 0.005, "epochs": 1, "batch_size": 64, "seed": 0},
+        "trial": 0,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads_and_seed():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from dynsearch.data import load_splits
+
+    return load_splits("digits", 0)
+
+
+TINY_RECIPE = """\
+name: tiny
+data: {name: digits, split_seed: 0}
+backbone: {kind: cnn, widths: [4, 8, 8], depth: 1}
+space: exits
+objectives: [{name: accuracy}, {name: macs}]
+trials: 3
+epochs: 1
+sampler: {name: nsga2}
+cpus_per_trial: 1
+concurrent_trials: 2
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path

@@ -1,0 +1,120 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import cli
+from dynsearch.errors import UserError
+from dynsearch.recipe import builtin_recipes, load_recipe, parse_recipe
+
+BASE = yaml.safe_load(open(builtin_recipes()["digits-exits"]).read())
+
+
+def test_builtin_default_recipe_is_valid():
+    recipe = load_recipe(None)
+    assert recipe.name == "digits-exits"
+    assert recipe.metric_names == ["accuracy", "macs"]
+    assert recipe.metric_modes == ["max", "min"]
+    assert recipe.sampler.name == "nsga2"
+    # NSGA-II population scaled to the budget: at most a third of the trials.
+    assert recipe.population_size() <= recipe.trials // 3
+
+
+def test_objective_direction_defaults_to_its_natural_one():
+    recipe = parse_recipe({**BASE, "objectives": [{"name": "accuracy"}, {"name": "params"}]})
+    assert recipe.metric_modes == ["max", "min"]
+
+
+def test_overrides_are_validated_and_keep_nested_settings():
+    recipe = load_recipe(None).with_overrides(trials=9, sampler={"name": "tpe"})
+    assert recipe.trials == 9 and recipe.sampler.name == "tpe"
+    with pytest.raises(UserError, match="trials"):
+        load_recipe(None).with_overrides(trials=0)
+
+
+def _with(**changes):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = data
+        for key in parents:
+            target = target[key]
+        if value is _DELETE:
+            del target[leaf]
+        else:
+            target[leaf] = value
+    return data
+
+
+_DELETE = object()
+
+INVALID = [
+    (_with(colour="blue"), "unknown field 'colour'"),
+    (_with(data__name="cifar"), "field 'data.name'"),
+    (_with(data__shuffle=True), "unknown field 'data.shuffle'"),
+    (_with(backbone__kind="vit"), "field 'backbone.kind'"),
+    (_with(backbone__widths=[]), "field 'backbone.widths'"),
+    (_with(backbone__widths=[8, -1]), "field 'backbone.widths'"),
+    (_with(backbone__depth=0), "field 'backbone.depth'"),
+    (_with(space="nope"), "field 'space'"),
+    (_with(objectives=[{"name": "latency"}]), "field 'objectives.0.name'"),
+    (_with(objectives=[{"name": "accuracy", "direction": "min"}]), "field 'objectives.0'"),
+    (_with(objectives=[{"name": "macs"}, {"name": "macs"}]), "field 'objectives'"),
+    (_with(objectives=[]), "field 'objectives'"),
+    (_with(trials=0), "field 'trials'"),
+    (_with(trials="many"), "field 'trials'"),
+    (_with(epochs=-3), "field 'epochs'"),
+    (_with(sampler__name="grid"), "field 'sampler.name'"),
+    (_with(sampler__population_size=50), "population_size"),
+    (_with(cpus_per_trial=0), "field 'cpus_per_trial'"),
+    (_with(concurrent_trials=0), "field 'concurrent_trials'"),
+]
+
+
+@pytest.mark.parametrize("data, expected", INVALID, ids=[e for _, e in INVALID])
+def test_invalid_recipe_gives_one_line_naming_the_field(tmp_path, capsys, data, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out_dir = tmp_path / "out"
+    code = cli.main(["train", str(path), "--out", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err
+    assert not out_dir.exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("trials: [1, 2\n", "not valid YAML at line"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        ("", "must be a YAML mapping"),
+        ("defaults: {no_such_knob: 1}\n", "unknown parameter(s) ['no_such_knob']"),
+        ("defaults: {exit_threshold: 7.0}\n", "field 'defaults.exit_threshold'"),
+    ],
+)
+def test_malformed_recipe_files(tmp_path, capsys, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert cli.main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and expected in err
+
+
+def test_missing_recipe_file(capsys):
+    assert cli.main(["train", "/no/such/recipe.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file or built-in recipe" in err and "digits-exits" in err
+
+
+def test_cli_exit_code_and_no_traceback_in_a_real_process(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trials: 0\n")
+    proc = subprocess.run([sys.executable, "-m", "cli", "train", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "field 'trials'" in proc.stderr and "Traceback" not in proc.stderr
