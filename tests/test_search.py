@@ -1,0 +1,132 @@
+"""End-to-end searches with real Ray (local instance), real Lightning and the real Optuna journal storage."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from optuna.trial import TrialState
+
+import dynsearch
+from dynsearch.recipe import load_recipe
+from dynsearch.study import open_study
+
+FRONT_KEYS = {"trial", "accuracy", "test_accuracy", "macs", "macs_full", "params", "config", "stats"}
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_cli_search_then_pareto(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    proc = _cli("search", str(tiny_recipe), "--trials", "3", "--epochs", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3/3 done" in proc.stderr  # progress lines
+    assert (out / "recipe.yaml").is_file() and (out / "study.journal").is_file()
+    study = open_study(out)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        folder = out / "trials" / str(t.number)
+        assert {"config.json", "model.safetensors", "metrics.json"} <= {p.name for p in folder.iterdir()}
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert t.values == [metrics["accuracy"], metrics["macs"]]
+
+    proc = _cli("pareto", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    front = json.loads(proc.stdout)
+    assert isinstance(front, list) and front
+    assert front == json.loads((out / "pareto.json").read_text())
+    for item in front:
+        assert set(item) == FRONT_KEYS
+        assert isinstance(item["trial"], int) and 0 <= item["accuracy"] <= 1 and 0 <= item["test_accuracy"] <= 1
+        assert item["macs"] > 0 and item["macs_full"] > 0 and item["params"] > 0
+        assert item["config"]["mechanism"] == "exits" and item["stats"] == {}
+    # Non-dominated: no front point is beaten on both objectives by any COMPLETE trial.
+    for item in front:
+        for t in trials:
+            acc, macs = t.values
+            assert not (acc >= item["accuracy"] and macs <= item["macs"] and (acc, macs) != (item["accuracy"], item["macs"]))
+
+    table = _cli("pareto", str(out))
+    assert table.returncode == 0 and "Pareto front" in table.stdout
+
+    # The same command on the same folder resumes: nothing left to run, nothing rerun.
+    again = _cli("search", str(tiny_recipe), "--trials", "3", "--epochs", "1", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(open_study(out).get_trials()) == 3
+
+
+def test_pareto_of_a_missing_run_dir_is_a_usage_error(tmp_path):
+    proc = _cli("pareto", str(tmp_path / "nothing-here"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
+
+
+class FaultySpace:
+    """The exits space, with trial 0 given a NaN loss weight and trial 1 an impossible batch size."""
+
+    DEFAULTS = {}
+
+    @staticmethod
+    def define(trial, recipe, data):
+        from dynsearch.search_spaces import exits
+
+        config = exits.define(trial, recipe, data)
+        if trial.number == 0:
+            config["exits"]["stages"] = [0]
+            config["exits"]["loss_weight"] = float("nan")  # NaN training loss
+        elif trial.number == 1:
+            config["train"]["batch_size"] = 0  # DataLoader raises
+        return config
+
+
+@pytest.mark.slow
+def test_nan_and_raising_trials_end_fail_and_stay_off_the_front(tmp_path, tiny_recipe):
+    from dynsearch.spaces import register_space
+
+    register_space("faulty", FaultySpace)
+    recipe = load_recipe(tiny_recipe).with_overrides(space="faulty", trials=4, concurrent_trials=1)
+    result = dynsearch.search(recipe, out=tmp_path / "run")
+    study = open_study(result.run_dir)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert by_number[0].state == TrialState.FAIL
+    assert "NonFiniteError" in by_number[0].user_attrs["fail_reason"]
+    assert by_number[1].state == TrialState.FAIL
+    assert "batch_size" in by_number[1].user_attrs["fail_reason"]
+    assert [by_number[n].state for n in (2, 3)] == [TrialState.COMPLETE] * 2
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    front_trials = {item["trial"] for item in result.front}
+    assert front_trials and front_trials <= {2, 3}
+    assert json.loads((result.run_dir / "pareto.json").read_text()) == result.front
+
+
+def test_searcher_fails_nan_inf_and_errored_trials(tmp_path):
+    """Ray's OptunaSearch would leave NaN RUNNING and store inf / errored-after-reporting as COMPLETE."""
+    from dynsearch.searcher import StudySearch
+    from dynsearch.trial import write_json
+
+    recipe = load_recipe(None).with_overrides(trials=5)
+    searcher = StudySearch(recipe, tmp_path, {"input_shape": (1, 8, 8), "num_classes": 10})
+    ids = [f"t{i}" for i in range(5)]
+    configs = {i: searcher.suggest(i)["dynsearch"] for i in ids}
+    searcher.on_trial_complete("t0", {"accuracy": math.nan, "macs": 10.0, "final": True})
+    searcher.on_trial_complete("t1", {"accuracy": 0.9, "macs": math.inf, "final": True})
+    searcher.on_trial_complete("t2", {"accuracy": 0.9, "macs": 10.0, "final": False}, error=True)
+    searcher.on_trial_complete("t3", {"accuracy": 0.9, "macs": 10.0, "final": False})
+    good = configs["t4"]["trial"]
+    folder = tmp_path / "trials" / str(good)
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", configs["t4"])
+    write_json(folder / "metrics.json", {"status": "COMPLETE", "accuracy": 0.8, "test_accuracy": 0.8,
+                                         "macs": 20.0, "macs_full": 40, "params": 7})
+    searcher.on_trial_complete("t4", {"accuracy": 0.8, "macs": 20.0, "final": True})
+    study = open_study(tmp_path)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL] * 4 + [TrialState.COMPLETE]
+    reasons = [t.user_attrs.get("fail_reason", "") for t in study.get_trials()[:4]]
+    assert "non-finite" in reasons[0] and "non-finite" in reasons[1]
+    assert "exception" in reasons[2] and "final report" in reasons[3]
+    assert [item["trial"] for item in dynsearch.pareto(tmp_path)] == [good]
