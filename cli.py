@@ -114,8 +114,10 @@ def _cmd_train(args) -> int:
         print(f"macs          {result['macs']:,.0f} per sample ({share:.1%} of macs_full)")
         print(f"macs_full     {result['macs_full']:,}")
         print(f"params        {result['params']:,}")
-        if "exit_histogram" in result:
-            print(f"exits taken   {result['exit_histogram']} (per stage, test split)")
+        stats = result["stats"]
+        if "exit_histogram" in stats:
+            shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
+            print(f"exits taken   {shares} (test split)")
     return 0
 
 

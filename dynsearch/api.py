@@ -18,7 +18,8 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
 
     Returns ``test_accuracy``, ``macs`` (mean over the test split of what each
     sample's trace says ran), ``macs_full``, ``params``, plus ``val_accuracy``,
-    ``val_macs`` and ``exit_histogram`` (test split) where the model has exits.
+    ``val_macs`` and ``stats`` (the mechanism's statistics on the test split,
+    e.g. ``exit_histogram``: the fraction of samples leaving at each exit).
     With ``out``, the config, weights and metrics are written there.
     """
     import torch
@@ -41,9 +42,8 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
         "params": metrics["params"],
         "val_accuracy": metrics["accuracy"],
         "val_macs": metrics["macs"],
+        "stats": metrics["test_stats"],
     }
-    if "test_exit_histogram" in metrics:
-        result["exit_histogram"] = metrics["test_exit_histogram"]
     if out is not None:
         save_trial(Path(out).expanduser().resolve(), config, model, {**metrics, "status": "COMPLETE"})
     return result

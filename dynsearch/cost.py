@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dynsearch.dynamic.base import Trace
+
 
 def count_macs(fn: Callable[[], Any]) -> int:
     """MACs of whatever ``fn()`` computes, counted by FlopCounterMode (FLOPs / 2)."""
@@ -61,29 +63,26 @@ def measure(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int 
     """Accuracy and mean per-sample MACs of ``model`` in eval mode on a split.
 
     MACs come from the traces of what actually ran (the model really skips).
-    Returns ``accuracy``, ``macs``, ``macs_full``, ``exit_histogram`` (when the
-    mechanism records exits) and ``per_sample_macs`` (a list).
+    Returns ``accuracy``, ``macs``, ``macs_full``, ``stats`` (the mechanism's
+    per-point statistics, e.g. its exit histogram) and ``per_sample_macs``.
     """
     was_training = model.training
     model.eval()
     component_macs = model.component_macs()
-    correct, per_sample, exits = 0, [], []
+    correct, traces = 0, []
     for start in range(0, len(inputs), batch_size):
         x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
         out = model(x)
         correct += int((out.logits.argmax(dim=1) == y).sum())
-        per_sample.append(out.trace.macs_per_sample(component_macs))
-        if "exit_index" in out.trace.records:
-            exits.append(out.trace.records["exit_index"])
+        traces.append(out.trace)
     model.train(was_training)
-    macs = torch.cat(per_sample)
+    trace = Trace.cat(traces)
+    macs = trace.macs_per_sample(component_macs)
     result: dict[str, Any] = {
         "accuracy": correct / len(inputs),
         "macs": float(macs.mean()),
         "macs_full": model.macs_full(),
+        "stats": model.trace_stats(trace),
         "per_sample_macs": macs.tolist(),
     }
-    if exits:
-        counts = torch.bincount(torch.cat(exits), minlength=len(getattr(model, "stages", [])))
-        result["exit_histogram"] = counts.tolist()
     return result

@@ -28,7 +28,8 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
     """The non-dominated COMPLETE trials of a run, most accurate first.
 
     Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
-    ``macs``, ``macs_full``, ``params``, ``config`` and ``stats``.
+    ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
+    mechanism's statistics on the validation split, e.g. ``exit_histogram``).
     """
     from dynsearch.study import open_study, read_trial_metrics, trial_dir
 
@@ -56,7 +57,7 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
                 "macs_full": int(metrics["macs_full"]),
                 "params": int(metrics["params"]),
                 "config": json.loads(config_path.read_text(encoding="utf-8")),
-                "stats": {},
+                "stats": metrics.get("stats", {}),
             }
         )
     front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"]))

@@ -146,10 +146,9 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
         "params": count_params(model),
         "test_accuracy": test["accuracy"],
         "test_macs": test["macs"],
+        "stats": val["stats"],
+        "test_stats": test["stats"],
     }
-    if "exit_histogram" in val:
-        metrics["exit_histogram"] = val["exit_histogram"]
-        metrics["test_exit_histogram"] = test["exit_histogram"]
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise NonFiniteError(f"non-finite metric(s) {bad}: {[metrics[k] for k in bad]}")

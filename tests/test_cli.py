@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import cli
 
 
@@ -40,6 +42,8 @@ def test_train_json_reports_measured_figures(tmp_path, capsys):
     assert {"test_accuracy", "macs", "macs_full", "params"} <= set(result)
     assert 0.5 < result["test_accuracy"] <= 1.0  # two epochs already learn digits
     assert 0 < result["macs"] <= result["macs_full"] + 6000  # heads that ran are counted too
-    assert sum(result["exit_histogram"]) == 360  # every test sample left somewhere
+    histogram = result["stats"]["exit_histogram"]
+    assert result["stats"]["exit_stages"] == [0, 1, 2]
+    assert sum(histogram) == pytest.approx(1.0)  # every test sample left somewhere
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test_accuracy"] == result["test_accuracy"] and (out / "model.safetensors").is_file()

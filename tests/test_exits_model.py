@@ -160,7 +160,10 @@ def test_measure_averages_traced_macs(digits):
     ]
     assert result["macs"] == pytest.approx(sum(per_sample) / len(per_sample), rel=1e-3)
     assert result["macs"] < result["macs_full"] + model.component_macs()["exit0"] + model.component_macs()["exit1"]
-    assert sum(result["exit_histogram"]) == len(digits.val_x)
+    stats = result["stats"]
+    assert stats["exit_stages"] == [0, 1, 2] and sum(stats["exit_histogram"]) == pytest.approx(1.0)
+    exits = torch.cat([model(digits.val_x[i : i + 1]).trace.records["exit_index"] for i in range(len(digits.val_x))])
+    assert stats["exit_histogram"][0] == pytest.approx(float((exits == 0).float().mean()), abs=0.01)
 
 
 def test_config_json_rebuilds_the_same_model():

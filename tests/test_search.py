@@ -43,7 +43,10 @@ def test_cli_search_then_pareto(tmp_path, tiny_recipe):
         assert set(item) == FRONT_KEYS
         assert isinstance(item["trial"], int) and 0 <= item["accuracy"] <= 1 and 0 <= item["test_accuracy"] <= 1
         assert item["macs"] > 0 and item["macs_full"] > 0 and item["params"] > 0
-        assert item["config"]["mechanism"] == "exits" and item["stats"] == {}
+        assert item["config"]["mechanism"] == "exits"
+        stats = item["stats"]
+        assert len(stats["exit_histogram"]) == len(item["config"]["exits"]["stages"]) + 1
+        assert sum(stats["exit_histogram"]) == pytest.approx(1.0)
     # Non-dominated: no front point is beaten on both objectives by any COMPLETE trial.
     for item in front:
         for t in trials:

@@ -28,6 +28,15 @@ class Trace:
     counts: dict[str, torch.Tensor]
     records: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @staticmethod
+    def cat(traces: list["Trace"]) -> "Trace":
+        """One trace for the samples of several batches, in order."""
+        first = traces[0]
+        return Trace(
+            {k: torch.cat([t.counts[k] for t in traces]) for k in first.counts},
+            {k: torch.cat([t.records[k] for t in traces]) for k in first.records},
+        )
+
     def macs_per_sample(self, component_macs: dict[str, int]) -> torch.Tensor:
         """MACs each sample paid: the sum over the components its trace says ran."""
         total = None
@@ -76,6 +85,10 @@ class DynamicModel(nn.Module):
     def aux_loss(self, trace: Trace) -> torch.Tensor:
         """The mechanism's own penalty (target rate, load balance, ponder cost)."""
         return torch.zeros(())
+
+    def trace_stats(self, trace: Trace) -> dict[str, Any]:
+        """Per-point statistics over an evaluation split (JSON-serialisable), e.g. exit histogram."""
+        return {}
 
     def training_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         return self.task_loss(output, target) + self.aux_loss(output.trace)

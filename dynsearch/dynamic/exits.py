@@ -65,6 +65,16 @@ class EarlyExitNet(DynamicModel):
     def static_components(self) -> list[str]:
         return ["stem", *(f"stage{i}" for i in range(len(self.stages))), "classifier"]
 
+    def trace_stats(self, trace: Trace) -> dict[str, Any]:
+        """``exit_histogram``: fraction of samples leaving at each exit (``exit_stages``, the last is the final classifier)."""
+        stages = [*self.exit_stages, len(self.stages) - 1]
+        exit_index = trace.records["exit_index"]
+        total = max(1, exit_index.numel())
+        return {
+            "exit_stages": stages,
+            "exit_histogram": [int((exit_index == s).sum()) / total for s in stages],
+        }
+
     def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         if output.head_logits is None:  # eval output: only the exits taken
             return nn.functional.cross_entropy(output.logits, target)

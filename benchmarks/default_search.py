@@ -1,0 +1,79 @@
+"""Measure the README's main job: `dynsearch train` and `dynsearch search` on the default recipe.
+
+Writes benchmarks/results/default_search.json with the command, the machine,
+the wall times and the checks of Foundation A and B:
+  python benchmarks/default_search.py [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "default_search.json"
+
+
+def run(args: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", help="run directory (default: a fresh temporary folder)")
+    parser.add_argument("--results", default=str(RESULTS), help="where to write the results JSON")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="dynsearch-default-")) / "run"
+
+    train_seconds, train_stdout = run(["dynsearch", "train", "--json"])
+    trained = json.loads(train_stdout)
+    search_seconds, _ = run(["dynsearch", "search", "--out", str(out)])
+    _, front_stdout = run(["dynsearch", "pareto", str(out), "--json"])
+    front = json.loads(front_stdout)
+
+    best = max(front, key=lambda item: item["accuracy"])
+    cheap = [
+        item for item in front
+        if item["macs"] <= 0.5 * item["macs_full"] and best["accuracy"] - item["accuracy"] <= 0.01
+    ]
+    import torch
+
+    results = {
+        "command": "python benchmarks/default_search.py",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+        "train": {**trained, "wall_seconds": round(train_seconds, 1),
+                  "macs_share_of_full": trained["macs"] / trained["macs_full"]},
+        "search": {
+            "wall_seconds": round(search_seconds, 1),
+            "front_size": len(front),
+            "front": [{k: item[k] for k in ("trial", "accuracy", "test_accuracy", "macs", "macs_full")} for item in front],
+            "most_accurate_test_accuracy": best["test_accuracy"],
+            "cheap_points_within_1pt": [
+                {"trial": item["trial"], "macs_share_of_full": item["macs"] / item["macs_full"],
+                 "val_accuracy_loss": best["accuracy"] - item["accuracy"]} for item in cheap
+            ],
+        },
+        "checks": {
+            "train_test_accuracy_at_least_0.95": trained["test_accuracy"] >= 0.95,
+            "train_macs_at_most_half_of_full": trained["macs"] <= 0.5 * trained["macs_full"],
+            "search_within_10_minutes": search_seconds <= 600,
+            "front_has_at_least_3_points": len(front) >= 3,
+            "most_accurate_point_test_accuracy_at_least_0.95": best["test_accuracy"] >= 0.95,
+            "a_point_at_most_half_macs_within_1pt": bool(cheap),
+        },
+    }
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["checks"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
