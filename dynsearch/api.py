@@ -56,10 +56,11 @@ class SearchResult:
 
 
 def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | None = None,
-           address: str | None = None, progress: bool = False, **overrides) -> SearchResult:
+           progress: bool = False, **overrides) -> SearchResult:
     """Run (or resume) a multi-objective search; return the run directory and its front.
 
-    ``overrides`` replace top-level recipe fields (``trials=8``, ``epochs=2``...).
+    ``overrides`` replace top-level recipe fields (``trials=8``, ``epochs=2``,
+    ``address="HOST:PORT"`` for an existing Ray cluster...).
     ``out`` defaults to ``runs/<recipe name>``.
     """
     from dynsearch.front import pareto
@@ -72,5 +73,5 @@ def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | 
         from dynsearch.progress import Progress
 
         callback = Progress(recipe.trials, out.expanduser().resolve())
-    run_dir = run_search(recipe, out, address=address, progress=callback)
+    run_dir = run_search(recipe, out, progress=callback)
     return SearchResult(run_dir, pareto(run_dir))

@@ -89,6 +89,9 @@ class Recipe(_Strict):
     seed: int = 0
     cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)
     concurrent_trials: int = Field(1, ge=1, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=64)
+    address: Optional[str] = Field(None, description="an existing Ray cluster (HOST:PORT); None: a local instance")
+    trial_retries: int = Field(2, ge=0, le=100, description="reruns of a trial whose worker or node was lost")
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("space")

@@ -69,7 +69,7 @@ class StudySearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         values = [None if not result else result.get(m) for m in self.metric]
         reason = None
-        if error:
+        if error or (result and result.get("failed")):
             metrics = read_trial_metrics(self._run_dir, ot_trial.number)
             reason = metrics.get("reason") or "the trial raised an exception (see Ray's error file)"
         elif not result or not result.get("final"):

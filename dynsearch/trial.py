@@ -102,8 +102,12 @@ def make_report_callback(report: Report):
     return ReportCallback()
 
 
-def train_model(config: dict[str, Any], splits, report: Report | None = None) -> DynamicModel:
-    """Train the model a trial config describes on ``splits`` with Lightning."""
+def train_model(config: dict[str, Any], splits, report: Report | None = None, accelerator: str = "cpu") -> DynamicModel:
+    """Train the model a trial config describes on ``splits`` with Lightning.
+
+    ``accelerator`` is Lightning's ("cpu" or "gpu"); the trained model is
+    returned on the CPU, where it is measured.
+    """
     pl = _lightning()
     train = config["train"]
     torch.manual_seed(int(train["seed"]))
@@ -120,7 +124,7 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None) ->
     callbacks = [make_report_callback(report)] if report else []
     trainer = pl.Trainer(
         max_epochs=int(train["epochs"]),
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -131,7 +135,7 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None) ->
         deterministic=False,
     )
     trainer.fit(make_module(model, float(train["lr"])), train_loader, val_loader)
-    model.eval()
+    model.cpu().eval()
     return model
 
 
@@ -155,21 +159,34 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
     return metrics
 
 
-def save_trial(trial_dir: Path, config: dict[str, Any], model: DynamicModel | None, metrics: dict[str, Any]) -> None:
-    """Write config.json, model.safetensors and metrics.json (each atomically)."""
-    from safetensors.torch import save_file
+def trial_files(config: dict[str, Any], model: DynamicModel | None, metrics: dict[str, Any]) -> dict[str, bytes]:
+    """A trial folder's files as bytes: config.json, model.safetensors, metrics.json (written last)."""
+    from safetensors.torch import save
 
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    write_json(trial_dir / "config.json", config)
+    files = {"config.json": json_bytes(config)}
     if model is not None:
-        tmp = trial_dir / "model.safetensors.tmp"
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp))
-        os.replace(tmp, trial_dir / "model.safetensors")
-    write_json(trial_dir / "metrics.json", metrics)
+        files["model.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    files["metrics.json"] = json_bytes(metrics)
+    return files
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Write each file atomically (temporary name, then rename), in the order given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = folder / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+
+
+def save_trial(folder: Path, config: dict[str, Any], model: DynamicModel | None, metrics: dict[str, Any]) -> None:
+    """Write config.json, model.safetensors and metrics.json into ``folder``."""
+    write_files(folder, trial_files(config, model, metrics))
+
+
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_files(path.parent, {path.name: json_bytes(data)})

@@ -12,48 +12,82 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from dynsearch.errors import UserError
 from dynsearch.recipe import Recipe, recipe_dict
 from dynsearch.study import fail_orphans, make_sampler, open_study, trial_dir
 
+# -- trial files: written on the driver's node, wherever the trial ran -----
+@ray.remote(num_cpus=0)
+class TrialFiles:
+    """Writes trial folders into the run directory on the driver's node.
+
+    Trials may run on other machines of a cluster with no shared file system;
+    they send their files here through Ray's object store.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = Path(run_dir)
+
+    def write(self, number: int, files: dict[str, bytes]) -> None:
+        from dynsearch.trial import write_files
+
+        write_files(trial_dir(self.run_dir, number), files)
+
+
+def _trial_files_actor(run_dir: Path):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return TrialFiles.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    ).remote(str(run_dir))
+
+
 # -- the trainable (runs in a Ray worker) ----------------------------------
-def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], run_dir: str, cpus: int) -> None:
+def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int) -> None:
     """Ray Tune function trainable: one Lightning fit, then the final report."""
+    import socket
     import traceback
 
     import torch
     from ray import tune
 
     from dynsearch.data import load_splits
-    from dynsearch.trial import evaluate, save_trial, train_model, write_json
+    from dynsearch.trial import evaluate, json_bytes, train_model, trial_files
 
     torch.set_num_threads(max(1, cpus))
     trial_config = config["dynsearch"]
-    folder = trial_dir(Path(run_dir), int(trial_config["trial"]))
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "config.json", trial_config)
+    number = int(trial_config["trial"])
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+    ray.get(files.write.remote(
+        number, {"config.json": json_bytes(trial_config), "placement.json": json_bytes({**placement, "started": time.time()})}
+    ))
     started = time.time()
     try:
         data = recipe_data["data"]
         splits = load_splits(data["name"], data["split_seed"], data["val_fraction"], data["test_fraction"])
-        model = train_model(trial_config, splits, report=tune.report)
+        accelerator = "gpu" if recipe_data["gpus_per_trial"] > 0 else "cpu"
+        model = train_model(trial_config, splits, report=tune.report, accelerator=accelerator)
         metrics = evaluate(model, splits)
     except Exception as exc:
+        # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
+        # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.
         reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
-        write_json(
-            folder / "metrics.json",
-            {"status": "FAIL", "reason": reason, "traceback": traceback.format_exc()[-4000:]},
-        )
-        raise
-    metrics.update(status="COMPLETE", train_seconds=time.time() - started)
-    save_trial(folder, trial_config, model, metrics)
+        failure = {"status": "FAIL", "reason": reason, "traceback": traceback.format_exc()[-4000:], **placement}
+        ray.get(files.write.remote(number, {"metrics.json": json_bytes(failure)}))
+        # Ray checks every result names the objectives; the searcher tells the study FAIL, never NaN.
+        objectives = {o["name"]: float("nan") for o in recipe_data["objectives"]}
+        tune.report({**objectives, "final": True, "failed": True})
+        return
+    metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
+    ray.get(files.write.remote(number, trial_files(trial_config, model, metrics)))
     tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
 
 
 # -- the driver --------------------------------------------------------------
 def _init_ray(address: str | None, num_cpus: int | None = None):
-    import ray
-
     if ray.is_initialized():
         return False
     # Held to loopback (PITFALLS.md): without this, Ray advertises the network interface.
@@ -87,8 +121,12 @@ def prepare_run_dir(recipe: Recipe, out: str | Path) -> Path:
     return run_dir
 
 
-def run_search(recipe: Recipe, out: str | Path, address: str | None = None, progress=None) -> Path:
-    """Run (or continue) the search ``recipe`` describes in run directory ``out``."""
+def run_search(recipe: Recipe, out: str | Path, progress=None) -> Path:
+    """Run (or continue) the search ``recipe`` describes in run directory ``out``.
+
+    With ``recipe.address`` the trials run on that existing Ray cluster (the
+    driver must run on one of its nodes); the run directory stays with the driver.
+    """
     from optuna.trial import TrialState
     from ray import tune
 
@@ -106,11 +144,13 @@ def run_search(recipe: Recipe, out: str | Path, address: str | None = None, prog
         from dynsearch.searcher import StudySearch
 
         searcher = StudySearch(recipe, run_dir, data_shape)
-        started_ray = _init_ray(address)
+        started_ray = _init_ray(recipe.address)
         cpus = max(1, math.ceil(recipe.cpus_per_trial))
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, recipe_data=recipe_dict(recipe), run_dir=str(run_dir), cpus=cpus),
-            {"cpu": recipe.cpus_per_trial},
+            tune.with_parameters(
+                run_trial, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus
+            ),
+            {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
         )
         tuner = tune.Tuner(
             trainable,
@@ -124,6 +164,7 @@ def run_search(recipe: Recipe, out: str | Path, address: str | None = None, prog
                 name="tune",
                 storage_path=str(run_dir / "ray"),
                 verbose=0,
+                failure_config=tune.FailureConfig(max_failures=recipe.trial_retries),
                 callbacks=[progress] if progress is not None else None,
             ),
         )
@@ -131,8 +172,6 @@ def run_search(recipe: Recipe, out: str | Path, address: str | None = None, prog
             tuner.fit()
         finally:
             if started_ray:
-                import ray
-
                 ray.shutdown()
     write_front(run_dir)
     return run_dir

@@ -54,3 +54,23 @@ def tiny_recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_RECIPE)
     return path
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A two-node Ray cluster on loopback: a head with 1 CPU and a worker with 1 CPU and the
+    custom resource ``target``. Yields ``(cluster, worker_node)``; always stops exactly the
+    processes it started (``Cluster.shutdown``), never ``ray stop``."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        worker = cluster.add_node(num_cpus=1, resources={"target": 1}, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        cluster.shutdown()
