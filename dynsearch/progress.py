@@ -60,6 +60,9 @@ class Progress(tune.Callback):
             self.failed += 1
             self._line(f"trial {number} FAIL")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._line(f"trial {self._number(trial)} lost its worker or node; Ray reruns it")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.failed += 1
