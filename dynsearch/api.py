@@ -29,12 +29,24 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
     from dynsearch.trial import evaluate, save_trial, train_model
 
     recipe = _recipe(recipe_or_path, overrides)
+    if recipe.measures_latency:
+        from dynsearch.latency import resolve_device
+
+        resolve_device(recipe.latency.device)
     torch.set_num_threads(max(1, int(recipe.cpus_per_trial)))
     data = recipe.data
     splits = load_splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
     config = default_config(recipe, splits)
     model = train_model(config, splits)
     metrics = evaluate(model, splits)
+    if recipe.measures_latency:  # a single process: nothing else trains here
+        from dynsearch.latency import measure_latency
+
+        spec = recipe.latency
+        metrics.update(measure_latency(
+            model, splits.val_x[: spec.inputs * spec.batch_size], device=spec.device, batch_size=spec.batch_size,
+            warmup=spec.warmup, repeats=spec.repeats, threads=spec.threads,
+        ))
     result = {
         "test_accuracy": metrics["test_accuracy"],
         "macs": metrics["test_macs"],
@@ -43,6 +55,7 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
         "val_accuracy": metrics["accuracy"],
         "val_macs": metrics["macs"],
         "stats": metrics["test_stats"],
+        **{k: v for k, v in metrics.items() if k.startswith("latency_ms")},
     }
     if out is not None:
         save_trial(Path(out).expanduser().resolve(), config, model, {**metrics, "status": "COMPLETE"})

@@ -23,12 +23,12 @@ def count_macs(fn: Callable[[], Any]) -> int:
 
 
 @torch.no_grad()
-def measure_component_macs(model) -> dict[str, int]:
-    """Per-sample MACs of each component of a DynamicModel.
-
-    A dry run of a copy in training mode (every path runs) records each
-    component's input shape; each component is then counted alone at batch 1.
-    """
+def component_input_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Input shape (no batch dim) of each component, from a dry run of a copy in
+    training mode, where every path runs. Cached on the model."""
+    cached = getattr(model, "_component_input_shapes", None)
+    if cached is not None:
+        return cached
     probe = copy.deepcopy(model)
     components = probe.components()
     shapes: dict[str, tuple[int, ...]] = {}
@@ -44,13 +44,24 @@ def measure_component_macs(model) -> dict[str, int]:
     probe(probe.example_input(batch_size=2))
     for hook in hooks:
         hook.remove()
-    probe.eval()
+    missing = sorted(set(components) - set(shapes))
+    if missing:
+        raise RuntimeError(f"components {missing} did not run in the training-mode dry run")
+    model._component_input_shapes = shapes
+    return shapes
+
+
+@torch.no_grad()
+def measure_component_macs(model) -> dict[str, int]:
+    """Per-sample MACs of each component of a DynamicModel, each counted alone at batch 1."""
+    shapes = component_input_shapes(model)
     macs = {}
-    for name, module in components.items():
-        if name not in shapes:
-            raise RuntimeError(f"component {name!r} did not run in the training-mode dry run")
+    for name, module in model.components().items():
+        was_training = module.training
+        module.eval()
         x = torch.zeros(1, *shapes[name])
         macs[name] = count_macs(lambda: module(x))
+        module.train(was_training)
     return macs
 
 

@@ -60,6 +60,9 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
                 "stats": metrics.get("stats", {}),
             }
         )
+        for key in ("latency_ms", "latency_ms_p90", "latency_ms_mean"):
+            if key in metrics:
+                front[-1][key] = float(metrics[key])
     front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"]))
     return front
 

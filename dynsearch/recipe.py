@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dynsearch.errors import UserError
 
-OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min"}
+OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"
 
 
@@ -53,7 +53,7 @@ class BackboneSpec(_Strict):
 
 
 class Objective(_Strict):
-    name: Literal["accuracy", "macs", "params"]
+    name: Literal["accuracy", "macs", "params", "latency_ms"]
     direction: Optional[Literal["max", "min"]] = None
 
     @model_validator(mode="after")
@@ -64,6 +64,27 @@ class Objective(_Strict):
         elif self.direction != natural:
             raise ValueError(f"{self.name} can only be {natural}imised; set direction: {natural} or leave it out")
         return self
+
+
+class LatencySpec(_Strict):
+    """How latency is measured: eval mode, real skipping, each batch timed alone."""
+
+    measure: bool = Field(False, description="measure even when latency_ms is not an objective")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    batch_size: int = Field(1, ge=1, le=4096)
+    inputs: int = Field(100, ge=1, le=100000, description="validation inputs timed")
+    warmup: int = Field(3, ge=0, le=1000)
+    repeats: int = Field(15, ge=1, le=10000)
+    threads: int = Field(1, ge=1, le=1024)
+    resource: Optional[str] = Field(None, description="a Ray custom resource naming the node to time on")
+    isolation_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+        return device
 
 
 class SamplerSpec(_Strict):
@@ -93,6 +114,7 @@ class Recipe(_Strict):
     address: Optional[str] = Field(None, description="an existing Ray cluster (HOST:PORT); None: a local instance")
     trial_retries: int = Field(2, ge=0, le=100, description="reruns of a trial whose worker or node was lost")
     defaults: dict[str, Any] = Field(default_factory=dict)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
 
     @field_validator("space")
     @classmethod
@@ -122,6 +144,10 @@ class Recipe(_Strict):
         return self
 
     # -- derived --------------------------------------------------------------
+    @property
+    def measures_latency(self) -> bool:
+        return self.latency.measure or "latency_ms" in self.metric_names
+
     @property
     def metric_names(self) -> list[str]:
         return [o.name for o in self.objectives]

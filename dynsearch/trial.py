@@ -70,10 +70,11 @@ def make_module(model: DynamicModel, lr: float):
             self._val_macs += float(out.trace.macs_per_sample(self.model.component_macs()).sum())
             self._val_count += len(y)
 
-        def on_validation_epoch_end(self):
-            if self._val_count:
-                self.log("val_accuracy", self._val_correct / self._val_count)
-                self.log("val_macs", self._val_macs / self._val_count)
+        def validation_metrics(self) -> dict[str, float]:
+            """This epoch's validation accuracy and mean MACs (NaN before any validation)."""
+            if not self._val_count:
+                return {"accuracy": float("nan"), "macs": float("nan")}
+            return {"accuracy": self._val_correct / self._val_count, "macs": self._val_macs / self._val_count}
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=lr)
@@ -81,28 +82,26 @@ def make_module(model: DynamicModel, lr: float):
     return DynamicModule()
 
 
-def make_report_callback(report: Report):
-    """A Lightning callback that reports each epoch's validation metrics through ``report``."""
+def make_report_callback(report: Report, objectives: list[str] = ()):
+    """A Lightning callback that reports each epoch's validation metrics through ``report``.
+
+    Every objective is named in each report (Ray checks that); those not
+    measured per epoch (latency, params) are NaN there. Only the final report
+    (``final: True``) reaches the study.
+    """
     pl = _lightning()
 
     class ReportCallback(pl.Callback):
-        def on_validation_epoch_end(self, trainer, _module):
-            if trainer.sanity_checking:
-                return
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            report(
-                {
-                    "epoch": trainer.current_epoch,
-                    "accuracy": metrics.get("val_accuracy", float("nan")),
-                    "macs": metrics.get("val_macs", float("nan")),
-                    "final": False,
-                }
-            )
+        def on_train_epoch_end(self, trainer, module):  # after the epoch's validation
+            metrics = {name: float("nan") for name in objectives}
+            metrics.update(module.validation_metrics())
+            report({**metrics, "epoch": trainer.current_epoch, "final": False})
 
     return ReportCallback()
 
 
-def train_model(config: dict[str, Any], splits, report: Report | None = None, accelerator: str = "cpu") -> DynamicModel:
+def train_model(config: dict[str, Any], splits, report: Report | None = None, accelerator: str = "cpu",
+                callbacks: list | None = None, objectives: list[str] = ()) -> DynamicModel:
     """Train the model a trial config describes on ``splits`` with Lightning.
 
     ``accelerator`` is Lightning's ("cpu" or "gpu"); the trained model is
@@ -121,7 +120,7 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
         generator=generator,
     )
     val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
-    callbacks = [make_report_callback(report)] if report else []
+    callbacks = [*(callbacks or []), *([make_report_callback(report, objectives)] if report else [])]
     trainer = pl.Trainer(
         max_epochs=int(train["epochs"]),
         accelerator=accelerator,

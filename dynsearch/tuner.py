@@ -55,6 +55,8 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
     from ray import tune
 
     from dynsearch.data import load_splits
+    from dynsearch.isolation import gate_callback
+    from dynsearch.latency import measure_trial_latency
     from dynsearch.trial import evaluate, json_bytes, train_model, trial_files
 
     torch.set_num_threads(max(1, cpus))
@@ -69,8 +71,13 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         data = recipe_data["data"]
         splits = load_splits(data["name"], data["split_seed"], data["val_fraction"], data["test_fraction"])
         accelerator = "gpu" if recipe_data["gpus_per_trial"] > 0 else "cpu"
-        model = train_model(trial_config, splits, report=tune.report, accelerator=accelerator)
+        latency = recipe_data["latency"] if _measures_latency(recipe_data) else None
+        callbacks = [gate_callback(str(number))] if latency else []
+        model = train_model(trial_config, splits, report=tune.report, accelerator=accelerator, callbacks=callbacks,
+                            objectives=[o["name"] for o in recipe_data["objectives"]])
         metrics = evaluate(model, splits)
+        if latency:
+            metrics.update(measure_trial_latency(trial_config, model, splits.val_x, latency))
     except Exception as exc:
         # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
         # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.
@@ -84,6 +91,10 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
     metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
     ray.get(files.write.remote(number, trial_files(trial_config, model, metrics)))
     tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
+
+
+def _measures_latency(recipe_data: dict[str, Any]) -> bool:
+    return recipe_data["latency"]["measure"] or any(o["name"] == "latency_ms" for o in recipe_data["objectives"])
 
 
 # -- the driver --------------------------------------------------------------
@@ -133,6 +144,10 @@ def run_search(recipe: Recipe, out: str | Path, progress=None) -> Path:
     from dynsearch.data import DATASETS
     from dynsearch.front import write_front
 
+    if recipe.measures_latency and not recipe.latency.resource:
+        from dynsearch.latency import resolve_device
+
+        resolve_device(recipe.latency.device)  # a missing device is the user's to fix, before anything runs
     run_dir = prepare_run_dir(recipe, out)
     study = open_study(run_dir, recipe, make_sampler(recipe))
     fail_orphans(study, "left RUNNING by an earlier driver that stopped")

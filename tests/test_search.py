@@ -34,6 +34,12 @@ def test_cli_search_then_pareto(tmp_path, tiny_recipe):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert t.values == [metrics["accuracy"], metrics["macs"]]
 
+    # Ray Tune received one report per epoch (real validation metrics), then the final one.
+    results = [json.loads(line) for path in (out / "ray").rglob("result.json") for line in path.read_text().splitlines()]
+    epochs = [r for r in results if not r["final"]]
+    assert len(epochs) == 3 and all(0 < r["accuracy"] <= 1 and r["macs"] > 0 for r in epochs)
+    assert len([r for r in results if r["final"]]) == 3
+
     proc = _cli("pareto", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     front = json.loads(proc.stdout)

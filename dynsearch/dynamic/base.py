@@ -7,14 +7,13 @@ training, search, export) talks to it only through this contract.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 
-@dataclass
 class Trace:
     """What ran, per sample: the single source of truth for cost.
 
@@ -23,10 +22,39 @@ class Trace:
             component ran for each sample (0 or 1 for a block; a count for
             components that can run several times).
         records: mechanism-specific per-sample records, e.g. ``exit_index``.
+
+    ``Trace.single`` builds the trace of one sample lazily from the names of
+    the components that ran, so the batch-1 hot path allocates no tensors.
     """
 
-    counts: dict[str, torch.Tensor]
-    records: dict[str, torch.Tensor] = field(default_factory=dict)
+    def __init__(self, counts: dict[str, torch.Tensor] | None = None,
+                 records: dict[str, torch.Tensor] | None = None):
+        self._counts = counts
+        self._records = records if records is not None else {}
+        self._ran: list[str] | None = None
+        self._names: list[str] = []
+        self._scalars: dict[str, Any] = {}
+
+    @classmethod
+    def single(cls, names: list[str], ran: list[str], **scalars: Any) -> "Trace":
+        """The trace of one sample: ``ran`` lists the components it ran (repeats count)."""
+        trace = cls()
+        trace._ran, trace._names, trace._scalars = ran, names, scalars
+        return trace
+
+    @property
+    def counts(self) -> dict[str, torch.Tensor]:
+        if self._counts is None:
+            ran = self._ran or []
+            self._counts = {name: torch.tensor([float(ran.count(name))]) for name in self._names}
+        return self._counts
+
+    @property
+    def records(self) -> dict[str, torch.Tensor]:
+        if self._scalars:
+            self._records.update({k: torch.tensor([v]) for k, v in self._scalars.items()})
+            self._scalars = {}
+        return self._records
 
     @staticmethod
     def cat(traces: list["Trace"]) -> "Trace":
@@ -108,6 +136,22 @@ class DynamicModel(nn.Module):
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return torch.zeros(batch_size, *self.config["input_shape"])
+
+    # -- latency --------------------------------------------------------------
+    def forward_static(self, x: torch.Tensor) -> torch.Tensor:
+        """The static counterpart: the backbone to its end with only its final classifier."""
+        raise NotImplementedError(f"{type(self).__name__} has no static path")
+
+    def timed_components(self, device: torch.device) -> dict[str, Callable[[], Any]]:
+        """Per component, a call that runs it alone at batch 1 as it runs in eval
+        (mechanisms add their decision to the component that makes it)."""
+        from dynsearch.cost import component_input_shapes
+
+        calls = {}
+        for name, module in self.components().items():
+            x = torch.zeros(1, *component_input_shapes(self)[name], device=device)
+            calls[name] = lambda module=module, x=x: module(x)
+        return calls
 
 
 @dataclass(frozen=True)

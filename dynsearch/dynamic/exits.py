@@ -51,6 +51,11 @@ class EarlyExitNet(DynamicModel):
         )
         self.classifier = make_head(shapes[last], num_classes)
         self._exit_set = set(self.exit_stages)
+        # Plain lookups for the batch-1 hot path (the modules stay registered in self.heads).
+        self._head_by_stage = [self.heads[str(i)] if i in self._exit_set else None for i in range(len(stages))]
+        self._stage_names = [f"stage{i}" for i in range(len(stages))]
+        self._exit_names = [f"exit{i}" for i in range(len(stages))]
+        self._component_names = list(self.components())
         self.threshold = float(exits["threshold"])
         self.loss_weight = float(exits.get("loss_weight", 1.0))
 
@@ -106,8 +111,43 @@ class EarlyExitNet(DynamicModel):
         return DynamicOutput(head_logits[-1], trace, head_logits)
 
     # -- eval: leave at the first confident head -----------------------------
+    def _leave(self, logits: torch.Tensor) -> torch.Tensor:
+        """The exit decision per sample: max-softmax confidence reaches the threshold."""
+        return logits.softmax(dim=1).amax(dim=1) >= self.threshold
+
+    def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
+        """Batch size 1: one decision per head, a single sync each, no index bookkeeping."""
+        h = self.stem(x)
+        ran = ["stem"]
+        for i, (stage, head) in enumerate(zip(self.stages, self._head_by_stage)):
+            h = stage(h)
+            ran.append(self._stage_names[i])
+            if head is not None:
+                logits = head(h)
+                ran.append(self._exit_names[i])
+                if bool(self._leave(logits)):
+                    return DynamicOutput(logits, Trace.single(self._component_names, ran, exit_index=i))
+        ran.append("classifier")
+        exit_index = len(self.stages) - 1
+        return DynamicOutput(self.classifier(h), Trace.single(self._component_names, ran, exit_index=exit_index))
+
+    def forward_static(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+        return self.classifier(h)
+
+    def timed_components(self, device: torch.device):
+        calls = super().timed_components(device)
+        for i in self.exit_stages:  # an exit head's time includes its decision and the sync it needs
+            head_call = calls[f"exit{i}"]
+            calls[f"exit{i}"] = lambda head_call=head_call: bool(self._leave(head_call()))
+        return calls
+
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
+        if batch == 1:
+            return self._forward_one(x)
         last = len(self.stages) - 1
         counts = {name: x.new_zeros(batch) for name in self.components()}
         counts["stem"] += 1
@@ -125,14 +165,9 @@ class EarlyExitNet(DynamicModel):
                 continue
             logits = head(h)
             counts[f"exit{i}"][alive] += 1
-            leave = logits.softmax(dim=1).amax(dim=1) >= self.threshold
+            leave = self._leave(logits)
             if logits_out is None:
                 logits_out = logits.new_zeros(batch, logits.shape[1])
-            if batch == 1:  # fast path: one decision, no index bookkeeping
-                if bool(leave):
-                    exit_index[0] = i
-                    return DynamicOutput(logits, Trace(counts, {"exit_index": exit_index}))
-                continue
             if leave.any():
                 gone = alive[leave]
                 logits_out[gone] = logits[leave]

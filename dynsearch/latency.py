@@ -1,0 +1,168 @@
+"""Latency measured on the target device, with real dynamic execution.
+
+Each input is run alone (batch size 1 by default) in eval mode, so a sample
+that leaves early really skips the rest; per input the median of ``repeats``
+timed runs (after ``warmup`` untimed ones) is kept, and the distribution over
+inputs is reported (mean, p50, p90). Threads are fixed for the measurement;
+on CUDA every timed run is synchronised.
+
+The per-component latency table (LUT) times each component alone once, and
+predicts a model's latency from its traces: sum over components of
+(times it ran) x (its latency).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from dynsearch.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda[:N]``; a clear error (exit 2) when it is absent."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"latency device {name!r}: no CUDA device on this machine; use device: cpu")
+        return torch.device(name)
+    raise UserError(f"latency device {name!r}: unknown; use cpu or cuda")
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _distribution(per_input_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(per_input_ms)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+    return {
+        "latency_ms": quantile(0.5),
+        "latency_ms_mean": statistics.fmean(ordered),
+        "latency_ms_p90": quantile(0.9),
+        "latency_inputs": len(ordered),
+    }
+
+
+@torch.inference_mode()
+def measure_latency(
+    model,
+    inputs: torch.Tensor,
+    *,
+    device: str = "cpu",
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 15,
+    threads: int | None = 1,
+    static: bool = False,
+) -> dict[str, float]:
+    """Latency distribution of ``model`` (or its static full-depth path) over ``inputs``.
+
+    Returns ``latency_ms`` (p50), ``latency_ms_mean``, ``latency_ms_p90`` and
+    ``latency_inputs`` (how many batches were timed).
+    """
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    forward = model.forward_static if static else model
+    batches = [inputs[i : i + batch_size].to(target) for i in range(0, len(inputs), batch_size)]
+    with fixed_threads(threads):
+        per_input = [_time_call(lambda x=x: forward(x), target, warmup, repeats) for x in batches]
+    model.cpu()
+    return _distribution(per_input)
+
+
+@torch.inference_mode()
+def component_latency_table(model, *, device: str = "cpu", threads: int | None = 1,
+                            warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+    """Milliseconds of each component run alone at batch 1 (decision included, see ``timed_components``)."""
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    with fixed_threads(threads):
+        table = {
+            name: _time_call(fn, target, warmup, repeats)
+            for name, fn in model.timed_components(target).items()
+        }
+    model.cpu()
+    return table
+
+
+def predict_latency_ms(model, inputs: torch.Tensor, table: dict[str, float]) -> float:
+    """Mean predicted batch-1 latency over ``inputs`` from their traces and the table."""
+    model.eval()
+    with torch.inference_mode():
+        trace = model(inputs).trace
+    per_sample = sum(trace.counts[name].double() * table[name] for name in trace.counts)
+    return float(per_sample.mean())
+
+
+def _measure_with_isolation(model, inputs: torch.Tensor, spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``model`` here, holding this node's CPU gate (see isolation.py)."""
+    import ray
+
+    from dynsearch.isolation import exclusive_timing
+
+    with exclusive_timing(spec["isolation_timeout_s"]) as isolated:
+        result = measure_latency(
+            model, inputs[: spec["inputs"] * spec["batch_size"]], device=spec["device"],
+            batch_size=spec["batch_size"], warmup=spec["warmup"], repeats=spec["repeats"], threads=spec["threads"],
+        )
+    return {**result, "latency_isolated": isolated, "latency_device": spec["device"],
+            "latency_node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _measure_from_weights(config: dict[str, Any], weights: bytes, inputs: torch.Tensor, spec: dict[str, Any]):
+    from safetensors.torch import load
+
+    from dynsearch.dynamic import build_model
+
+    model = build_model(config)
+    model.load_state_dict(load(weights))
+    return _measure_with_isolation(model, inputs, spec)
+
+
+def measure_trial_latency(config: dict[str, Any], model, inputs: torch.Tensor, spec: dict[str, Any]) -> dict[str, Any]:
+    """A trial's latency: here, or, when ``spec["resource"]`` names a Ray resource, as a
+    task on the node that carries it (the deployment box), apart from training."""
+    if not spec.get("resource"):
+        return _measure_with_isolation(model, inputs, spec)
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from safetensors.torch import save
+
+    weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    task = ray.remote(_measure_from_weights).options(
+        resources={spec["resource"]: 0.001},
+        num_cpus=0,
+        # Outside the trial's placement group: the target node is not among the trial's resources.
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    )
+    return ray.get(task.remote(config, weights, inputs, spec))

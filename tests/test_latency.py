@@ -1,0 +1,127 @@
+"""Latency as an objective: measurement, isolation, target device and target node."""
+import json
+import subprocess
+import sys
+
+import pytest
+import ray
+import yaml
+
+from conftest import TINY_RECIPE, exits_config
+from dynsearch.dynamic import build_model
+from dynsearch.latency import component_latency_table, measure_latency, predict_latency_ms
+
+LATENCY = {"inputs": 20, "repeats": 3, "warmup": 1}
+
+
+def _latency_recipe(tmp_path, **latency):
+    data = yaml.safe_load(TINY_RECIPE)
+    data["objectives"] = [{"name": "accuracy"}, {"name": "latency_ms"}]
+    data["latency"] = {**LATENCY, **latency}
+    path = tmp_path / "latency.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_measure_latency_reports_a_distribution(digits):
+    model = build_model(exits_config(threshold=0.0))  # every sample leaves at the first head
+    dynamic = measure_latency(model, digits.val_x[:10], repeats=3)
+    static = measure_latency(model, digits.val_x[:10], repeats=3, static=True)
+    for result in (dynamic, static):
+        assert result["latency_inputs"] == 10
+        assert 0 < result["latency_ms"] <= result["latency_ms_p90"]
+        assert result["latency_ms_mean"] > 0
+    batched = measure_latency(model, digits.val_x[:10], repeats=2, batch_size=5)
+    assert batched["latency_inputs"] == 2
+
+
+def test_static_path_is_the_backbone_with_its_final_classifier(digits):
+    model = build_model(exits_config(threshold=1.01)).eval()  # nobody exits: same logits as static
+    x = digits.val_x[:4]
+    assert ray is not None
+    import torch
+
+    assert torch.allclose(model.forward_static(x), model(x).logits, atol=1e-6)
+
+
+def test_latency_table_predicts_from_traces(digits):
+    model = build_model(exits_config()).eval()
+    table = component_latency_table(model, repeats=5)
+    assert set(table) == set(model.components()) and all(v > 0 for v in table.values())
+    model.threshold = 0.0  # everyone leaves at exit 0: stem + stage0 + exit0
+    predicted = predict_latency_ms(model, digits.val_x[:8], table)
+    assert predicted == pytest.approx(table["stem"] + table["stage0"] + table["exit0"])
+
+
+def test_cuda_target_is_a_usage_error_where_absent(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    recipe = _latency_recipe(tmp_path, device="cuda")
+    for command in (["search", str(recipe), "--out", str(tmp_path / "run")], ["train", str(recipe)]):
+        proc = subprocess.run([sys.executable, "-m", "cli", *command], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_gate_blocks_timing_while_training_and_training_while_timing():
+    from dynsearch.isolation import node_gate
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        gate = node_gate()
+        ray.get(gate.enter_training.remote("a"))
+        assert ray.get(gate.acquire_timing.remote(0.5)) is False  # "a" never paused: not isolated
+        ray.get(gate.release_timing.remote())
+        ray.get(gate.leave_training.remote("a"))
+        assert ray.get(gate.acquire_timing.remote(5.0)) is True
+        entering = gate.enter_training.remote("b")
+        ready, _ = ray.wait([entering], timeout=0.5)
+        assert not ready  # a new epoch waits while a model is timed
+        ray.get(gate.release_timing.remote())
+        ray.get(entering, timeout=10)
+        ray.get(gate.leave_training.remote("b"))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@pytest.mark.slow
+def test_latency_objective_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "search", str(_latency_recipe(tmp_path)), "--trials", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((out / "pareto.json").read_text())
+    assert front
+    for item in front:
+        assert 0 < item["latency_ms"] <= item["latency_ms_p90"]
+    for folder in (out / "trials").iterdir():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["latency_isolated"] is True and metrics["latency_device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_latency_measured_on_the_node_with_the_target_resource(tmp_path, two_node_cluster):
+    cluster, worker = two_node_cluster
+    out = tmp_path / "run"
+    recipe = _latency_recipe(tmp_path, resource="target")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "search", str(recipe), "--trials", "2", "--address", cluster.address,
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained_on, timed_on = set(), set()
+    for folder in (out / "trials").iterdir():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        trained_on.add(metrics["node_id"])
+        timed_on.add(metrics["latency_node_id"])
+    assert timed_on == {worker.node_id}  # only the worker carries the "target" resource
+    assert cluster.head_node.node_id in trained_on  # training ran elsewhere too
