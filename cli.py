@@ -15,6 +15,7 @@ EPILOG = """examples:
   dynsearch search                         multi-objective search, default recipe
   dynsearch search digits-exits --trials 16 --out runs/demo
   dynsearch pareto runs/demo --json
+  dynsearch bench runs/demo/trials/3      latency of one trial's model vs its static path
   dynsearch list
 """
 
@@ -75,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Print the non-dominated trials of a run directory.")
     front.add_argument("run_dir", help="a search's run directory")
     front.add_argument("--json", action="store_true", help="print a JSON list")
+
+    bench = commands.add_parser("bench", help="time a saved model and its static full-depth path",
+                                description="Latency (batch-1 by default, eval mode, real exits) of a trial "
+                                "folder (RUN_DIR/trials/N) or an exported model folder, next to its static "
+                                "full-depth path, with MACs, params and the latency table's prediction.")
+    bench.add_argument("path", help="a folder with config.json and model.safetensors")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bench.add_argument("--batch-size", type=_positive_int, default=1, help="inputs per timed call (default: 1)")
+    bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: 1)")
+    bench.add_argument("--inputs", type=_positive_int, default=100, help="validation batches timed (default: 100)")
+    bench.add_argument("--data", help="dataset to time on (default: the run's or the card's)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -148,6 +161,25 @@ def _cmd_pareto(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from dynsearch.latency import bench
+
+    result = bench(args.path, data=args.data, device=args.device, batch_size=args.batch_size,
+                   threads=args.threads, inputs=args.inputs)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['path']} on {result['device']}, batch {result['batch_size']}, {result['threads']} thread(s)")
+    for kind in ("dynamic", "static"):
+        r = result[kind]
+        print(f"  {kind:<8} p50 {r['latency_ms']:.4f} ms  mean {r['latency_ms_mean']:.4f} ms  "
+              f"p90 {r['latency_ms_p90']:.4f} ms  macs {r['macs']:,.0f}")
+    print(f"  speed-up: MACs {result['macs_speedup']:.2f}x, measured {result['realised_speedup']:.2f}x; "
+          f"params {result['params']:,}")
+    print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms (error {result['lut_error']:.1%})")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from dynsearch.dynamic import MECHANISMS
     from dynsearch.recipe import builtin_recipes
@@ -179,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dynsearch.errors import UserError
 
-    handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "list": _cmd_list}
+    handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "bench": _cmd_bench,
+                "list": _cmd_list}
     try:
         return handlers[args.command](args)
     except UserError as exc:

@@ -166,3 +166,76 @@ def measure_trial_latency(config: dict[str, Any], model, inputs: torch.Tensor, s
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     )
     return ray.get(task.remote(config, weights, inputs, spec))
+
+
+def _bench_data_name(folder, data: str | None) -> str:
+    """The dataset to time on: --data, else the run's recipe (trial folder) or the card (export)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    if data:
+        return data
+    folder = Path(folder)
+    recipe = folder.parent.parent / "recipe.yaml"
+    if recipe.is_file():
+        return yaml.safe_load(recipe.read_text())["data"]["name"]
+    card = folder / "card.json"
+    if card.is_file():
+        return json.loads(card.read_text())["data"]["name"]
+    raise UserError(f"{folder}: no recipe.yaml two levels up and no card.json; pass --data NAME")
+
+
+def load_model_folder(folder):
+    """A DynamicModel from a folder holding config.json and model.safetensors (never unpickles)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dynsearch.dynamic import build_model
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise UserError(f"{folder}: needs config.json and model.safetensors; pass a trial or exported model folder")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        model = build_model(config)
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    except (ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"{folder}: config or weights unreadable ({exc.__class__.__name__}); re-export the model") from None
+    return model.eval()
+
+
+def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: int = 1, threads: int = 1,
+          inputs: int = 100, repeats: int = 15, warmup: int = 3) -> dict[str, Any]:
+    """Latency of a saved model and of its static full-depth path, side by side, with MACs
+    and the latency table's prediction (and its error against the measurement)."""
+    from dynsearch.cost import count_params, measure
+    from dynsearch.data import DATASETS, load_splits
+
+    model = load_model_folder(folder)
+    name = _bench_data_name(folder, data)
+    if name not in DATASETS:
+        raise UserError(f"--data {name}: unknown dataset; use one of {sorted(DATASETS)}")
+    resolve_device(device)
+    splits = load_splits(name, 0)
+    x = splits.val_x[: inputs * batch_size]
+    costs = measure(model, x, splits.val_y[: len(x)])
+    kwargs = dict(device=device, batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
+    dynamic = measure_latency(model, x, **kwargs)
+    static = measure_latency(model, x, static=True, **kwargs)
+    table = component_latency_table(model, device=device, threads=threads)
+    predicted = predict_latency_ms(model, x, table)
+    return {
+        "path": str(folder), "data": name, "device": device, "batch_size": batch_size, "threads": threads,
+        "dynamic": {**dynamic, "macs": costs["macs"]},
+        "static": {**static, "macs": costs["macs_full"]},
+        "params": count_params(model),
+        "macs_speedup": costs["macs_full"] / costs["macs"],
+        "realised_speedup": static["latency_ms_mean"] / dynamic["latency_ms_mean"],
+        "lut_predicted_ms": predicted,
+        "lut_error": abs(predicted - dynamic["latency_ms_mean"]) / dynamic["latency_ms_mean"],
+    }

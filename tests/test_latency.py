@@ -125,3 +125,21 @@ def test_latency_measured_on_the_node_with_the_target_resource(tmp_path, two_nod
         timed_on.add(metrics["latency_node_id"])
     assert timed_on == {worker.node_id}  # only the worker carries the "target" resource
     assert cluster.head_node.node_id in trained_on  # training ran elsewhere too
+
+
+def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
+    out = tmp_path / "model"
+    train = subprocess.run([sys.executable, "-m", "cli", "train", "--epochs", "1", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "cli", "bench", str(out), "--data", "digits", "--inputs", "5",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["static"]["macs"] >= result["dynamic"]["macs"] * 0.5 and result["params"] > 0
+    assert result["dynamic"]["latency_ms"] > 0 and result["static"]["latency_ms"] > 0
+    assert result["realised_speedup"] > 0 and result["lut_predicted_ms"] > 0
+    (out / "model.safetensors").write_bytes(b"not a safetensors file")
+    bad = subprocess.run([sys.executable, "-m", "cli", "bench", str(out), "--data", "digits"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unreadable" in bad.stderr
