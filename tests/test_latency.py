@@ -143,3 +143,19 @@ def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cli", "bench", str(out), "--data", "digits"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unreadable" in bad.stderr
+
+
+def test_folding_batch_norm_keeps_outputs_and_decisions(digits):
+    import torch
+
+    from dynsearch.latency import fold_batch_norm
+
+    model = build_model(exits_config(widths=(8, 16, 32), depth=2))
+    model.train()
+    model(digits.train_x[:64])  # non-trivial running statistics
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = digits.val_x[:32]
+    assert torch.allclose(folded.forward_static(x), model.forward_static(x), atol=1e-5)
+    assert torch.allclose(folded(x).logits, model(x).logits, atol=1e-5)
