@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, help="search seed")
     search.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     search.add_argument("--address", help="join an existing Ray cluster (HOST:PORT); default: a local instance")
+    search.add_argument("--new", action="store_true",
+                        help="start a new search in --out even if it holds one of another recipe "
+                        "(the old search is moved to <out>/previous/<k>)")
     search.add_argument("--json", action="store_true", help="print the front as JSON when done")
 
     front = commands.add_parser("pareto", help="print the Pareto front of a run",
@@ -138,7 +141,7 @@ def _cmd_search(args) -> int:
     import dynsearch
 
     result = dynsearch.search(
-        args.recipe, out=args.out, address=args.address, progress=True,
+        args.recipe, out=args.out, address=args.address, progress=True, new=args.new,
         trials=args.trials, epochs=args.epochs, concurrent_trials=args.concurrent,
         seed=args.seed, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
     )
@@ -147,6 +150,10 @@ def _cmd_search(args) -> int:
     else:
         _print_front(result.front)
         print(f"run directory: {result.run_dir}")
+    if result.complete < result.trials:
+        print(f"dynsearch: warning: {result.complete} of {result.trials} trials COMPLETE, "
+              f"{result.counts.get('FAIL', 0)} FAIL (reasons: 'fail_reason' in the study); "
+              "re-run the same command to try again", file=sys.stderr)
     return 0
 
 

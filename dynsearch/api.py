@@ -1,7 +1,7 @@
 """The Python API, mirrored by the CLI: train, search, pareto."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +66,24 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
 class SearchResult:
     run_dir: Path
     front: list[dict[str, Any]]
+    trials: int = 0  # COMPLETE trials asked for
+    counts: dict[str, int] = field(default_factory=dict)  # trials of the study per state
+
+    @property
+    def complete(self) -> int:
+        return self.counts.get("COMPLETE", 0)
 
 
 def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | None = None,
-           progress: bool = False, **overrides) -> SearchResult:
+           progress: bool = False, new: bool = False, **overrides) -> SearchResult:
     """Run (or resume) a multi-objective search; return the run directory and its front.
 
     ``overrides`` replace top-level recipe fields (``trials=8``, ``epochs=2``,
     ``address="HOST:PORT"`` for an existing Ray cluster...).
-    ``out`` defaults to ``runs/<recipe name>``.
+    ``out`` defaults to ``runs/<recipe name>``. Resuming a search of another
+    recipe is refused unless ``new`` (the old search is moved to ``out/previous/<k>``).
     """
-    from dynsearch.front import pareto
+    from dynsearch.front import pareto, trial_counts
     from dynsearch.tuner import run_search
 
     recipe = _recipe(recipe_or_path, overrides)
@@ -86,5 +93,5 @@ def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | 
         from dynsearch.progress import Progress
 
         callback = Progress(recipe.trials, out.expanduser().resolve())
-    run_dir = run_search(recipe, out, progress=callback)
-    return SearchResult(run_dir, pareto(run_dir))
+    run_dir = run_search(recipe, out, progress=callback, new=new)
+    return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))

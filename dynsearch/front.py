@@ -78,10 +78,6 @@ def write_front(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def trial_counts(run_dir: str | Path) -> dict[str, int]:
     """How many trials of the study are in each state."""
-    from dynsearch.study import open_study
+    from dynsearch.study import count_states, open_study
 
-    study = open_study(_check_run_dir(run_dir))
-    counts: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
+    return count_states(open_study(_check_run_dir(run_dir)))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ray import tune
 from rich.console import Console
+from rich.markup import escape
 
 from dynsearch.study import read_trial_metrics
 
@@ -32,10 +33,19 @@ class Progress(tune.Callback):
         elapsed = int(time.time() - self.started)
         best = "" if self.best_accuracy is None else f", best val acc {self.best_accuracy:.3f}"
         self.console.print(
-            f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {event} | {self.done}/{self.total} done, "
+            f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {escape(event)} | {self.done}/{self.total} done, "
             f"{len(self.running)} running, {self.failed} failed{best}",
             soft_wrap=True,
         )
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        from dynsearch.study import count_states, open_study
+
+        counts = count_states(open_study(self.run_dir))
+        self.done = counts.get("COMPLETE", 0)  # kept from earlier runs of this search
+        if sum(counts.values()):
+            self._line(f"resuming: {self.done} COMPLETE trials kept, {counts.get('FAIL', 0)} FAIL not counted, "
+                       f"{counts.get('WAITING', 0)} queued for retry")
 
     @staticmethod
     def _number(trial) -> int | None:

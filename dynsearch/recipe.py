@@ -239,6 +239,10 @@ def load_recipe(recipe: str | Path | None = None) -> Recipe:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
+        if isinstance(exc, yaml.constructor.ConstructorError):  # a tag such as !!python/object: never run
+            tag = str(exc.problem).rpartition("tag ")[2].replace("tag:yaml.org,2002:", "!!")
+            raise UserError(f"recipe {path}: YAML tag {tag} is not allowed{where}; recipes are plain YAML "
+                            "(read with yaml.safe_load), remove the tag") from None
         raise UserError(f"recipe {path}: not valid YAML{where}; fix the syntax") from None
     return parse_recipe(data, source=str(path))
 

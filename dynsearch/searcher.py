@@ -5,6 +5,11 @@ before failing, leaves a NaN trial RUNNING and stores an infinite one COMPLETE
 (PITFALLS.md). ``StudySearch`` makes a trial COMPLETE only when its last
 result is the final one and every objective is finite; otherwise it is FAIL
 with the reason as the trial's ``fail_reason`` user attribute.
+
+It also stops proposing once the study holds ``recipe.trials`` COMPLETE trials
+(earlier runs' included) and never has more in flight than are still needed,
+so failed trials are replaced and a search ends with the COMPLETE trials it
+asked for (Ray's ``num_samples`` bounds the attempts).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from dynsearch.recipe import Recipe, is_finite_number
@@ -54,7 +60,8 @@ class StudySearch(OptunaSearch):
     def __setstate__(self, state):
         self.__dict__.update(state)
         study = open_study(self._run_dir, self._recipe, make_sampler(self._recipe))
-        self._ot_study, self._storage, self._sampler, self._ot_trials = study, study._storage, study.sampler, {}
+        self._ot_study, self._storage, self._sampler = study, study._storage, study.sampler
+        self._ot_trials, self._completed_trials = {}, set()
 
     def save(self, checkpoint_path: str):
         # The study in the run directory is the durable state; nothing else to save.
@@ -62,6 +69,15 @@ class StudySearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str):
         pass
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        complete = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if complete >= self._recipe.trials:
+            return Searcher.FINISHED
+        in_flight = len(self._ot_trials.keys() - self._completed_trials)
+        if complete + in_flight >= self._recipe.trials:
+            return None  # wait: the trials running may be enough
+        return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -59,3 +59,22 @@ def default_config(recipe, data) -> dict[str, Any]:
                 "pick a value inside it"
             )
     return config
+
+
+def check_space(recipe, data) -> None:
+    """Refuse a search space that asks for no parameters (nothing to search).
+
+    The space defines one trial of a throwaway in-memory study; nothing is written.
+    """
+    import optuna
+
+    from dynsearch.errors import UserError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study().ask()
+    get_space(recipe.space).define(trial, recipe, data)
+    if not trial.distributions:
+        raise UserError(
+            f"recipe field 'space': search space {recipe.space!r} asks for no parameters, so there is nothing "
+            "to search; use 'dynsearch train' for a single model or a space with parameters"
+        )

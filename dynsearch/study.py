@@ -47,15 +47,35 @@ def make_sampler(recipe: Recipe):
     return optuna.samplers.RandomSampler(seed=recipe.seed)
 
 
-def fail_orphans(study, reason: str) -> int:
-    """Mark trials left RUNNING (by a crashed driver) as FAIL; return how many."""
+INTERRUPTED = "interrupted: the search driver stopped while this trial ran"
+
+
+def fail_orphans(study, reason: str = INTERRUPTED, retry: bool = True) -> list[int]:
+    """Mark trials left RUNNING (by a crashed driver) FAIL; return their numbers.
+
+    With ``retry``, each orphan's parameters are queued once more (Optuna's
+    ``enqueue_trial``; the next ``ask`` takes them), unless the orphan was
+    itself such a retry: a configuration is retried once, not forever.
+    """
     from optuna.trial import TrialState
 
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in orphans:
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        retried = retry and bool(trial.params) and "retry_of" not in trial.user_attrs
+        why = f"{reason}; its parameters are queued for one retry" if retried else reason
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", why)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    return len(orphans)
+        if retried:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return [trial.number for trial in orphans]
+
+
+def count_states(study) -> dict[str, int]:
+    """How many trials of the study are in each state (``COMPLETE``, ``FAIL``, ...)."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:

@@ -10,13 +10,13 @@ import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import ray
 
-from dynsearch.errors import UserError
 from dynsearch.recipe import Recipe, recipe_dict
-from dynsearch.study import fail_orphans, make_sampler, open_study, trial_dir
+from dynsearch.study import count_states, fail_orphans, make_sampler, open_study, trial_dir
 
 # -- trial files: written on the driver's node, wherever the trial ran -----
 @ray.remote(num_cpus=0)
@@ -78,9 +78,10 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         metrics = evaluate(model, splits)
         if latency:
             metrics.update(measure_trial_latency(trial_config, model, splits.val_x, latency))
-    except Exception as exc:
+    except Exception as caught:
         # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
         # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.
+        exc = as_out_of_memory(caught)
         reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
         failure = {"status": "FAIL", "reason": reason, "traceback": traceback.format_exc()[-4000:], **placement}
         ray.get(files.write.remote(number, {"metrics.json": json_bytes(failure)}))
@@ -97,96 +98,118 @@ def _measures_latency(recipe_data: dict[str, Any]) -> bool:
     return recipe_data["latency"]["measure"] or any(o["name"] == "latency_ms" for o in recipe_data["objectives"])
 
 
+def as_out_of_memory(exc: Exception) -> Exception:
+    """CPU allocation failures as ``torch.OutOfMemoryError`` (what a GPU raises), with the fix.
+
+    torch's CPU allocator raises a plain RuntimeError ("can't allocate memory").
+    """
+    import torch
+
+    if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+        return exc
+    first_line = (str(exc).splitlines() or ["out of memory"])[0][:400]
+    return torch.OutOfMemoryError(f"{first_line}; make the model or batch_size smaller, or run fewer concurrent_trials")
+
+
 # -- the driver --------------------------------------------------------------
 def _init_ray(address: str | None, num_cpus: int | None = None):
+    from ray._private import ray_constants
+
     if ray.is_initialized():
         return False
-    # Held to loopback (PITFALLS.md): without this, Ray advertises the network interface.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the processes Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Ray's tables
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="error")
-    if address in (None, "local"):
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
-    else:
+    if address not in (None, "local"):
         ray.init(address=address, **kwargs)
+        return True
+    # Held to loopback (PITFALLS.md). Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is
+    # imported, and otherwise resolves 127.0.0.1 to the network interface, where its servers then
+    # listen: so the flag is set for this init only, whatever imported Ray first.
+    enable_cluster = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
     return True
 
 
-def prepare_run_dir(recipe: Recipe, out: str | Path) -> Path:
-    """Create the run directory and write the resolved recipe (atomically)."""
-    import yaml
-
-    run_dir = Path(out).expanduser().resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory; choose another path")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the run directory ({exc.strerror}); choose another path") from None
-    if not os.access(run_dir, os.W_OK):
-        raise UserError(f"--out {out}: the run directory is not writable; choose another path")
-    tmp = run_dir / "recipe.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(recipe_dict(recipe), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, run_dir / "recipe.yaml")
-    return run_dir
-
-
-def run_search(recipe: Recipe, out: str | Path, progress=None) -> Path:
+def run_search(recipe: Recipe, out: str | Path, progress=None, new: bool = False) -> Path:
     """Run (or continue) the search ``recipe`` describes in run directory ``out``.
 
     With ``recipe.address`` the trials run on that existing Ray cluster (the
     driver must run on one of its nodes); the run directory stays with the driver.
-    """
-    from optuna.trial import TrialState
-    from ray import tune
 
+    Holds the run directory's lock throughout; refuses to resume a search of a
+    different recipe unless ``new`` (then the old search is moved aside).
+    Trials a crashed driver left RUNNING are failed and their parameters
+    retried once; failed trials are replaced until the study holds
+    ``recipe.trials`` COMPLETE trials or this run's attempts are used up.
+    """
     from dynsearch.data import DATASETS
     from dynsearch.front import write_front
+    from dynsearch.rundir import check_resume, locked, make_run_dir, write_recipe
+    from dynsearch.spaces import check_space
 
     if recipe.measures_latency and not recipe.latency.resource:
         from dynsearch.latency import resolve_device
 
         resolve_device(recipe.latency.device)  # a missing device is the user's to fix, before anything runs
-    run_dir = prepare_run_dir(recipe, out)
-    study = open_study(run_dir, recipe, make_sampler(recipe))
-    fail_orphans(study, "left RUNNING by an earlier driver that stopped")
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    remaining = recipe.trials - done
-    if remaining > 0:
-        info = DATASETS[recipe.data.name]
-        data_shape = {"input_shape": tuple(info.input_shape), "num_classes": info.num_classes}
-        from dynsearch.searcher import StudySearch
-
-        searcher = StudySearch(recipe, run_dir, data_shape)
-        started_ray = _init_ray(recipe.address)
-        cpus = max(1, math.ceil(recipe.cpus_per_trial))
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                run_trial, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus
-            ),
-            {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=remaining,
-                max_concurrent_trials=recipe.concurrent_trials,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str(run_dir / "ray"),
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=recipe.trial_retries),
-                callbacks=[progress] if progress is not None else None,
-            ),
-        )
-        try:
-            tuner.fit()
-        finally:
-            if started_ray:
-                ray.shutdown()
-    write_front(run_dir)
+    info = DATASETS[recipe.data.name]
+    data_shape = {"input_shape": tuple(info.input_shape), "num_classes": info.num_classes}
+    check_space(recipe, SimpleNamespace(**data_shape))
+    run_dir = make_run_dir(out)
+    with locked(run_dir):
+        check_resume(run_dir, recipe, new=new)
+        write_recipe(run_dir, recipe)
+        study = open_study(run_dir, recipe, make_sampler(recipe))
+        fail_orphans(study)
+        remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
+        if remaining > 0:
+            _fit(recipe, run_dir, data_shape, attempts=max_attempts(remaining), progress=progress)
+        write_front(run_dir)
     return run_dir
+
+
+def max_attempts(missing_trials: int) -> int:
+    """Trials one run may start to get ``missing_trials`` COMPLETE: twice as many, at least 4 spare."""
+    return missing_trials + max(4, missing_trials)
+
+
+def _fit(recipe: Recipe, run_dir: Path, data_shape: dict[str, Any], attempts: int, progress) -> None:
+    from ray import tune
+
+    from dynsearch.searcher import StudySearch
+
+    searcher = StudySearch(recipe, run_dir, data_shape)
+    started_ray = _init_ray(recipe.address)
+    cpus = max(1, math.ceil(recipe.cpus_per_trial))
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus
+        ),
+        {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=attempts,  # the searcher stops earlier, once enough trials are COMPLETE
+            max_concurrent_trials=recipe.concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(run_dir / "ray"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=recipe.trial_retries),
+            callbacks=[progress] if progress is not None else None,
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
