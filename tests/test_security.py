@@ -1,0 +1,111 @@
+"""Nothing dynsearch reads can run code: weights are safetensors only, YAML is safe_load only.
+
+(The WANDB_API_KEY sentinel and Ray's loopback binding are checked on a real
+search in tests/test_resilience.py.)
+"""
+import ast
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+from conftest import TINY_RECIPE, exits_config
+from dynsearch.dynamic import build_model
+from dynsearch.errors import UserError
+from dynsearch.trial import save_trial
+from dynsearch.weights import load_trial_model, load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Payload:
+    """Unpickling this creates the file ``marker``: proof that a loader ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _trial_folder(folder):
+    model = build_model(exits_config())
+    save_trial(folder, model.config, model, {"status": "COMPLETE"})
+    return model
+
+
+def test_a_trial_folder_loads_back_from_safetensors(tmp_path):
+    model = _trial_folder(tmp_path).eval()
+    loaded = load_trial_model(tmp_path)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("write", ["torch.save", "pickle.dump"])
+def test_a_crafted_pickle_checkpoint_is_refused_and_runs_nothing(tmp_path, write):
+    _trial_folder(tmp_path)
+    marker = tmp_path / "code-ran"
+    weights = tmp_path / "model.safetensors"
+    if write == "torch.save":
+        torch.save({"stem.0.weight": _Payload(marker)}, weights)
+    else:
+        weights.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    for load in (load_trial_model, lambda folder: load_weights(folder / "model.safetensors")):
+        with pytest.raises(UserError, match="not a safetensors file.*never pickle checkpoints"):
+            load(tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"  # torch 2.13's torch.load reads *.safetensors as safetensors
+    checkpoint.write_bytes(weights.read_bytes())
+    with pytest.raises(pickle.UnpicklingError):  # torch.load as this code base may use it
+        torch.load(checkpoint, weights_only=True)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # control: an unpickler does run the payload
+    assert marker.exists()
+
+
+def test_yaml_with_python_tags_is_refused_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(TINY_RECIPE + f'seed: !!python/object/apply:os.system ["touch {marker}"]\n')
+    for command in ("train", "search"):
+        assert cli.main([command, str(recipe), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "YAML tag '!!python/object/apply:os.system' is not allowed" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_tampered_run_dir_recipe_is_refused_and_runs_nothing(tmp_path, tiny_recipe, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "study.journal").write_text("")
+    marker = tmp_path / "code-ran"
+    (run_dir / "recipe.yaml").write_text(f'space: !!python/object/apply:os.system ["touch {marker}"]\n')
+    assert cli.main(["search", str(tiny_recipe), "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "recipe.yaml is unreadable or invalid" in err and "--new" in err
+    assert not marker.exists()
+
+
+def _calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            yield ast.unparse(node.func), node
+
+
+def test_the_code_base_has_no_unsafe_loader():
+    """Every torch.load passes weights_only=True; no pickle, marshal, eval or unsafe YAML loader."""
+    forbidden = {"pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads", "dill.load",
+                 "marshal.load", "marshal.loads", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "eval", "exec"}
+    sources = [*sorted((ROOT / "dynsearch").rglob("*.py")), *sorted((ROOT / "search_spaces").rglob("*.py")),
+               ROOT / "cli.py"]
+    assert len(sources) > 10
+    problems = []
+    for path in sources:
+        for name, call in _calls(ast.parse(path.read_text(), str(path))):
+            safe_torch_load = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                                  for k in call.keywords)
+            if name in forbidden or (name == "torch.load" and not safe_torch_load):
+                problems.append(f"{path.relative_to(ROOT)}:{call.lineno} {name}")
+    assert problems == []
