@@ -16,6 +16,7 @@ EPILOG = """examples:
   dynsearch search digits-exits --trials 16 --out runs/demo
   dynsearch pareto runs/demo --json
   dynsearch bench runs/demo/trials/3      latency of one trial's model vs its static path
+  dynsearch report runs/demo               pareto.png and pareto.html in the run directory
   dynsearch list
 """
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start a new search in --out even if it holds one of another recipe "
                         "(the old search is moved to <out>/previous/<k>)")
     search.add_argument("--json", action="store_true", help="print the front as JSON when done")
+    search.add_argument("--wandb", choices=["online", "offline", "off"],
+                        help="W&B tracking (default online: offline with a notice when not logged in or unreachable)")
+    search.add_argument("--wandb-project", help="W&B project (default: the recipe's wandb.project)")
+    search.add_argument("--wandb-group", help="W&B group naming this search (default: the run directory's name)")
 
     front = commands.add_parser("pareto", help="print the Pareto front of a run",
                                 description="Print the non-dominated trials of a run directory.")
@@ -91,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--inputs", type=_positive_int, default=100, help="validation batches timed (default: 100)")
     bench.add_argument("--data", help="dataset to time on (default: the run's or the card's)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+
+    report = commands.add_parser("report", help="draw the front and the mechanisms' statistics of a run",
+                                 description="Write pareto.png and an interactive pareto.html into a run directory.")
+    report.add_argument("run_dir", help="a search's run directory")
 
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -140,10 +149,11 @@ def _cmd_train(args) -> int:
 def _cmd_search(args) -> int:
     import dynsearch
 
+    wandb = {k: v for k, v in (("mode", args.wandb), ("project", args.wandb_project), ("group", args.wandb_group)) if v}
     result = dynsearch.search(
         args.recipe, out=args.out, address=args.address, progress=True, new=args.new,
         trials=args.trials, epochs=args.epochs, concurrent_trials=args.concurrent,
-        seed=args.seed, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
+        seed=args.seed, wandb=wandb or None, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
     )
     if args.json:
         print(json.dumps(result.front))
@@ -187,6 +197,15 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from dynsearch.report import write_report
+
+    png, page = write_report(args.run_dir)
+    print(f"wrote {png}")
+    print(f"wrote {page}")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from dynsearch.dynamic import MECHANISMS
     from dynsearch.recipe import builtin_recipes
@@ -219,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from dynsearch.errors import UserError
 
     handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "bench": _cmd_bench,
-                "list": _cmd_list}
+                "report": _cmd_report, "list": _cmd_list}
     try:
         return handlers[args.command](args)
     except UserError as exc:

@@ -92,6 +92,6 @@ def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | 
     if progress:
         from dynsearch.progress import Progress
 
-        callback = Progress(recipe.trials, out.expanduser().resolve())
+        callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names)
     run_dir = run_search(recipe, out, progress=callback, new=new)
     return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))

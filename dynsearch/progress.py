@@ -1,4 +1,9 @@
-"""A line of progress per trial event during a search (a Ray Tune callback)."""
+"""A line of progress per trial event during a search (a Ray Tune callback).
+
+Each line: trials done / running / failed, elapsed time, best validation
+accuracy; when a trial changes the Pareto front, one more line lists the
+front so far (from the study, so it follows the recipe's objectives).
+"""
 from __future__ import annotations
 
 import time
@@ -8,14 +13,37 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
-from dynsearch.study import read_trial_metrics
+from dynsearch.study import open_study, read_trial_metrics
+
+MAX_FRONT_POINTS = 8  # points shown on the front line
+
+
+def _compact(value: float) -> str:
+    """0.9917 -> '0.992'; 152704 -> '153k'; 1234567 -> '1.23M'."""
+    if abs(value) < 10:
+        return f"{value:.3f}"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
+def front_line(study, objectives: list[str]) -> str:
+    """The study's non-dominated trials as 'front (accuracy, macs): 0.992/153k 0.989/51k ...'."""
+    points = sorted((t.values for t in study.best_trials), key=lambda values: [-v for v in values])
+    shown = " ".join("/".join(_compact(v) for v in values) for values in points[:MAX_FRONT_POINTS])
+    more = f" (+{len(points) - MAX_FRONT_POINTS} more)" if len(points) > MAX_FRONT_POINTS else ""
+    return f"front ({', '.join(objectives)}): {shown}{more}"
 
 
 class Progress(tune.Callback):
     """Prints trials done / running / failed and elapsed time as trials start and end."""
 
-    def __init__(self, total: int, run_dir: Path, console: Console | None = None):
+    def __init__(self, total: int, run_dir: Path, console: Console | None = None,
+                 objectives: list[str] | None = None):
         self.total, self.run_dir = total, run_dir
+        self.objectives = objectives or ["accuracy", "macs"]
+        self.front_shown = ""
         self.console = console or Console(stderr=True, highlight=False)
         self.started = time.time()
         self.running: set[str] = set()
@@ -66,9 +94,17 @@ class Progress(tune.Callback):
             self.best_accuracy = max(self.best_accuracy or 0.0, accuracy)
             share = metrics["macs"] / metrics["macs_full"]
             self._line(f"trial {number} COMPLETE val acc {accuracy:.3f}, macs {metrics['macs']:,.0f} ({share:.0%} of full)")
+            self._front()
         else:
             self.failed += 1
             self._line(f"trial {number} FAIL")
+
+    def _front(self) -> None:
+        # The searcher has told the study before Ray calls this callback.
+        line = front_line(open_study(self.run_dir), self.objectives)
+        if line != self.front_shown:
+            self.front_shown = line
+            self.console.print(f"{'':9}{line}", soft_wrap=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._line(f"trial {self._number(trial)} lost its worker or node; Ray reruns it")

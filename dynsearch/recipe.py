@@ -93,6 +93,15 @@ class SamplerSpec(_Strict):
     n_startup_trials: Optional[int] = Field(None, ge=1, description="TPE random start; default trials // 4")
 
 
+class WandbSpec(_Strict):
+    """W&B tracking (see tracking.py): ``online`` falls back to offline when not logged in or unreachable."""
+
+    mode: Literal["online", "offline", "off"] = "online"
+    project: str = Field("dynsearch", min_length=1, max_length=128)
+    group: Optional[str] = Field(None, min_length=1, max_length=128, description="default: the run directory's name")
+    init_timeout_s: float = Field(20.0, gt=0.0, le=600.0, description="wait for the server, then go offline")
+
+
 class Recipe(_Strict):
     """A search (or a single training) described in full."""
 
@@ -115,6 +124,7 @@ class Recipe(_Strict):
     trial_retries: int = Field(2, ge=0, le=100, description="reruns of a trial whose worker or node was lost")
     defaults: dict[str, Any] = Field(default_factory=dict)
     latency: LatencySpec = Field(default_factory=LatencySpec)
+    wandb: WandbSpec = Field(default_factory=WandbSpec)
 
     @field_validator("space")
     @classmethod

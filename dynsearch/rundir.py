@@ -23,7 +23,7 @@ PREVIOUS_DIR = "previous"
 # resources may change between runs of the same search.
 RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "latency")
 # What --new moves aside (everything a search writes, see README "Run directory").
-SEARCH_STATE = (RECIPE_FILE, "study.journal", "trials", "pareto.json", "ray")
+SEARCH_STATE = (RECIPE_FILE, "study.journal", "trials", "pareto.json", "ray", "pareto.png", "pareto.html", "wandb")
 
 
 def make_run_dir(out: str | Path) -> Path:

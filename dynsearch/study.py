@@ -5,6 +5,7 @@ Imports neither Ray nor any mechanism, so reading a run stays light.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,18 @@ def open_study(run_dir: Path, recipe: Recipe | None = None, sampler=None):
     storage = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
     if recipe is None:
         return optuna.load_study(study_name=STUDY_NAME, storage=storage)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
         sampler=sampler,
         directions=["maximize" if m == "max" else "minimize" for m in recipe.metric_modes],
         load_if_exists=True,
     )
+    if study.metric_names is None:  # optuna-dashboard then labels the objectives by name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(recipe.metric_names)
+    return study
 
 
 def make_sampler(recipe: Recipe):

@@ -17,6 +17,7 @@ import ray
 
 from dynsearch.recipe import Recipe, recipe_dict
 from dynsearch.study import count_states, fail_orphans, make_sampler, open_study, trial_dir
+from dynsearch.tracking import SearchTracking, Tracking
 
 # -- trial files: written on the driver's node, wherever the trial ran -----
 @ray.remote(num_cpus=0)
@@ -46,8 +47,8 @@ def _trial_files_actor(run_dir: Path):
 
 
 # -- the trainable (runs in a Ray worker) ----------------------------------
-def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int) -> None:
-    """Ray Tune function trainable: one Lightning fit, then the final report."""
+def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int, tracking=None) -> None:
+    """Ray Tune function trainable: one Lightning fit, then the final report (and its W&B run)."""
     import socket
     import traceback
 
@@ -57,6 +58,7 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
     from dynsearch.data import load_splits
     from dynsearch.isolation import gate_callback
     from dynsearch.latency import measure_trial_latency
+    from dynsearch.tracking import TrialTracker
     from dynsearch.trial import evaluate, json_bytes, train_model, trial_files
 
     torch.set_num_threads(max(1, cpus))
@@ -67,14 +69,16 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         number, {"config.json": json_bytes(trial_config), "placement.json": json_bytes({**placement, "started": time.time()})}
     ))
     started = time.time()
+    tracker = None
     try:
+        tracker = TrialTracker(tracking, trial_config)
         data = recipe_data["data"]
         splits = load_splits(data["name"], data["split_seed"], data["val_fraction"], data["test_fraction"])
         accelerator = "gpu" if recipe_data["gpus_per_trial"] > 0 else "cpu"
         latency = recipe_data["latency"] if _measures_latency(recipe_data) else None
         callbacks = [gate_callback(str(number))] if latency else []
-        model = train_model(trial_config, splits, report=tune.report, accelerator=accelerator, callbacks=callbacks,
-                            objectives=[o["name"] for o in recipe_data["objectives"]])
+        model = train_model(trial_config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
+                            callbacks=callbacks, objectives=[o["name"] for o in recipe_data["objectives"]])
         metrics = evaluate(model, splits)
         if latency:
             metrics.update(measure_trial_latency(trial_config, model, splits.val_x, latency))
@@ -85,12 +89,15 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
         failure = {"status": "FAIL", "reason": reason, "traceback": traceback.format_exc()[-4000:], **placement}
         ray.get(files.write.remote(number, {"metrics.json": json_bytes(failure)}))
+        if tracker is not None:
+            tracker.finish(fail_reason=reason)
         # Ray checks every result names the objectives; the searcher tells the study FAIL, never NaN.
         objectives = {o["name"]: float("nan") for o in recipe_data["objectives"]}
         tune.report({**objectives, "final": True, "failed": True})
         return
     metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
     ray.get(files.write.remote(number, trial_files(trial_config, model, metrics)))
+    tracker.finish(metrics)
     tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
 
 
@@ -149,7 +156,8 @@ def run_search(recipe: Recipe, out: str | Path, progress=None, new: bool = False
     ``recipe.trials`` COMPLETE trials or this run's attempts are used up.
     """
     from dynsearch.data import DATASETS
-    from dynsearch.front import write_front
+    from dynsearch.front import trial_counts, write_front
+    from dynsearch.report import write_report
     from dynsearch.rundir import check_resume, locked, make_run_dir, write_recipe
     from dynsearch.spaces import check_space
 
@@ -164,12 +172,20 @@ def run_search(recipe: Recipe, out: str | Path, progress=None, new: bool = False
     with locked(run_dir):
         check_resume(run_dir, recipe, new=new)
         write_recipe(run_dir, recipe)
+        tracking = SearchTracking(recipe, run_dir)  # before Ray: a bounded wait for the W&B server
         study = open_study(run_dir, recipe, make_sampler(recipe))
         fail_orphans(study)
         remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
         if remaining > 0:
-            _fit(recipe, run_dir, data_shape, attempts=max_attempts(remaining), progress=progress)
-        write_front(run_dir)
+            try:
+                _fit(recipe, run_dir, data_shape, attempts=max_attempts(remaining), progress=progress,
+                     tracking=tracking.trials)
+            except BaseException:
+                tracking.abort()
+                raise
+        front = write_front(run_dir)
+        png, _ = write_report(run_dir)
+        tracking.finish(front, png, trial_counts(run_dir))
     return run_dir
 
 
@@ -178,7 +194,8 @@ def max_attempts(missing_trials: int) -> int:
     return missing_trials + max(4, missing_trials)
 
 
-def _fit(recipe: Recipe, run_dir: Path, data_shape: dict[str, Any], attempts: int, progress) -> None:
+def _fit(recipe: Recipe, run_dir: Path, data_shape: dict[str, Any], attempts: int, progress,
+         tracking: Tracking | None = None) -> None:
     from ray import tune
 
     from dynsearch.searcher import StudySearch
@@ -188,7 +205,8 @@ def _fit(recipe: Recipe, run_dir: Path, data_shape: dict[str, Any], attempts: in
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus
+            run_trial, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus,
+            tracking=tracking,
         ),
         {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
     )

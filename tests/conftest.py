@@ -5,6 +5,8 @@ import torch
 
 # Ray must stay on loopback in tests (PITFALLS.md).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Never W&B's network in tests; the tracking tests set their own mode.
+os.environ["WANDB_MODE"] = "disabled"
 
 
 def exits_config(stages=(0, 1), threshold=0.9, widths=(8, 32, 64), head_width=32, kind="cnn", depth=1):

@@ -1,0 +1,201 @@
+"""Experiment tracking in W&B: one run per trial, one summary run per search.
+
+Each trial is a W&B run logged from its Ray worker: the trial config, the
+validation metrics of every epoch (``val/accuracy``, ``val/macs``) and the
+final objectives in its summary. The driver's summary run carries the recipe,
+the Pareto table (``wandb.Table``) and the front plot. A search's runs share a
+group (default: the run directory's name); their files live in
+``RUN_DIR/wandb/``.
+
+Mode ``online`` (the default) goes online when W&B credentials exist for the
+server (``WANDB_API_KEY`` or a .netrc entry) and the server answers within
+``init_timeout_s``; otherwise it logs offline, with a one-line notice. The
+driver decides once, before any trial starts; a trial whose online start still
+fails logs offline, so an unreachable server neither fails nor hangs a search.
+``offline`` never touches the network; ``off`` logs nothing. ``WANDB_MODE``
+set to offline or disabled in the environment overrides mode ``online``. Only trial
+configs, the recipe and measured metrics are logged: nothing from the
+environment, so API keys stay out of the files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from dynsearch.recipe import is_finite_number, recipe_dict
+
+WANDB_DIR = "wandb"
+FINAL_KEYS = ("accuracy", "macs", "macs_full", "params", "test_accuracy", "test_macs", "train_seconds")
+FRONT_COLUMNS = ["trial", "accuracy", "test_accuracy", "macs", "macs_full", "macs_share", "params", "stats", "config"]
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What a trial needs to log: plain and picklable, it travels to the Ray workers."""
+
+    mode: str  # "online" or "offline"
+    project: str
+    group: str
+    run_dir: str  # absolute (Ray changes a trial's working directory); W&B writes run_dir/wandb/
+    init_timeout_s: float
+
+
+def notice(message: str) -> None:
+    print(f"dynsearch: W&B: {message}", file=sys.stderr, flush=True)
+
+
+def base_url() -> str:
+    import wandb
+
+    return os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+
+
+def logged_in() -> bool:
+    """Whether W&B credentials exist for the server: in the environment or in .netrc (W&B's own reader)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+
+        return bool(read_netrc_auth(host=base_url()))
+    except Exception:  # an unreadable .netrc, or wandb moved its reader: not logged in
+        return False
+
+
+def _settings(tracking: Tracking):
+    import wandb
+
+    wanted = dict(
+        silent=True, console="off", disable_git=True, disable_code=True, save_code=False,
+        init_timeout=tracking.init_timeout_s,
+        finish_timeout=max(60.0, 3 * tracking.init_timeout_s),  # bounded upload at the end; the rest stays on disk
+        x_disable_stats=True, x_save_requirements=False,  # no system-metrics sampler beside the training
+    )
+    if os.environ.get("WANDB_BASE_URL"):  # W&B reads it once per process; the driver may have changed it since
+        wanted["base_url"] = os.environ["WANDB_BASE_URL"]
+    known = wandb.Settings.model_fields  # the x_ settings are W&B's experimental ones: skip any it dropped
+    return wandb.Settings(**{k: v for k, v in wanted.items() if k in known})
+
+
+def start_run(tracking: Tracking, **init: Any) -> tuple[Any, Tracking, str | None]:
+    """``wandb.init`` in the tracking's mode; an online start that fails is retried offline.
+
+    Returns the run, the tracking actually used and, after a fall-back, why.
+    """
+    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own login lines would bypass settings.silent
+    import wandb
+
+    kwargs = dict(project=tracking.project, group=tracking.group, dir=tracking.run_dir, **init)
+    reason = None
+    if tracking.mode == "online":
+        run_id = secrets.token_hex(4)  # ours, so that a failed attempt's folder can be found
+        try:
+            return wandb.init(mode="online", id=run_id, settings=_settings(tracking), **kwargs), tracking, None
+        except Exception as exc:  # unreachable server, refused key, timeout
+            reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:300]
+            tracking = replace(tracking, mode="offline")
+            for folder in (Path(tracking.run_dir) / WANDB_DIR).glob(f"run-*-{run_id}"):
+                shutil.rmtree(folder, ignore_errors=True)  # the aborted attempt: `wandb sync` would upload it
+    return wandb.init(mode="offline", settings=_settings(tracking), **kwargs), tracking, reason
+
+
+# -- a trial (in its Ray worker) --------------------------------------------
+class TrialTracker:
+    """A trial's W&B run; does nothing when tracking is off (``tracking`` None)."""
+
+    def __init__(self, tracking: Tracking | None, trial_config: dict[str, Any]):
+        self.run = None
+        if tracking is not None:
+            name = f"trial-{trial_config.get('trial')}"
+            self.run, _, _ = start_run(tracking, name=name, job_type="trial", config=trial_config)
+
+    def wrap(self, report: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        """``report`` that also logs each epoch's validation metrics to the trial's run."""
+        if self.run is None:
+            return report
+
+        def report_and_log(metrics: dict[str, Any]) -> None:
+            values = {f"val/{k}": v for k, v in metrics.items()  # objectives not measured per epoch are NaN
+                      if k not in ("epoch", "final") and is_finite_number(v)}
+            self.run.log({"epoch": metrics.get("epoch"), **values})
+            report(metrics)
+
+        return report_and_log
+
+    def finish(self, metrics: dict[str, Any] | None = None, fail_reason: str | None = None) -> None:
+        """Store the final objectives (or the failure) in the run's summary and close it."""
+        if self.run is None:
+            return
+        if fail_reason is None:
+            summary = {k: metrics[k] for k in FINAL_KEYS if k in metrics}
+            summary.update({f"stats/{k}": v for k, v in metrics.get("stats", {}).items()})
+            summary["status"] = "COMPLETE"
+        else:
+            summary = {"status": "FAIL", "fail_reason": fail_reason}
+        self.run.summary.update(summary)
+        self.run.finish(exit_code=0 if fail_reason is None else 1)
+        self.run = None
+
+
+# -- the search (in the driver) ---------------------------------------------
+class SearchTracking:
+    """Decides the mode once for a search and holds its summary run."""
+
+    def __init__(self, recipe, run_dir: Path):
+        spec = recipe.wandb
+        self.trials: Tracking | None = None  # what run_trial gets
+        self.run = None
+        mode = spec.mode
+        env_mode = os.environ.get("WANDB_MODE", "").lower()  # W&B's own switch overrides the default
+        if mode == "online" and env_mode in ("offline", "dryrun", "disabled"):
+            mode = "off" if env_mode == "disabled" else "offline"
+        if mode == "off":
+            return
+        where = Path(run_dir) / WANDB_DIR
+        offline_help = f"logging offline to {where} (`wandb sync` uploads it later; --wandb off turns W&B off)"
+        if mode == "online" and not logged_in():
+            notice(f"not logged in (`wandb login` to go online); {offline_help}")
+            mode = "offline"
+        wanted = Tracking(mode, spec.project, spec.group or Path(run_dir).name, str(run_dir), spec.init_timeout_s)
+        self.run, self.trials, reason = start_run(wanted, name="search", job_type="search", config=recipe_dict(recipe))
+        if reason is not None:
+            notice(f"{base_url()} did not answer within {spec.init_timeout_s:g} s ({reason}); {offline_help}")
+
+    def abort(self) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1)
+            self.run = None
+
+    def finish(self, front: list[dict[str, Any]], plot_png: Path | None, trial_counts: dict[str, int]) -> None:
+        """Log the Pareto table and the front plot to the summary run and close it."""
+        if self.run is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=FRONT_COLUMNS, data=front_rows(front))
+        logged = {
+            "pareto": table,
+            "front": wandb.plot.scatter(table, "macs", "accuracy", title="Pareto front: validation accuracy vs MACs"),
+        }
+        if plot_png is not None and Path(plot_png).is_file():
+            logged["pareto_plot"] = wandb.Image(str(plot_png), caption="validation accuracy vs MACs")
+        self.run.log(logged)
+        self.run.summary.update({"front_size": len(front), **{f"trials/{k}": n for k, n in trial_counts.items()}})
+        self.run.finish()
+        self.run = None
+
+
+def front_rows(front: list[dict[str, Any]]) -> list[list[Any]]:
+    """The front as rows of ``FRONT_COLUMNS`` (stats and config as JSON text)."""
+    return [
+        [item["trial"], item["accuracy"], item["test_accuracy"], item["macs"], item["macs_full"],
+         item["macs"] / item["macs_full"], item["params"],
+         json.dumps(item["stats"], sort_keys=True), json.dumps(item["config"], sort_keys=True)]
+        for item in front
+    ]
