@@ -34,7 +34,8 @@ class StatView:
 
 # How to draw the per-point statistics mechanisms report; unknown keys get a generic panel.
 STAT_VIEWS = {
-    "exit_histogram": StatView("exit histogram", "exit after stage", "share of samples", "exit_stages"),
+    "exit_histogram": StatView("exit histogram", "exit after stage (the last: final classifier)", "share of samples",
+                               "exit_stages"),
     "gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks"),
     "ponder_histogram": StatView("ponder-step distribution", "ponder steps", "share of samples", "ponder_steps"),
     "expert_load": StatView("expert load", "expert", "share of routed samples", "expert_ids"),
@@ -78,7 +79,8 @@ def collect(run_dir: str | Path) -> RunSummary:
 
     front = {item["trial"] for item in pareto(run_dir)}  # checks the run directory
     path = Path(run_dir).expanduser().resolve()
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) if (path / "recipe.yaml").is_file() else {}
+    recipe_path = path / "recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else None
     objectives = [o["name"] for o in (recipe or {}).get("objectives", [])] or ["accuracy", "macs"]
     trials = []
     for trial in open_study(path).get_trials(deepcopy=False):
@@ -148,7 +150,16 @@ def _headline(run: RunSummary) -> str:
 
 
 def _failed_lines(run: RunSummary) -> list[str]:
-    return [f"trial {t.number}: {t.fail_reason or t.metrics.get('reason', 'no reason recorded')}" for t in run.where("FAIL")]
+    return [f"trial {t.number}: {t.fail_reason or t.metrics.get('reason', 'no reason recorded')}"
+            for t in run.where("FAIL")]
+
+
+def _point_labels(points: list[TrialPoint]) -> dict[int, str]:
+    """Trial numbers to print beside points; points at the same place share one label ("5, 16")."""
+    by_place: dict[tuple[float, float], list[int]] = {}
+    for t in points:
+        by_place.setdefault((t.metrics["macs"], t.metrics["accuracy"]), []).append(t.number)
+    return {numbers[0]: ", ".join(map(str, numbers)) for numbers in by_place.values()}
 
 
 def _connect_front(run: RunSummary) -> bool:
@@ -156,11 +167,16 @@ def _connect_front(run: RunSummary) -> bool:
 
 
 # -- pareto.png ---------------------------------------------------------------
+def _thousands(x: float, _position=None) -> str:
+    return f"{x / 1000:.4g}k" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def draw_png(run: RunSummary, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     complete = run.where("COMPLETE")
     panels = stat_panels(_spread(run.front, MAX_STAT_TRIALS))
@@ -177,9 +193,11 @@ def draw_png(run: RunSummary, path: Path) -> None:
                 where="post", c="tab:blue", lw=1, alpha=0.6)
     ax.scatter([t.metrics["macs"] for t in front], [t.metrics["accuracy"] for t in front],
                c="tab:blue", s=55, zorder=3, label=f"Pareto front ({len(front)})")
+    labels = _point_labels(front)
     for t in front:
-        ax.annotate(str(t.number), (t.metrics["macs"], t.metrics["accuracy"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8, color="tab:blue")
+        if t.number in labels:
+            ax.annotate(labels[t.number], (t.metrics["macs"], t.metrics["accuracy"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8, color="tab:blue")
     static = [t for t in complete if t.static]
     if static:
         ax.scatter([t.metrics["macs"] for t in static], [t.metrics["accuracy"] for t in static], marker="s",
@@ -193,6 +211,7 @@ def draw_png(run: RunSummary, path: Path) -> None:
         shown = failed[:6] + ([f"... and {len(failed) - 6} more"] if len(failed) > 6 else [])
         ax.text(0.01, 0.02, f"failed ({len(failed)}):\n" + "\n".join(s[:90] for s in shown), transform=ax.transAxes,
                 fontsize=7, va="bottom", color="tab:red", bbox=dict(fc="white", ec="tab:red", alpha=0.85))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_thousands))
     ax.set_xlabel("MACs per sample (mean over the validation split, what ran)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(_headline(run))
@@ -222,7 +241,7 @@ def _hover(t: TrialPoint) -> str:
     lines = [f"trial {t.number}", f"val acc {m['accuracy']:.4f}, test acc {m['test_accuracy']:.4f}",
              f"MACs {m['macs']:,.0f} ({m['macs'] / m['macs_full']:.0%} of full), params {m['params']:,}"]
     lines += [f"{k}: {json.dumps(v)}" for k, v in config.items()]
-    return "<br>".join(html.escape(line) for line in lines)
+    return "<br>".join(html.escape(line, quote=False) for line in lines)
 
 
 def draw_html(run: RunSummary, path: Path) -> None:
@@ -233,6 +252,7 @@ def draw_html(run: RunSummary, path: Path) -> None:
     dominated = [t for t in complete if not t.on_front]
     front = run.front
     static = [t for t in complete if t.static]
+    labels = _point_labels(front)
     fig = go.Figure()
     for name, points, marker, mode in (
         (f"dominated ({len(dominated)})", dominated, dict(color="#999", size=8), "markers"),
@@ -242,8 +262,9 @@ def draw_html(run: RunSummary, path: Path) -> None:
     ):
         fig.add_trace(go.Scatter(
             x=[t.metrics["macs"] for t in points], y=[t.metrics["accuracy"] for t in points], name=name, mode=mode,
-            marker=marker, line=dict(shape="hv", width=1), text=[str(t.number) if "text" in mode else "" for t in points],
-            textposition="top right", hovertext=[_hover(t) for t in points], hoverinfo="text"))
+            marker=marker, line=dict(shape="hv", width=1), textposition="top right",
+            text=[labels.get(t.number, "") if "text" in mode else "" for t in points],
+            hovertext=[_hover(t) for t in points], hoverinfo="text"))
     for macs_full in sorted({int(t.metrics["macs_full"]) for t in complete}):
         fig.add_vline(x=macs_full, line_dash="dash", line_color="#d62728",
                       annotation_text=f"static full depth {macs_full:,} MACs")

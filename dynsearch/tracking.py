@@ -13,9 +13,9 @@ server (``WANDB_API_KEY`` or a .netrc entry) and the server answers within
 driver decides once, before any trial starts; a trial whose online start still
 fails logs offline, so an unreachable server neither fails nor hangs a search.
 ``offline`` never touches the network; ``off`` logs nothing. ``WANDB_MODE``
-set to offline or disabled in the environment overrides mode ``online``. Only trial
-configs, the recipe and measured metrics are logged: nothing from the
-environment, so API keys stay out of the files.
+set to offline or disabled in the environment overrides mode ``online``.
+Configs hold the trial config or the recipe and nothing from the environment
+(W&B adds its own host and Python metadata); API keys stay out of the files.
 """
 from __future__ import annotations
 

@@ -108,7 +108,8 @@ class NanFirstSpace:
 
 
 @pytest.mark.slow
-def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path, tiny_recipe, unreachable_wandb, capfd):
+def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path, tiny_recipe, unreachable_wandb,
+                                                                         capfd):
     from dynsearch.spaces import register_space
 
     register_space("nan-first", NanFirstSpace)
@@ -152,7 +153,8 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     table = json.loads((files / logged["pareto/path"]).read_text())
     front = json.loads((run_dir / "pareto.json").read_text())
     assert table["columns"] == FRONT_COLUMNS
-    assert [row[:4] for row in table["data"]] == [[p["trial"], p["accuracy"], p["test_accuracy"], p["macs"]] for p in front]
+    expected = [[p["trial"], p["accuracy"], p["test_accuracy"], p["macs"]] for p in front]
+    assert [row[:4] for row in table["data"]] == expected
     assert logged["pareto_plot/_type"] == "image-file"
     assert (files / logged["pareto_plot/path"]).read_bytes() == (run_dir / "pareto.png").read_bytes()
 
@@ -189,7 +191,8 @@ def test_report_draws_a_panel_for_each_statistic_present(tmp_path):
 
     points = [
         point(0, 40.0, 0.90, {"exit_stages": [0, 2], "exit_histogram": [0.25, 0.75], "gate_rates": [1.0, 0.5]}),
-        point(1, 100.0, 0.95, {"exit_stages": [1, 2], "exit_histogram": [0.5, 0.5], "expert_load": {"e0": 0.7, "e1": 0.3}}),
+        point(1, 100.0, 0.95, {"exit_stages": [1, 2], "exit_histogram": [0.5, 0.5],
+                               "expert_load": {"e0": 0.7, "e1": 0.3}}),
         point(2, 120.0, 0.80, {"my_counts": [3, 4], "note": "text is not drawn"}, front=False),
     ]
     panels = {key: (labels, series) for key, _view, labels, series in stat_panels(points)}
