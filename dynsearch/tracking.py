@@ -31,7 +31,7 @@ from typing import Any, Callable
 from dynsearch.recipe import is_finite_number, recipe_dict
 
 WANDB_DIR = "wandb"
-FINAL_KEYS = ("accuracy", "macs", "macs_full", "params", "test_accuracy", "test_macs", "train_seconds")
+LATENCY_KEYS = ("latency_ms", "latency_ms_p90", "latency_ms_mean")  # in a front item when latency was measured
 FRONT_COLUMNS = ["trial", "accuracy", "test_accuracy", "macs", "macs_full", "macs_share", "params", "stats", "config"]
 
 
@@ -133,7 +133,7 @@ class TrialTracker:
         if self.run is None:
             return
         if fail_reason is None:
-            summary = {k: metrics[k] for k in FINAL_KEYS if k in metrics}
+            summary = {k: v for k, v in metrics.items() if is_finite_number(v)}  # objectives, test figures, timings
             summary.update({f"stats/{k}": v for k, v in metrics.get("stats", {}).items()})
             summary["status"] = "COMPLETE"
         else:
@@ -178,7 +178,8 @@ class SearchTracking:
             return
         import wandb
 
-        table = wandb.Table(columns=FRONT_COLUMNS, data=front_rows(front))
+        columns, rows = front_table(front)
+        table = wandb.Table(columns=columns, data=rows)
         logged = {
             "pareto": table,
             "front": wandb.plot.scatter(table, "macs", "accuracy", title="Pareto front: validation accuracy vs MACs"),
@@ -191,11 +192,14 @@ class SearchTracking:
         self.run = None
 
 
-def front_rows(front: list[dict[str, Any]]) -> list[list[Any]]:
-    """The front as rows of ``FRONT_COLUMNS`` (stats and config as JSON text)."""
-    return [
+def front_table(front: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The front as columns and rows: ``FRONT_COLUMNS`` (stats and config as JSON text), plus latency if measured."""
+    latency = [k for k in LATENCY_KEYS if front and all(k in item for item in front)]
+    rows = [
         [item["trial"], item["accuracy"], item["test_accuracy"], item["macs"], item["macs_full"],
          item["macs"] / item["macs_full"], item["params"],
-         json.dumps(item["stats"], sort_keys=True), json.dumps(item["config"], sort_keys=True)]
+         json.dumps(item["stats"], sort_keys=True), json.dumps(item["config"], sort_keys=True),
+         *(item[k] for k in latency)]
         for item in front
     ]
+    return FRONT_COLUMNS + latency, rows
