@@ -17,6 +17,7 @@ EPILOG = """examples:
   dynsearch pareto runs/demo --json
   dynsearch bench runs/demo/trials/3      latency of one trial's model vs its static path
   dynsearch report runs/demo               pareto.png and pareto.html in the run directory
+  dynsearch export runs/demo --pareto --out models --format onnx
   dynsearch list
 """
 
@@ -36,6 +37,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _trial_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of trial numbers") from None
+    if any(n < 0 for n in numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: trial numbers start at 0")
+    return numbers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="draw the front and the mechanisms' statistics of a run",
                                  description="Write pareto.png and an interactive pareto.html into a run directory.")
     report.add_argument("run_dir", help="a search's run directory")
+
+    export = commands.add_parser("export", help="export trials as model folders (weights, config, card, ONNX)",
+                                 description="Write DIR/trial-<N>/ per trial: config.json, model.safetensors, "
+                                 "card.md, card.json and, with --format onnx, the staged ONNX graphs. Each "
+                                 "model is re-measured first; nothing is written unless every trial checks out.")
+    export.add_argument("run_dir", help="a search's run directory")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trials", type=_trial_numbers, help="comma-separated trial numbers, e.g. 3,7")
+    which.add_argument("--pareto", action="store_true", help="every trial on the Pareto front (the default)")
+    export.add_argument("--out", required=True, help="folder to write the model folders into")
+    export.add_argument("--format", choices=["onnx"], help="also write the staged ONNX graphs (onnx/)")
 
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -206,6 +228,20 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    import dynsearch
+
+    paths = dynsearch.export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx")
+    for path in paths:
+        card = json.loads((path / "card.json").read_text(encoding="utf-8"))
+        m, repro = card["measured"], card["reproduced_at_export"]
+        same = "reproduced" if repro["matches_recorded"] else "NOT reproduced exactly (see card.md)"
+        onnx = f", onnx: {len(card['onnx']['graphs'])} graph(s)" if card["onnx"] else ""
+        print(f"{path}: val acc {m['accuracy']:.4f}, macs {m['macs']:,.0f} "
+              f"({m['macs'] / m['macs_full']:.0%} of full), {same}{onnx}")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from dynsearch.dynamic import MECHANISMS
     from dynsearch.recipe import builtin_recipes
@@ -238,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from dynsearch.errors import UserError
 
     handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "bench": _cmd_bench,
-                "report": _cmd_report, "list": _cmd_list}
+                "report": _cmd_report, "export": _cmd_export, "list": _cmd_list}
     try:
         return handlers[args.command](args)
     except UserError as exc:

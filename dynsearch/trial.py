@@ -20,6 +20,7 @@ from dynsearch.cost import count_params, measure
 from dynsearch.dynamic import DynamicModel, build_model
 
 Report = Callable[[dict[str, Any]], None]
+MEASURE_BATCH_SIZE = 256
 
 
 def _quiet_lightning() -> None:
@@ -140,8 +141,8 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
 
 def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
     """The objectives of a trained model: validation for selection, test for reporting only."""
-    val = measure(model, splits.val_x, splits.val_y)
-    test = measure(model, splits.test_x, splits.test_y)
+    val = measure(model, splits.val_x, splits.val_y, batch_size=MEASURE_BATCH_SIZE)
+    test = measure(model, splits.test_x, splits.test_y, batch_size=MEASURE_BATCH_SIZE)
     metrics = {
         "accuracy": val["accuracy"],
         "macs": val["macs"],
@@ -151,6 +152,8 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
         "test_macs": test["macs"],
         "stats": val["stats"],
         "test_stats": test["stats"],
+        # Decisions at a threshold can flip with round-off: exports re-measure under these settings.
+        "measured_with": {"batch_size": MEASURE_BATCH_SIZE, "threads": torch.get_num_threads()},
     }
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
@@ -160,11 +163,16 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
 
 def trial_files(config: dict[str, Any], model: DynamicModel | None, metrics: dict[str, Any]) -> dict[str, bytes]:
     """A trial folder's files as bytes: config.json, model.safetensors, metrics.json (written last)."""
+    import hashlib
+
     from safetensors.torch import save
 
     files = {"config.json": json_bytes(config)}
     if model is not None:
-        files["model.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        files["model.safetensors"] = weights
+        # Exports check the weights against this checksum (tampering, truncation).
+        metrics = {**metrics, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     files["metrics.json"] = json_bytes(metrics)
     return files
 

@@ -82,6 +82,32 @@ class DynamicOutput(NamedTuple):
     head_logits: list[torch.Tensor] | None = None
 
 
+@dataclass
+class OnnxPart:
+    """One graph of a staged ONNX export: ``module(x)`` returns a tuple of tensors named ``outputs``.
+
+    ``source`` is where its input comes from at run time: ``"input"`` (the
+    model's input) or ``"<part name>/<output name>"`` of an earlier part.
+    ``info`` says what the graph holds (stages, exit, gate), for the card.
+    """
+
+    name: str
+    module: nn.Module
+    outputs: tuple[str, ...]
+    source: str = "input"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OnnxForm:
+    """A deployable ONNX form of a dynamic model that keeps its savings: the graphs,
+    in run order, and a one-line ``description`` of how a runtime chains them
+    (the thresholds are in ``runtime_policy()``)."""
+
+    description: str
+    parts: list[OnnxPart]
+
+
 class DynamicModel(nn.Module):
     """Base of every mechanism.
 
@@ -120,6 +146,15 @@ class DynamicModel(nn.Module):
 
     def training_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         return self.task_loss(output, target) + self.aux_loss(output.trace)
+
+    # -- export (optional; see bundle.py) -------------------------------------
+    def runtime_policy(self) -> dict[str, Any]:
+        """The inference-time decision rule and its thresholds (JSON), written to an export's config and card."""
+        return {}
+
+    def onnx_form(self) -> OnnxForm | None:
+        """The ONNX-exportable pieces (stage graphs, heads, gates); None: ONNX is not supported."""
+        return None
 
     # -- cost ---------------------------------------------------------------
     def component_macs(self) -> dict[str, int]:

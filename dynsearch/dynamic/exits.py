@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
+from dynsearch.dynamic.base import (
+    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, Trace, register_mechanism,
+)
 
 
 @register_mechanism(
@@ -79,6 +81,40 @@ class EarlyExitNet(DynamicModel):
             "exit_stages": stages,
             "exit_histogram": [int((exit_index == s).sum()) / total for s in stages],
         }
+
+    # -- export ---------------------------------------------------------------
+    def runtime_policy(self) -> dict[str, Any]:
+        return {
+            "kind": "early-exit",
+            "rule": "after each exit head, leave when confidence >= threshold; the final classifier always answers",
+            "confidence": "max softmax probability",
+            "threshold": self.threshold,
+            "exit_stages": list(self.exit_stages),
+            "final_stage": len(self.stages) - 1,
+        }
+
+    def onnx_form(self) -> OnnxForm:
+        """One graph per exit: the stages since the previous exit plus this exit's head
+        (the first graph also holds the stem, the last ends in the final classifier)."""
+        parts: list[OnnxPart] = []
+        body: list[nn.Module] = [self.stem]
+        first = 0
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            body.append(stage)
+            if i not in self._exit_set and i != last:
+                continue
+            head = self.classifier if i == last else self.heads[str(i)]
+            name = f"segment{len(parts)}"
+            source = "input" if not parts else f"{parts[-1].name}/features"
+            info = {"stages": list(range(first, i + 1)), "exit_stage": i, "final": i == last}
+            parts.append(OnnxPart(name, _ExitSegment(body, head), ("features", "logits", "confidence"), source, info))
+            body, first = [], i + 1
+        return OnnxForm(
+            "staged early exit: run the segments in order, each on the previous one's features; "
+            "stop after a segment whose confidence >= threshold",
+            parts,
+        )
 
     def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         if output.head_logits is None:  # eval output: only the exits taken
@@ -183,3 +219,20 @@ class EarlyExitNet(DynamicModel):
         else:
             logits_out[alive] = logits
         return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+
+
+class _ExitSegment(nn.Module):
+    """Stages followed by a head, as one ONNX graph: returns (features, logits, confidence).
+
+    ``confidence`` is the same max-softmax probability the eval forward compares with the threshold.
+    """
+
+    def __init__(self, body: list[nn.Module], head: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.head = head
+
+    def forward(self, x: torch.Tensor):
+        features = self.body(x)
+        logits = self.head(features)
+        return features, logits, logits.softmax(dim=1).amax(dim=1)

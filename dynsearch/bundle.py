@@ -1,0 +1,442 @@
+"""Export trials of a run as self-contained model folders, and load them back.
+
+A model folder ``DIR/trial-<N>/`` holds:
+
+  config.json        the trial config (architecture, mechanism), the runtime policy and its
+                     thresholds, the weights' sha256
+  model.safetensors  the weights, byte for byte those the trial wrote
+  card.json, card.md the objectives as measured, data, recipe, library versions, supported forms
+  onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
+
+Nothing in it is a pickle. ``load`` needs torch and dynsearch only (it imports
+neither Ray nor Optuna) and never unpickles. Exporting re-measures every model
+before writing anything, so a folder only exists for weights that reproduce
+their trial's recorded figures.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynsearch.errors import UserError
+
+FORMAT = "dynsearch-model/1"
+WEIGHTS_FILE = "model.safetensors"
+_REEXPORT = "export it again with 'dynsearch export'"
+
+
+# -- load ----------------------------------------------------------------------
+def load(path: str | Path):
+    """The DynamicModel of an exported model folder, in eval mode, weights checked against config.json."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"model folder {path}: not found; pass a DIR/trial-<N> folder written by 'dynsearch export'")
+    bundle = _read_json(folder / "config.json", _REEXPORT)
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise UserError(f"{folder / 'config.json'}: not a {FORMAT} model config; {_REEXPORT}")
+    state = _read_weights(folder / WEIGHTS_FILE, bundle.get("weights", {}).get("sha256"), _REEXPORT)
+    return _build(bundle.get("model"), state, folder)
+
+
+def reproduce(path: str | Path) -> dict[str, Any]:
+    """Load a model folder and measure it again on the validation split, as its trial was measured.
+
+    Returns ``accuracy``, ``macs`` (measured now), ``recorded`` (the trial's
+    figures from card.json) and ``matches`` (exactly equal).
+    """
+    folder = Path(path).expanduser()
+    model = load(folder)
+    card = _read_json(folder / "card.json", _REEXPORT)
+    measured = _measure_val(model, card["data"], card["measured_with"])
+    recorded = {k: card["objectives"][k] for k in ("accuracy", "macs")}
+    return {**measured, "recorded": recorded, "matches": _same_figures(measured, recorded)}
+
+
+# -- export --------------------------------------------------------------------
+@dataclass
+class _Checked:
+    """A trial read from a run directory whose weights were verified and re-measured."""
+
+    number: int
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    weights: bytes
+    model: Any
+    measured: dict[str, Any]
+
+
+def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False) -> list[Path]:
+    """Export trials of a run as model folders ``out/trial-<N>/``; return their paths.
+
+    Args:
+        trials: trial numbers; None exports the Pareto front.
+        onnx: also write the staged ONNX graphs (an error for a mechanism without an ONNX form).
+
+    Every trial is checked (COMPLETE, weights intact, figures reproduced) before
+    anything is written; the folders are built in a temporary folder and renamed
+    into place, so a failed export leaves nothing behind.
+    """
+    from dynsearch.front import _check_run_dir
+
+    run = _check_run_dir(run_dir)
+    recipe = _read_recipe(run)
+    numbers = _trial_numbers(run, trials)
+    out_dir = Path(out).expanduser()
+    _check_targets(out_dir, numbers)
+    checked = [_check_trial(run, number, recipe) for number in numbers]
+    if onnx:
+        for item in checked:
+            if item.model.onnx_form() is None:
+                raise UserError(f"trial {item.number}: ONNX not supported for mechanism "
+                                f"{item.config.get('mechanism')!r}; export it without --format onnx")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror}); choose another folder") from None
+    try:
+        for item in checked:
+            _write_model_folder(staging / f"trial-{item.number}", item, run, recipe, onnx)
+        for item in checked:
+            os.rename(staging / f"trial-{item.number}", out_dir / f"trial-{item.number}")
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [(out_dir / f"trial-{item.number}").resolve() for item in checked]
+
+
+def _read_recipe(run: Path) -> dict[str, Any]:
+    import yaml
+
+    path = run / "recipe.yaml"
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: missing or unreadable ({exc.__class__.__name__}); "
+                        "restore the run's recipe.yaml") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("data"), dict):
+        raise UserError(f"{path}: not a resolved recipe (no 'data' mapping); restore the run's recipe.yaml")
+    return recipe
+
+
+def _trial_numbers(run: Path, trials: list[int] | None) -> list[int]:
+    """The Pareto front's trials, or the given ones after checking each is a COMPLETE trial of the study."""
+    from dynsearch.front import pareto
+    from dynsearch.study import open_study
+
+    if trials is None:
+        numbers = [item["trial"] for item in pareto(run)]
+        if not numbers:
+            raise UserError(f"run directory {run}: no COMPLETE trial to export; run or resume the search first")
+        return numbers
+    study = open_study(run)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in trials:
+        if number not in by_number:
+            known = f"0-{max(by_number)}" if by_number else "none"
+            raise UserError(f"run directory {run}: no trial {number} (trials: {known}); "
+                            f"pick one from 'dynsearch pareto {run}'")
+        state = by_number[number].state.name
+        if state != "COMPLETE":
+            reason = by_number[number].user_attrs.get("fail_reason", "")
+            because = f" ({reason.splitlines()[0][:200]})" if reason else ""
+            raise UserError(f"trial {number}: is {state}{because}, not COMPLETE; "
+                            f"export a COMPLETE trial (see 'dynsearch pareto {run}')")
+    return list(dict.fromkeys(trials))
+
+
+def _check_targets(out_dir: Path, numbers: list[int]) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a folder; choose another path")
+    for number in numbers:
+        if (out_dir / f"trial-{number}").exists():
+            raise UserError(f"--out {out_dir}: trial-{number} already exists; remove it or choose another --out")
+
+
+def _check_trial(run: Path, number: int, recipe: dict[str, Any]) -> _Checked:
+    """Read a trial folder, verify its weights and re-measure the model under the trial's settings."""
+    from dynsearch.study import trial_dir
+
+    folder = trial_dir(run, number)
+    fix = f"the trial's folder {folder} is damaged; re-run the search in a new run directory"
+    config = _read_json(folder / "config.json", fix)
+    metrics = _read_json(folder / "metrics.json", fix)
+    if metrics.get("status") != "COMPLETE":
+        raise UserError(f"trial {number}: its metrics.json says {metrics.get('status')!r}, not COMPLETE; "
+                        "export a COMPLETE trial")
+    recorded_sha = metrics.get("weights_sha256")
+    weights = _read_bytes(folder / WEIGHTS_FILE, fix)
+    model = _build(config, _parse_weights(folder / WEIGHTS_FILE, weights, recorded_sha, fix), folder)
+    measured_with = metrics.get("measured_with") or _settings_from_recipe(recipe)
+    measured = _measure_val(model, recipe["data"], measured_with)
+    if recorded_sha is None and not _same_figures(measured, metrics):
+        # No checksum (an older run): the figures are the only evidence these are the trial's weights.
+        raise UserError(f"trial {number}: its weights give accuracy {measured['accuracy']} and macs "
+                        f"{measured['macs']}, not the recorded {metrics['accuracy']} and {metrics['macs']}: "
+                        f"tampered or from another trial; {fix}")
+    return _Checked(number, config, metrics, weights, model, measured)
+
+
+def _settings_from_recipe(recipe: dict[str, Any]) -> dict[str, int]:
+    import math
+
+    from dynsearch.trial import MEASURE_BATCH_SIZE
+
+    return {"batch_size": MEASURE_BATCH_SIZE, "threads": max(1, math.ceil(float(recipe.get("cpus_per_trial", 1))))}
+
+
+def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[str, Any], onnx: bool) -> None:
+    import hashlib
+
+    from dynsearch.trial import write_json
+
+    folder.mkdir()
+    (folder / WEIGHTS_FILE).write_bytes(item.weights)
+    model = item.model
+    write_json(folder / "config.json", {
+        "format": FORMAT,
+        "mechanism": item.config.get("mechanism"),
+        "model": item.config,
+        "runtime_policy": model.runtime_policy(),
+        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(item.weights).hexdigest()},
+    })
+    onnx_manifest = None
+    if onnx:
+        from dynsearch.onnx_export import export_onnx
+
+        splits = _splits(**_data_key(recipe["data"]))
+        onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
+    card = _card(item, run, recipe, onnx_manifest)
+    write_json(folder / "card.json", card)
+    (folder / "card.md").write_text(_card_markdown(card), encoding="utf-8")
+
+
+# -- the card --------------------------------------------------------------------
+def _card(item: _Checked, run: Path, recipe: dict[str, Any], onnx_manifest: dict | None) -> dict[str, Any]:
+    from dynsearch.data import DATASETS
+    from dynsearch.dynamic import MECHANISMS
+    from dynsearch.onnx_export import onnx_support
+
+    metrics, model = item.metrics, item.model
+    mechanism = MECHANISMS[item.config["mechanism"]]
+    data = recipe["data"]
+    info = DATASETS.get(data.get("name"))
+    return {
+        "trial": item.number,
+        "run_dir": str(run),
+        "mechanism": {"name": mechanism.name, "family": mechanism.family, "paper": mechanism.paper},
+        # The searched objectives as the trial recorded them (validation split); load reproduces these.
+        "objectives": {name: metrics[name] for name in _objective_names(recipe) if name in metrics},
+        "measured": {k: metrics[k] for k in ("accuracy", "macs", "macs_full", "params", "test_accuracy",
+                                                 "test_macs", "stats", "test_stats") if k in metrics},
+        "measured_with": item.measured["measured_with"],
+        "reproduced_at_export": {
+            "accuracy": item.measured["accuracy"],
+            "macs": item.measured["macs"],
+            "matches_recorded": _same_figures(item.measured, metrics),
+        },
+        "data": {**data, "description": info.description if info else None,
+                 "input_shape": item.config.get("input_shape"), "num_classes": item.config.get("num_classes")},
+        "recipe": recipe,
+        "runtime_policy": model.runtime_policy(),
+        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model)},
+        "onnx": onnx_manifest,
+        "versions": _versions(onnx_manifest is not None),
+    }
+
+
+def _objective_names(recipe: dict[str, Any]) -> list[str]:
+    names = [o.get("name") for o in recipe.get("objectives", []) if isinstance(o, dict)]
+    return list(dict.fromkeys(["accuracy", "macs", *names]))
+
+
+def _versions(with_onnx: bool) -> dict[str, str | None]:
+    import platform
+    from importlib import metadata
+
+    names = ["dynsearch", "torch", "safetensors", "numpy", "scikit-learn", "pytorch-lightning", "ray", "optuna"]
+    if with_onnx:
+        names += ["onnx", "onnxruntime"]
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    m, policy = card["measured"], card["runtime_policy"]
+    lines = [
+        f"# dynsearch model: trial {card['trial']}",
+        "",
+        f"Mechanism `{card['mechanism']['name']}` ({card['mechanism']['family']}): {card['mechanism']['paper']}.",
+        f"From run `{card['run_dir']}`.",
+        "",
+        "## Objectives as measured",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for key in ("accuracy", "macs", "macs_full", "params", "test_accuracy", "test_macs"):
+        if key in m:
+            lines.append(f"| {key} | {m[key]:,.4f} |" if isinstance(m[key], float) else f"| {key} | {m[key]:,} |")
+    with_ = card["measured_with"]
+    repro = card["reproduced_at_export"]
+    lines += [
+        "",
+        "`accuracy` and `macs` are on the validation split (`macs`: mean multiply-accumulates per sample "
+        "of what each sample ran); `test_*` on the test split.",
+        f"Re-measured at export (batch size {with_['batch_size']}, {with_['threads']} thread(s)): "
+        f"accuracy {repro['accuracy']}, macs {repro['macs']} — "
+        + ("identical to the recorded figures." if repro["matches_recorded"] else
+           "NOT identical to the recorded figures (a decision at the threshold flipped on this machine)."),
+        "",
+        "## Runtime policy",
+        "",
+        "```json",
+        json.dumps(policy, indent=2),
+        "```",
+        "",
+        "## Forms",
+        "",
+        f"- PyTorch: `{card['forms']['pytorch']}` (torch and dynsearch only; weights in safetensors)",
+        f"- ONNX: {card['forms']['onnx']}",
+    ]
+    if card["onnx"]:
+        lines.append(f"  - exported: {len(card['onnx']['graphs'])} graph(s), opset {card['onnx']['opset']}, "
+                     f"onnxruntime vs PyTorch max abs difference {card['onnx']['parity']['max_abs_diff']:.2g}")
+        for g in card["onnx"]["graphs"]:
+            details = ", ".join(f"{k} {g[k]}" for k in g if k not in ("file", "input", "source", "outputs",
+                                                                       "parity_max_abs_diff"))
+            lines.append(f"  - `{g['file']}`: input `{g['input']}` = {g['source']}; outputs "
+                         f"{', '.join(g['outputs'])}; {details}")
+    else:
+        lines.append("  - not exported here (`dynsearch export ... --format onnx`)")
+    data = card["data"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"`{data.get('name')}`: {data.get('description')}; split seed {data.get('split_seed')}, "
+        f"validation {data.get('val_fraction')}, test {data.get('test_fraction')}; "
+        f"input shape {data.get('input_shape')}, {data.get('num_classes')} classes.",
+        "",
+        "## Recipe",
+        "",
+        "```json",
+        json.dumps(card["recipe"], indent=2),
+        "```",
+        "",
+        "## Library versions (at export)",
+        "",
+        ", ".join(f"{k} {v}" for k, v in card["versions"].items() if v),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- shared checks -----------------------------------------------------------------
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable or not JSON ({exc.__class__.__name__}); {fix}") from None
+
+
+def _read_bytes(path: Path, fix: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; {fix}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror}); {fix}") from None
+
+
+def _read_weights(path: Path, sha256: str | None, fix: str):
+    return _parse_weights(path, _read_bytes(path, fix), sha256, fix)
+
+
+def _parse_weights(path: Path, data: bytes, sha256: str | None, fix: str):
+    """Tensors from safetensors bytes (parsing them runs no code), checked against ``sha256``."""
+    import hashlib
+
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        state = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":  # torch.save zip archive, or a raw pickle
+            raise UserError(f"{path}: is a pickle (torch.save) file, not safetensors; "
+                            f"dynsearch never unpickles weights; {fix}") from None
+        raise UserError(f"{path}: not a valid safetensors file, truncated or corrupt "
+                        f"({exc.__class__.__name__}); {fix}") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{path}: sha256 differs from the one recorded with it (tampered or truncated); {fix}")
+    return state
+
+
+def _build(config: Any, state: dict, where: Path):
+    from dynsearch.dynamic import build_model
+
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: no model config; {_REEXPORT}")
+    try:
+        model = build_model(config)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise UserError(f"{where}: the config does not describe a model ({exc.__class__.__name__}: {exc}); "
+                        "restore the config.json written with it") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise UserError(f"{where}: the weights do not fit the model the config describes ({first}); "
+                        "restore the matching weights") from None
+    return model.eval()
+
+
+def _data_key(data: dict[str, Any]) -> dict[str, Any]:
+    return {"name": data["name"], "split_seed": int(data["split_seed"]),
+            "val_fraction": float(data["val_fraction"]), "test_fraction": float(data["test_fraction"])}
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(name: str, split_seed: int, val_fraction: float, test_fraction: float):
+    from dynsearch.data import load_splits
+
+    return load_splits(name, split_seed, val_fraction, test_fraction)
+
+
+def _measure_val(model, data: dict[str, Any], measured_with: dict[str, int]) -> dict[str, Any]:
+    """Validation accuracy and macs at the batch size and thread count the trial was measured with."""
+    import torch
+
+    from dynsearch.cost import measure
+
+    splits = _splits(**_data_key(data))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(measured_with["threads"]))
+    try:
+        result = measure(model, splits.val_x, splits.val_y, batch_size=int(measured_with["batch_size"]))
+    finally:
+        torch.set_num_threads(threads)
+    return {"accuracy": result["accuracy"], "macs": result["macs"], "measured_with": dict(measured_with)}
+
+
+def _same_figures(measured: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    return measured["accuracy"] == recorded.get("accuracy") and measured["macs"] == recorded.get("macs")

@@ -1,0 +1,112 @@
+"""The staged ONNX form of a dynamic model, checked against onnxruntime.
+
+A mechanism describes its pieces with ``DynamicModel.onnx_form()`` (for early
+exits: one graph per exit segment, so a runtime can stop after any exit); this
+module exports each piece as its own graph with a dynamic batch axis and checks
+onnxruntime's outputs against PyTorch's on real inputs.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch outputs
+INPUT_NAME = "input"
+
+
+def onnx_support(model) -> str:
+    """One line for the card: the ONNX form a model's mechanism supports, or that it has none."""
+    form = model.onnx_form()
+    if form is None:
+        return f"ONNX not supported for {model.config.get('mechanism')!r}"
+    return form.description
+
+
+@torch.no_grad()
+def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
+    """Write each part of ``model.onnx_form()`` to ``folder/<part>.onnx`` and check it with onnxruntime.
+
+    ``sample`` is a batch of real inputs; each part is fed what the parts before
+    it computed in PyTorch, and onnxruntime must match PyTorch's outputs within
+    ``PARITY_TOLERANCE``. Returns the manifest written to the card.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    form = model.onnx_form()
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    values: dict[str, torch.Tensor] = {INPUT_NAME: sample}
+    graphs = []
+    for part in form.parts:
+        # A part is a fresh wrapper module (training mode by default); torch.onnx.export
+        # restores the wrapper's mode on exit, which would put the shared stages in training mode.
+        module = part.module.eval()
+        x = values[part.source]
+        path = folder / f"{part.name}.onnx"
+        names = [INPUT_NAME, *part.outputs]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(
+                module, (x,), str(path), dynamo=False, opset_version=OPSET,
+                input_names=[INPUT_NAME], output_names=list(part.outputs),
+                dynamic_axes={name: {0: "batch"} for name in names},
+            )
+        model.eval()
+        onnx.checker.check_model(str(path))
+        expected = module(x.clone())  # a clone: an in-place first op must not alter the recorded input
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(list(part.outputs), {INPUT_NAME: x.numpy()})
+        diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+        if not diff <= PARITY_TOLERANCE:
+            raise RuntimeError(f"ONNX graph {part.name}: onnxruntime differs from PyTorch by {diff:.3g} "
+                               f"(> {PARITY_TOLERANCE}); this is a bug in the mechanism's onnx_form")
+        values.update({f"{part.name}/{name}": value for name, value in zip(part.outputs, expected)})
+        graphs.append({
+            "file": f"{folder.name}/{path.name}",
+            "input": INPUT_NAME,
+            "source": part.source,
+            "outputs": list(part.outputs),
+            **part.info,
+            "parity_max_abs_diff": diff,
+        })
+    return {
+        "form": form.description,
+        "opset": OPSET,
+        "graphs": graphs,
+        "parity": {"samples": int(sample.shape[0]), "tolerance": PARITY_TOLERANCE,
+                   "max_abs_diff": max(g["parity_max_abs_diff"] for g in graphs)},
+    }
+
+
+def run_staged_exits(folder: str | Path, images) -> list[tuple[int, int]]:
+    """Staged early-exit inference with onnxruntime, one image at a time, as a deployment would run it.
+
+    ``folder`` is an exported model folder with ``onnx/``; ``images`` a float32
+    array [N, ...]. Returns (predicted class, exit stage) per image; the graphs
+    after a taken exit are never run.
+    """
+    import json
+
+    import onnxruntime
+
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    threshold = card["runtime_policy"]["threshold"]
+    graphs = card["onnx"]["graphs"]
+    sessions = [onnxruntime.InferenceSession(str(folder / g["file"]), providers=["CPUExecutionProvider"])
+                for g in graphs]
+    results = []
+    for image in images:
+        features = image[None]
+        for graph, session in zip(graphs, sessions):
+            features, logits, confidence = session.run(None, {INPUT_NAME: features})
+            if graph["final"] or confidence[0] >= threshold:
+                results.append((int(logits.argmax()), int(graph["exit_stage"])))
+                break
+    return results

@@ -1,0 +1,320 @@
+"""Export / load of model folders: reproduction in a fresh process, ONNX parity, bad input.
+
+Most tests build a small run directory without Ray (real Optuna journal study,
+real Lightning training, the trial folders ``save_trial`` writes); the slow
+test runs a real search through the CLI.
+"""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+
+import cli
+import dynsearch
+from conftest import exits_config
+from dynsearch.bundle import FORMAT, reproduce
+from dynsearch.dynamic import MECHANISMS, build_model, register_mechanism
+from dynsearch.dynamic.exits import EarlyExitNet
+from dynsearch.errors import UserError
+from dynsearch.recipe import load_recipe, recipe_dict
+from dynsearch.study import make_sampler, open_study
+from dynsearch.trial import evaluate, save_trial, train_model
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+# One small trained model per registered mechanism (low thresholds, so that some samples take early exits).
+TINY_CONFIGS = {
+    "exits": [exits_config(stages=(0, 1), threshold=0.6, widths=(4, 8, 8), head_width=16),
+              exits_config(stages=(1,), threshold=0.6, widths=(16, 16, 16), head_width=0, kind="mlp")],
+}
+
+# Checks the loaded model in a process of its own: no Ray, no Optuna, figures reproduced exactly.
+FRESH_PROCESS = """
+import json, sys
+import dynsearch
+from dynsearch.bundle import reproduce
+results = [reproduce(path) for path in sys.argv[1:]]
+results.append(sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "optuna")))
+print(json.dumps(results))
+"""
+
+
+def reproduce_in_fresh_process(paths):
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, *map(str, paths)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *results, imported = json.loads(proc.stdout)
+    assert imported == [], f"load imported {imported}"
+    return results
+
+
+def make_run(run_dir, splits, configs, failed=0):
+    """A run directory as a search leaves it: recipe.yaml, the journal study, trials/<N>/ folders."""
+    recipe = load_recipe(None).with_overrides(trials=len(configs) + failed, epochs=1)
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict(recipe)))
+    study = open_study(run_dir, recipe, make_sampler(recipe))
+    for number, config in enumerate(configs):
+        config = {**config, "trial": number, "train": {**config["train"], "epochs": 1}}
+        model = train_model(config, splits)
+        metrics = {**evaluate(model, splits), "status": "COMPLETE"}
+        save_trial(run_dir / "trials" / str(number), config, model, metrics)
+        study.add_trial(optuna.trial.create_trial(values=[metrics["accuracy"], metrics["macs"]]))
+    for number in range(len(configs), len(configs) + failed):
+        folder = run_dir / "trials" / str(number)
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"status": "FAIL", "reason": "NonFiniteError: loss nan"}))
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                                  user_attrs={"fail_reason": "NonFiniteError: loss nan"}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_good_one_failed(tmp_path_factory, digits):
+    return make_run(tmp_path_factory.mktemp("run") / "run", digits, [TINY_CONFIGS["exits"][0]], failed=1)
+
+
+def onnx_parity(folder, splits):
+    """Max abs difference of every ONNX graph against the loaded PyTorch model's parts, on the validation split."""
+    import onnxruntime
+
+    model = dynsearch.load(folder)
+    card = json.loads((folder / "card.json").read_text())
+    form = model.onnx_form()
+    assert [f"onnx/{p.name}.onnx" for p in form.parts] == [g["file"] for g in card["onnx"]["graphs"]]
+    values, worst = {"input": splits.val_x}, 0.0
+    with torch.no_grad():
+        for part in form.parts:
+            x = values[part.source]
+            expected = part.module.eval()(x)
+            session = onnxruntime.InferenceSession(str(folder / "onnx" / f"{part.name}.onnx"))
+            got = session.run(list(part.outputs), {"input": x.numpy()})
+            worst = max([worst] + [float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)])
+            values.update({f"{part.name}/{n}": v for n, v in zip(part.outputs, expected)})
+    return worst
+
+
+def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
+    """onnxruntime, graph by graph at batch 1, takes the exits and predictions PyTorch's model takes."""
+    from dynsearch.onnx_export import run_staged_exits
+
+    model = dynsearch.load(folder)
+    images = splits.val_x[:count].numpy()
+    staged = run_staged_exits(folder, images)
+    with torch.no_grad():
+        for image, (predicted, stage) in zip(splits.val_x[:count], staged):
+            out = model(image[None])
+            assert (predicted, stage) == (int(out.logits.argmax()), int(out.trace.records["exit_index"][0]))
+    return staged
+
+
+def test_every_registered_mechanism_has_an_export_case():
+    assert set(MECHANISMS) <= set(TINY_CONFIGS), "add a tiny config for each new mechanism to TINY_CONFIGS"
+
+
+@pytest.mark.parametrize("config", [c for cs in TINY_CONFIGS.values() for c in cs],
+                         ids=lambda c: f"{c['mechanism']}-{c['backbone']['kind']}")
+def test_each_mechanism_exports_reloads_fresh_and_reproduces(tmp_path, digits, config):
+    run = make_run(tmp_path / "run", digits, [config])
+    supports_onnx = build_model(config).onnx_form() is not None
+    [folder] = dynsearch.export(run, tmp_path / "models", trials=[0], onnx=supports_onnx)
+    assert folder.name == "trial-0"
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "card.md", "card.json"} <= names
+    assert ("onnx" in names) == supports_onnx
+    assert not [p for p in folder.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")]
+    recorded = json.loads((run / "trials" / "0" / "metrics.json").read_text())
+    [result] = reproduce_in_fresh_process([folder])
+    assert result["matches"] and result["accuracy"] == recorded["accuracy"] and result["macs"] == recorded["macs"]
+    bundle = json.loads((folder / "config.json").read_text())
+    assert bundle["format"] == FORMAT and bundle["model"]["mechanism"] == config["mechanism"]
+    assert bundle["runtime_policy"]["threshold"] == config["exits"]["threshold"]
+    card = json.loads((folder / "card.json").read_text())
+    assert card["objectives"] == {"accuracy": recorded["accuracy"], "macs": recorded["macs"]}
+    assert card["data"]["name"] == "digits" and card["recipe"]["space"] == "exits"
+    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["onnxruntime"]
+    assert "threshold" in (folder / "card.md").read_text()
+    if supports_onnx:
+        assert card["onnx"]["parity"]["max_abs_diff"] <= 1e-4
+        assert onnx_parity(folder, digits) <= 1e-4
+        staged = assert_staged_onnx_matches_pytorch(folder, digits)
+        histogram = card["measured"]["stats"]["exit_histogram"]
+        assert len({stage for _, stage in staged}) == sum(1 for share in histogram if share > 0)
+
+
+def test_pareto_is_the_default_and_failed_trials_are_not_on_it(tmp_path, one_good_one_failed):
+    paths = dynsearch.export(one_good_one_failed, tmp_path / "models")
+    assert [p.name for p in paths] == ["trial-0"]
+    assert not (paths[0] / "onnx").exists()
+    assert json.loads((paths[0] / "card.json").read_text())["onnx"] is None
+
+
+@pytest.fixture
+def no_onnx_mechanism():
+    """A real early-exit model whose mechanism declares no ONNX form."""
+
+    @register_mechanism("test-exits-no-onnx", family="early-exit", paper="test only")
+    class NoOnnx(EarlyExitNet):
+        def onnx_form(self):
+            return None
+
+    yield "test-exits-no-onnx"
+    MECHANISMS.pop("test-exits-no-onnx")
+
+
+def test_a_mechanism_without_onnx_says_so_in_the_card_and_refuses_format_onnx(tmp_path, digits, no_onnx_mechanism):
+    config = {**TINY_CONFIGS["exits"][0], "mechanism": no_onnx_mechanism}
+    run = make_run(tmp_path / "run", digits, [config])
+    with pytest.raises(UserError, match="ONNX not supported for mechanism 'test-exits-no-onnx'"):
+        dynsearch.export(run, tmp_path / "models", onnx=True)
+    assert not (tmp_path / "models").exists()
+    [folder] = dynsearch.export(run, tmp_path / "models")
+    card = json.loads((folder / "card.json").read_text())
+    assert card["forms"]["onnx"] == "ONNX not supported for 'test-exits-no-onnx'"
+    assert "ONNX not supported" in (folder / "card.md").read_text()
+    assert reproduce(folder)["matches"]  # in this process: the test mechanism is registered only here
+
+
+def _export_error(capsys, *args):
+    code = cli.main(["export", *map(str, args)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _damage(weights, how):
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "tampered":  # one weight's lowest byte changed: still a valid safetensors file
+        weights.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    elif how == "pickle":
+        torch.save(build_model(TINY_CONFIGS["exits"][0]).state_dict(), weights)
+
+
+@pytest.mark.parametrize("how, message", [("truncated", "safetensors"), ("tampered", "sha256"),
+                                          ("pickle", "pickle")])
+def test_damaged_weights_in_the_run_are_refused_and_nothing_is_written(tmp_path, one_good_one_failed, capsys,
+                                                                       how, message):
+    run = tmp_path / "run"
+    shutil.copytree(one_good_one_failed, run)
+    _damage(run / "trials" / "0" / "model.safetensors", how)
+    out = tmp_path / "models"
+    err = _export_error(capsys, run, "--out", out, "--format", "onnx")
+    assert message in err and "model.safetensors" in err
+    assert not out.exists()
+
+
+def test_unknown_failed_and_missing_are_one_line_usage_errors(tmp_path, one_good_one_failed, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    assert "no trial 7 (trials: 0-1)" in _export_error(capsys, one_good_one_failed, "--trials", "7", "--out", out)
+    err = _export_error(capsys, one_good_one_failed, "--trials", "0,1", "--out", out)
+    assert "trial 1: is FAIL (NonFiniteError: loss nan)" in err
+    assert "not found" in _export_error(capsys, tmp_path / "nothing", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing half-written, no staging left
+    assert cli.main(["export", str(one_good_one_failed), "--trials", "0", "--out", str(out)]) == 0
+    assert "already exists" in _export_error(capsys, one_good_one_failed, "--trials", "0", "--out", out)
+    # argparse errors: also one line, exit 2
+    for args in (["--trials", "3,x", "--out", "o"], ["--trials", "1", "--pareto", "--out", "o"],
+                 ["--format", "tflite", "--out", "o"], []):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["export", str(one_good_one_failed), *args])
+        assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("how, message", [("truncated", "safetensors"), ("tampered", "sha256"), ("pickle", "pickle")])
+def test_load_refuses_damaged_model_folders(tmp_path, one_good_one_failed, how, message):
+    [folder] = dynsearch.export(one_good_one_failed, tmp_path / "models", trials=[0])
+    assert isinstance(dynsearch.load(folder), EarlyExitNet)
+    _damage(folder / "model.safetensors", how)
+    with pytest.raises(UserError, match=message) as raised:
+        dynsearch.load(folder)
+    assert "\n" not in str(raised.value)
+
+
+def test_load_of_a_missing_or_foreign_folder_is_a_user_error(tmp_path, one_good_one_failed):
+    with pytest.raises(UserError, match="not found"):
+        dynsearch.load(tmp_path / "nothing")
+    with pytest.raises(UserError, match="not a dynsearch-model/1 model config"):
+        dynsearch.load(one_good_one_failed / "trials" / "0")  # a trial folder, not an export
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_a_failure_while_writing_leaves_nothing_behind(tmp_path, one_good_one_failed, monkeypatch, out_exists):
+    """An ONNX graph that does not match PyTorch (a broken onnx_form) is an internal error: no folder remains."""
+    from torch import nn
+
+    from dynsearch.dynamic.base import OnnxForm, OnnxPart
+
+    class Noisy(nn.Module):  # random output: onnxruntime cannot match it
+        def forward(self, x):
+            return (x.flatten(1) + torch.rand_like(x.flatten(1)),)
+
+    monkeypatch.setattr(EarlyExitNet, "onnx_form", lambda self: OnnxForm("broken", [OnnxPart("p", Noisy(), ("y",))]))
+    out = tmp_path / "models"
+    if out_exists:
+        out.mkdir()
+        (out / "keep.txt").write_text("user file")
+    with pytest.raises(RuntimeError, match="onnxruntime differs from PyTorch"):
+        dynsearch.export(one_good_one_failed, out, onnx=True)
+    if out_exists:  # the staging folder is gone, the user's file kept
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def _readme_onnx_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    [block] = [b for b in blocks if "onnxruntime" in b]
+    return block
+
+
+@pytest.mark.slow
+def test_search_export_pareto_onnx_reload_and_readme_example(tmp_path, tiny_recipe):
+    run, out = tmp_path / "run", tmp_path / "models"
+    search = subprocess.run([sys.executable, "-m", "cli", "search", str(tiny_recipe), "--trials", "3",
+                             "--epochs", "2", "--out", str(run)], capture_output=True, text=True, timeout=600)
+    assert search.returncode == 0, search.stderr[-3000:]
+    export = subprocess.run([sys.executable, "-m", "cli", "export", str(run), "--pareto", "--out", str(out),
+                             "--format", "onnx"], capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    front = dynsearch.pareto(run)
+    folders = [out / f"trial-{item['trial']}" for item in front]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in folders)
+    for item, result in zip(front, reproduce_in_fresh_process(folders)):
+        assert result["matches"] and (result["accuracy"], result["macs"]) == (item["accuracy"], item["macs"])
+    from dynsearch.bundle import _splits
+
+    splits = _splits("digits", 0, 0.2, 0.2)
+    for folder in folders:
+        assert onnx_parity(folder, splits) <= 1e-4
+        assert_staged_onnx_matches_pytorch(folder, splits, count=50)
+
+    # The README's staged early-exit example runs on an exported folder and takes PyTorch's exits.
+    example = _readme_onnx_example()
+    assert '"models/trial-25"' in example
+    proc = subprocess.run([sys.executable, "-c", example.replace('"models/trial-25"', repr(str(folders[0])))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [tuple(map(int, line.split())) for line in proc.stdout.split("\n") if line.strip()]
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    model = dynsearch.load(folders[0])
+    assert len(printed) == 5
+    with torch.no_grad():
+        for (label, predicted, stage), image, target in zip(printed, digits.images, digits.target):
+            outputs = model(torch.from_numpy((image / 16.0).astype(np.float32))[None, None])
+            assert (label, predicted, stage) == (target, int(outputs.logits.argmax()),
+                                                 int(outputs.trace.records["exit_index"][0]))
