@@ -100,6 +100,8 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     except OSError as exc:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise UserError(f"--out {out}: cannot write there ({exc.strerror}); choose another folder") from None
     try:
         for item in checked:
@@ -139,7 +141,11 @@ def _trial_numbers(run: Path, trials: list[int] | None) -> list[int]:
         if not numbers:
             raise UserError(f"run directory {run}: no COMPLETE trial to export; run or resume the search first")
         return numbers
-    study = open_study(run)
+    try:
+        study = open_study(run)
+    except Exception as exc:  # a journal that optuna cannot replay
+        raise UserError(f"run directory {run}: the study cannot be read ({exc.__class__.__name__}); "
+                        "the journal is corrupt") from None
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number in trials:
         if number not in by_number:

@@ -20,21 +20,21 @@ import yaml
 import cli
 import dynsearch
 from conftest import exits_config
-from dynsearch.bundle import FORMAT, reproduce
+from dynsearch.bundle import FORMAT, _splits, reproduce
 from dynsearch.dynamic import MECHANISMS, build_model, register_mechanism
 from dynsearch.dynamic.exits import EarlyExitNet
 from dynsearch.errors import UserError
-from dynsearch.recipe import load_recipe, recipe_dict
+from dynsearch.recipe import builtin_recipes, load_recipe, recipe_dict
+from dynsearch.spaces import default_config
 from dynsearch.study import make_sampler, open_study
 from dynsearch.trial import evaluate, save_trial, train_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# One small trained model per registered mechanism (low thresholds, so that some samples take early exits).
-TINY_CONFIGS = {
-    "exits": [exits_config(stages=(0, 1), threshold=0.6, widths=(4, 8, 8), head_width=16),
-              exits_config(stages=(1,), threshold=0.6, widths=(16, 16, 16), head_width=0, kind="mlp")],
-}
+# Models exported in tests besides each built-in recipe's default point (low thresholds: some samples exit early).
+TINY_CONFIGS = [exits_config(stages=(0, 1), threshold=0.6, widths=(4, 8, 8), head_width=16),
+                exits_config(stages=(1,), threshold=0.6, widths=(16, 16, 16), head_width=0, kind="mlp")]
+RECIPES = sorted(builtin_recipes())
 
 # Checks the loaded model in a process of its own: no Ray, no Optuna, figures reproduced exactly.
 FRESH_PROCESS = """
@@ -56,9 +56,9 @@ def reproduce_in_fresh_process(paths):
     return results
 
 
-def make_run(run_dir, splits, configs, failed=0):
+def make_run(run_dir, splits, configs, failed=0, recipe=None):
     """A run directory as a search leaves it: recipe.yaml, the journal study, trials/<N>/ folders."""
-    recipe = load_recipe(None).with_overrides(trials=len(configs) + failed, epochs=1)
+    recipe = (recipe or load_recipe(None)).with_overrides(trials=len(configs) + failed, epochs=1)
     run_dir.mkdir(parents=True)
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict(recipe)))
     study = open_study(run_dir, recipe, make_sampler(recipe))
@@ -79,7 +79,7 @@ def make_run(run_dir, splits, configs, failed=0):
 
 @pytest.fixture(scope="module")
 def one_good_one_failed(tmp_path_factory, digits):
-    return make_run(tmp_path_factory.mktemp("run") / "run", digits, [TINY_CONFIGS["exits"][0]], failed=1)
+    return make_run(tmp_path_factory.mktemp("run") / "run", digits, [TINY_CONFIGS[0]], failed=1)
 
 
 def onnx_parity(folder, splits):
@@ -116,36 +116,70 @@ def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
     return staged
 
 
-def test_every_registered_mechanism_has_an_export_case():
-    assert set(MECHANISMS) <= set(TINY_CONFIGS), "add a tiny config for each new mechanism to TINY_CONFIGS"
+def _recipe_default(name):
+    """A built-in recipe, its data splits and its default point's trial config."""
+    recipe = load_recipe(name).with_overrides(epochs=1)
+    data = recipe.data
+    splits = _splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
+    return recipe, splits, default_config(recipe, splits)
 
 
-@pytest.mark.parametrize("config", [c for cs in TINY_CONFIGS.values() for c in cs],
-                         ids=lambda c: f"{c['mechanism']}-{c['backbone']['kind']}")
-def test_each_mechanism_exports_reloads_fresh_and_reproduces(tmp_path, digits, config):
-    run = make_run(tmp_path / "run", digits, [config])
-    supports_onnx = build_model(config).onnx_form() is not None
-    [folder] = dynsearch.export(run, tmp_path / "models", trials=[0], onnx=supports_onnx)
+def test_every_registered_mechanism_is_exported_in_these_tests():
+    covered = {_recipe_default(name)[2]["mechanism"] for name in RECIPES}
+    covered |= {config["mechanism"] for config in TINY_CONFIGS}
+    assert set(MECHANISMS) <= covered, "ship a recipe for each mechanism (or add a config to TINY_CONFIGS)"
+
+
+CASES = [*(f"recipe-{name}" for name in RECIPES), *(f"tiny-{i}" for i in range(len(TINY_CONFIGS)))]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, digits):
+    """Each case trained in a run directory of its own and exported (with ONNX where supported)."""
+    cases = {}
+    for case in CASES:
+        kind, _, key = case.partition("-")
+        recipe, splits, config = _recipe_default(key) if kind == "recipe" else (None, digits, TINY_CONFIGS[int(key)])
+        root = tmp_path_factory.mktemp(case)
+        run = make_run(root / "run", splits, [config], recipe=recipe)
+        supports_onnx = build_model(config).onnx_form() is not None
+        [folder] = dynsearch.export(run, root / "models", trials=[0], onnx=supports_onnx)
+        cases[case] = dict(run=run, folder=folder, config=config, recipe=recipe or load_recipe(None),
+                           splits=splits, supports_onnx=supports_onnx)
+    return cases
+
+
+def test_every_case_reloads_in_a_fresh_process_without_ray_or_optuna_and_reproduces(exported):
+    results = reproduce_in_fresh_process([case["folder"] for case in exported.values()])
+    for case, result in zip(exported.values(), results):
+        recorded = json.loads((case["run"] / "trials" / "0" / "metrics.json").read_text())
+        assert result["matches"] and (result["accuracy"], result["macs"]) == (recorded["accuracy"], recorded["macs"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_mechanism_exports_a_complete_folder_with_card_and_onnx(exported, name):
+    """One model per mechanism (each built-in recipe's default point) and the tiny configs."""
+    case = exported[name]
+    folder, config, recipe, splits = case["folder"], case["config"], case["recipe"], case["splits"]
     assert folder.name == "trial-0"
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "card.md", "card.json"} <= names
-    assert ("onnx" in names) == supports_onnx
+    assert ("onnx" in names) == case["supports_onnx"]
     assert not [p for p in folder.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")]
-    recorded = json.loads((run / "trials" / "0" / "metrics.json").read_text())
-    [result] = reproduce_in_fresh_process([folder])
-    assert result["matches"] and result["accuracy"] == recorded["accuracy"] and result["macs"] == recorded["macs"]
+    recorded = json.loads((case["run"] / "trials" / "0" / "metrics.json").read_text())
     bundle = json.loads((folder / "config.json").read_text())
     assert bundle["format"] == FORMAT and bundle["model"]["mechanism"] == config["mechanism"]
-    assert bundle["runtime_policy"]["threshold"] == config["exits"]["threshold"]
+    assert bundle["runtime_policy"] == build_model(config).runtime_policy()
     card = json.loads((folder / "card.json").read_text())
     assert card["objectives"] == {"accuracy": recorded["accuracy"], "macs": recorded["macs"]}
-    assert card["data"]["name"] == "digits" and card["recipe"]["space"] == "exits"
-    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["onnxruntime"]
-    assert "threshold" in (folder / "card.md").read_text()
-    if supports_onnx:
-        assert card["onnx"]["parity"]["max_abs_diff"] <= 1e-4
-        assert onnx_parity(folder, digits) <= 1e-4
-        staged = assert_staged_onnx_matches_pytorch(folder, digits)
+    assert card["data"]["name"] == recipe.data.name and card["recipe"]["name"] == recipe.name
+    assert card["versions"]["torch"] == torch.__version__
+    assert f"Mechanism `{config['mechanism']}`" in (folder / "card.md").read_text()
+    if case["supports_onnx"]:
+        assert card["versions"]["onnxruntime"] and card["onnx"]["parity"]["max_abs_diff"] <= 1e-4
+        assert onnx_parity(folder, splits) <= 1e-4
+    if case["supports_onnx"] and bundle["runtime_policy"].get("kind") == "early-exit":
+        staged = assert_staged_onnx_matches_pytorch(folder, splits)
         histogram = card["measured"]["stats"]["exit_histogram"]
         assert len({stage for _, stage in staged}) == sum(1 for share in histogram if share > 0)
 
@@ -171,7 +205,7 @@ def no_onnx_mechanism():
 
 
 def test_a_mechanism_without_onnx_says_so_in_the_card_and_refuses_format_onnx(tmp_path, digits, no_onnx_mechanism):
-    config = {**TINY_CONFIGS["exits"][0], "mechanism": no_onnx_mechanism}
+    config = {**TINY_CONFIGS[0], "mechanism": no_onnx_mechanism}
     run = make_run(tmp_path / "run", digits, [config])
     with pytest.raises(UserError, match="ONNX not supported for mechanism 'test-exits-no-onnx'"):
         dynsearch.export(run, tmp_path / "models", onnx=True)
@@ -198,7 +232,7 @@ def _damage(weights, how):
     elif how == "tampered":  # one weight's lowest byte changed: still a valid safetensors file
         weights.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
     elif how == "pickle":
-        torch.save(build_model(TINY_CONFIGS["exits"][0]).state_dict(), weights)
+        torch.save(build_model(TINY_CONFIGS[0]).state_dict(), weights)
 
 
 @pytest.mark.parametrize("how, message", [("truncated", "safetensors"), ("tampered", "sha256"),
@@ -294,8 +328,6 @@ def test_search_export_pareto_onnx_reload_and_readme_example(tmp_path, tiny_reci
     assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in folders)
     for item, result in zip(front, reproduce_in_fresh_process(folders)):
         assert result["matches"] and (result["accuracy"], result["macs"]) == (item["accuracy"], item["macs"])
-    from dynsearch.bundle import _splits
-
     splits = _splits("digits", 0, 0.2, 0.2)
     for folder in folders:
         assert onnx_parity(folder, splits) <= 1e-4
