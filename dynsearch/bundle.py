@@ -2,8 +2,9 @@
 
 A model folder ``DIR/trial-<N>/`` holds:
 
-  config.json        the trial config (architecture, mechanism), the runtime policy and its
-                     thresholds, the weights' sha256
+  config.json        the trial config (architecture, mechanism; ``build_model`` takes it as it is)
+                     plus ``runtime_policy`` (the decision rule and its thresholds) and ``export``
+                     (format, the weights' sha256)
   model.safetensors  the weights, byte for byte those the trial wrote
   card.json, card.md the objectives as measured, data, recipe, library versions, supported forms
   onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
@@ -29,6 +30,7 @@ from dynsearch.errors import UserError
 FORMAT = "dynsearch-model/1"
 WEIGHTS_FILE = "model.safetensors"
 _REEXPORT = "export it again with 'dynsearch export'"
+_EXPORT_KEYS = ("export", "runtime_policy")  # added to the trial config in an exported config.json
 
 
 # -- load ----------------------------------------------------------------------
@@ -37,11 +39,13 @@ def load(path: str | Path):
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise UserError(f"model folder {path}: not found; pass a DIR/trial-<N> folder written by 'dynsearch export'")
-    bundle = _read_json(folder / "config.json", _REEXPORT)
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+    config = _read_json(folder / "config.json", _REEXPORT)
+    export_info = config.get("export") if isinstance(config, dict) else None
+    if not isinstance(export_info, dict) or export_info.get("format") != FORMAT:
         raise UserError(f"{folder / 'config.json'}: not a {FORMAT} model config; {_REEXPORT}")
-    state = _read_weights(folder / WEIGHTS_FILE, bundle.get("weights", {}).get("sha256"), _REEXPORT)
-    return _build(bundle.get("model"), state, folder)
+    state = _read_weights(folder / WEIGHTS_FILE, export_info.get("weights_sha256"), _REEXPORT)
+    model_config = {k: v for k, v in config.items() if k not in _EXPORT_KEYS}
+    return _build(model_config, state, folder)
 
 
 def reproduce(path: str | Path) -> dict[str, Any]:
@@ -210,11 +214,9 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
     (folder / WEIGHTS_FILE).write_bytes(item.weights)
     model = item.model
     write_json(folder / "config.json", {
-        "format": FORMAT,
-        "mechanism": item.config.get("mechanism"),
-        "model": item.config,
+        **item.config,
         "runtime_policy": model.runtime_policy(),
-        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(item.weights).hexdigest()},
+        "export": {"format": FORMAT, "weights_sha256": hashlib.sha256(item.weights).hexdigest()},
     })
     onnx_manifest = None
     if onnx:
@@ -228,6 +230,8 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
 
 
 # -- the card --------------------------------------------------------------------
+_MEASURED = ("accuracy", "macs", "macs_full", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
+             "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
 def _card(item: _Checked, run: Path, recipe: dict[str, Any], onnx_manifest: dict | None) -> dict[str, Any]:
     from dynsearch.data import DATASETS
     from dynsearch.dynamic import MECHANISMS
@@ -243,8 +247,7 @@ def _card(item: _Checked, run: Path, recipe: dict[str, Any], onnx_manifest: dict
         "mechanism": {"name": mechanism.name, "family": mechanism.family, "paper": mechanism.paper},
         # The searched objectives as the trial recorded them (validation split); load reproduces these.
         "objectives": {name: metrics[name] for name in _objective_names(recipe) if name in metrics},
-        "measured": {k: metrics[k] for k in ("accuracy", "macs", "macs_full", "params", "test_accuracy",
-                                                 "test_macs", "stats", "test_stats") if k in metrics},
+        "measured": {k: metrics[k] for k in _MEASURED if k in metrics},
         "measured_with": item.measured["measured_with"],
         "reproduced_at_export": {
             "accuracy": item.measured["accuracy"],
@@ -295,15 +298,18 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "| figure | value |",
         "|---|---|",
     ]
-    for key in ("accuracy", "macs", "macs_full", "params", "test_accuracy", "test_macs"):
-        if key in m:
-            lines.append(f"| {key} | {m[key]:,.4f} |" if isinstance(m[key], float) else f"| {key} | {m[key]:,} |")
+    for key in _MEASURED:
+        if key in m and key not in ("stats", "test_stats"):
+            value = m[key]
+            shown = f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+            lines.append(f"| {key} | {shown} |")
     with_ = card["measured_with"]
     repro = card["reproduced_at_export"]
     lines += [
         "",
         "`accuracy` and `macs` are on the validation split (`macs`: mean multiply-accumulates per sample "
-        "of what each sample ran); `test_*` on the test split.",
+        "of what each sample ran); `test_*` on the test split; `latency_*`, when measured, as the trial "
+        "timed it (not reproducible to the bit).",
         f"Re-measured at export (batch size {with_['batch_size']}, {with_['threads']} thread(s)): "
         f"accuracy {repro['accuracy']}, macs {repro['macs']} — "
         + ("identical to the recorded figures." if repro["matches_recorded"] else

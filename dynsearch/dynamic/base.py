@@ -7,7 +7,7 @@ training, search, export) talks to it only through this contract.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import torch
