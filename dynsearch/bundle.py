@@ -10,9 +10,10 @@ A model folder ``DIR/trial-<N>/`` holds:
   onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
 
 Nothing in it is a pickle. ``load`` needs torch and dynsearch only (it imports
-neither Ray nor Optuna) and never unpickles. Exporting re-measures every model
-before writing anything, so a folder only exists for weights that reproduce
-their trial's recorded figures.
+neither Ray nor Optuna) and never unpickles. Before anything is written, every
+trial's weights are checked against the sha256 the trial recorded and the model
+is measured again under the trial's settings; the card says whether the figures
+came out identical (runs older than the checksum must reproduce them exactly).
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def load(path: str | Path):
     export_info = config.get("export") if isinstance(config, dict) else None
     if not isinstance(export_info, dict) or export_info.get("format") != FORMAT:
         raise UserError(f"{folder / 'config.json'}: not a {FORMAT} model config; {_REEXPORT}")
-    state = _read_weights(folder / WEIGHTS_FILE, export_info.get("weights_sha256"), _REEXPORT)
+    if not isinstance(export_info.get("weights_sha256"), str):
+        raise UserError(f"{folder / 'config.json'}: no weights checksum (export.weights_sha256); {_REEXPORT}")
+    state = _read_weights(folder / WEIGHTS_FILE, export_info["weights_sha256"], _REEXPORT)
     model_config = {k: v for k, v in config.items() if k not in _EXPORT_KEYS}
     return _build(model_config, state, folder)
 
@@ -208,6 +211,7 @@ def _settings_from_recipe(recipe: dict[str, Any]) -> dict[str, int]:
 def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[str, Any], onnx: bool) -> None:
     import hashlib
 
+    from dynsearch.card import card_markdown, make_card
     from dynsearch.trial import write_json
 
     folder.mkdir()
@@ -224,139 +228,10 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
 
         splits = _splits(**_data_key(recipe["data"]))
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
-    card = _card(item, run, recipe, onnx_manifest)
+    card = make_card(item.number, item.config, item.metrics, model, run, recipe, onnx_manifest,
+                     reproduced={**item.measured, "matches_recorded": _same_figures(item.measured, item.metrics)})
     write_json(folder / "card.json", card)
-    (folder / "card.md").write_text(_card_markdown(card), encoding="utf-8")
-
-
-# -- the card --------------------------------------------------------------------
-_MEASURED = ("accuracy", "macs", "macs_full", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
-             "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
-def _card(item: _Checked, run: Path, recipe: dict[str, Any], onnx_manifest: dict | None) -> dict[str, Any]:
-    from dynsearch.data import DATASETS
-    from dynsearch.dynamic import MECHANISMS
-    from dynsearch.onnx_export import onnx_support
-
-    metrics, model = item.metrics, item.model
-    mechanism = MECHANISMS[item.config["mechanism"]]
-    data = recipe["data"]
-    info = DATASETS.get(data.get("name"))
-    return {
-        "trial": item.number,
-        "run_dir": str(run),
-        "mechanism": {"name": mechanism.name, "family": mechanism.family, "paper": mechanism.paper},
-        # The searched objectives as the trial recorded them (validation split); load reproduces these.
-        "objectives": {name: metrics[name] for name in _objective_names(recipe) if name in metrics},
-        "measured": {k: metrics[k] for k in _MEASURED if k in metrics},
-        "measured_with": item.measured["measured_with"],
-        "reproduced_at_export": {
-            "accuracy": item.measured["accuracy"],
-            "macs": item.measured["macs"],
-            "matches_recorded": _same_figures(item.measured, metrics),
-        },
-        "data": {**data, "description": info.description if info else None,
-                 "input_shape": item.config.get("input_shape"), "num_classes": item.config.get("num_classes")},
-        "recipe": recipe,
-        "runtime_policy": model.runtime_policy(),
-        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model)},
-        "onnx": onnx_manifest,
-        "versions": _versions(onnx_manifest is not None),
-    }
-
-
-def _objective_names(recipe: dict[str, Any]) -> list[str]:
-    names = [o.get("name") for o in recipe.get("objectives", []) if isinstance(o, dict)]
-    return list(dict.fromkeys(["accuracy", "macs", *names]))
-
-
-def _versions(with_onnx: bool) -> dict[str, str | None]:
-    import platform
-    from importlib import metadata
-
-    names = ["dynsearch", "torch", "safetensors", "numpy", "scikit-learn", "pytorch-lightning", "ray", "optuna"]
-    if with_onnx:
-        names += ["onnx", "onnxruntime"]
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _card_markdown(card: dict[str, Any]) -> str:
-    m, policy = card["measured"], card["runtime_policy"]
-    lines = [
-        f"# dynsearch model: trial {card['trial']}",
-        "",
-        f"Mechanism `{card['mechanism']['name']}` ({card['mechanism']['family']}): {card['mechanism']['paper']}.",
-        f"From run `{card['run_dir']}`.",
-        "",
-        "## Objectives as measured",
-        "",
-        "| figure | value |",
-        "|---|---|",
-    ]
-    for key in _MEASURED:
-        if key in m and key not in ("stats", "test_stats"):
-            value = m[key]
-            shown = f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
-            lines.append(f"| {key} | {shown} |")
-    with_ = card["measured_with"]
-    repro = card["reproduced_at_export"]
-    lines += [
-        "",
-        "`accuracy` and `macs` are on the validation split (`macs`: mean multiply-accumulates per sample "
-        "of what each sample ran); `test_*` on the test split; `latency_*`, when measured, as the trial "
-        "timed it (not reproducible to the bit).",
-        f"Re-measured at export (batch size {with_['batch_size']}, {with_['threads']} thread(s)): "
-        f"accuracy {repro['accuracy']}, macs {repro['macs']} — "
-        + ("identical to the recorded figures." if repro["matches_recorded"] else
-           "NOT identical to the recorded figures (a decision at the threshold flipped on this machine)."),
-        "",
-        "## Runtime policy",
-        "",
-        "```json",
-        json.dumps(policy, indent=2),
-        "```",
-        "",
-        "## Forms",
-        "",
-        f"- PyTorch: `{card['forms']['pytorch']}` (torch and dynsearch only; weights in safetensors)",
-        f"- ONNX: {card['forms']['onnx']}",
-    ]
-    if card["onnx"]:
-        lines.append(f"  - exported: {len(card['onnx']['graphs'])} graph(s), opset {card['onnx']['opset']}, "
-                     f"onnxruntime vs PyTorch max abs difference {card['onnx']['parity']['max_abs_diff']:.2g}")
-        for g in card["onnx"]["graphs"]:
-            details = ", ".join(f"{k} {g[k]}" for k in g if k not in ("file", "input", "source", "outputs",
-                                                                       "parity_max_abs_diff"))
-            lines.append(f"  - `{g['file']}`: input `{g['input']}` = {g['source']}; outputs "
-                         f"{', '.join(g['outputs'])}; {details}")
-    else:
-        lines.append("  - not exported here (`dynsearch export ... --format onnx`)")
-    data = card["data"]
-    lines += [
-        "",
-        "## Data",
-        "",
-        f"`{data.get('name')}`: {data.get('description')}; split seed {data.get('split_seed')}, "
-        f"validation {data.get('val_fraction')}, test {data.get('test_fraction')}; "
-        f"input shape {data.get('input_shape')}, {data.get('num_classes')} classes.",
-        "",
-        "## Recipe",
-        "",
-        "```json",
-        json.dumps(card["recipe"], indent=2),
-        "```",
-        "",
-        "## Library versions (at export)",
-        "",
-        ", ".join(f"{k} {v}" for k, v in card["versions"].items() if v),
-        "",
-    ]
-    return "\n".join(lines)
+    (folder / "card.md").write_text(card_markdown(card), encoding="utf-8")
 
 
 # -- shared checks -----------------------------------------------------------------

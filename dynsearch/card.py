@@ -1,0 +1,145 @@
+"""The model card of an exported trial: card.json (for programs) and card.md (for people).
+
+It holds the objectives as the trial measured them, the export's own
+re-measurement, the data and recipe, the runtime policy, the forms the
+mechanism supports (PyTorch always; ONNX when it has an ``onnx_form``) and the
+library versions at export.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+_MEASURED = ("accuracy", "macs", "macs_full", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
+             "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
+
+
+def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], model, run: Path,
+              recipe: dict[str, Any], onnx_manifest: dict | None, reproduced: dict[str, Any]) -> dict[str, Any]:
+    """The card of an exported trial (card.json).
+
+    Args:
+        metrics: the trial's metrics.json; ``reproduced``: the export's own measurement
+            (``accuracy``, ``macs``, ``measured_with``, ``matches_recorded``).
+    """
+    from dynsearch.data import DATASETS
+    from dynsearch.dynamic import MECHANISMS
+    from dynsearch.onnx_export import onnx_support
+
+    mechanism = MECHANISMS[config["mechanism"]]
+    data = recipe["data"]
+    info = DATASETS.get(data.get("name"))
+    return {
+        "trial": number,
+        "run_dir": str(run),
+        "mechanism": {"name": mechanism.name, "family": mechanism.family, "paper": mechanism.paper},
+        # The searched objectives as the trial recorded them (validation split); load reproduces these.
+        "objectives": {name: metrics[name] for name in _objective_names(recipe) if name in metrics},
+        "measured": {k: metrics[k] for k in _MEASURED if k in metrics},
+        "measured_with": reproduced["measured_with"],
+        "reproduced_at_export": {k: reproduced[k] for k in ("accuracy", "macs", "matches_recorded")},
+        "data": {**data, "description": info.description if info else None,
+                 "input_shape": config.get("input_shape"), "num_classes": config.get("num_classes")},
+        "recipe": recipe,
+        "runtime_policy": model.runtime_policy(),
+        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model)},
+        "onnx": onnx_manifest,
+        "versions": _versions(onnx_manifest is not None),
+    }
+
+
+def _objective_names(recipe: dict[str, Any]) -> list[str]:
+    names = [o.get("name") for o in recipe.get("objectives", []) if isinstance(o, dict)]
+    return list(dict.fromkeys(["accuracy", "macs", *names]))
+
+
+def _versions(with_onnx: bool) -> dict[str, str | None]:
+    import platform
+    from importlib import metadata
+
+    names = ["dynsearch", "torch", "safetensors", "numpy", "scikit-learn", "pytorch-lightning", "ray", "optuna"]
+    if with_onnx:
+        names += ["onnx", "onnxruntime"]
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """card.md: the same content as card.json, for people."""
+    m, policy = card["measured"], card["runtime_policy"]
+    lines = [
+        f"# dynsearch model: trial {card['trial']}",
+        "",
+        f"Mechanism `{card['mechanism']['name']}` ({card['mechanism']['family']}): {card['mechanism']['paper']}.",
+        f"From run `{card['run_dir']}`.",
+        "",
+        "## Objectives as measured",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for key in _MEASURED:
+        if key in m and key not in ("stats", "test_stats"):
+            value = m[key]
+            shown = f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+            lines.append(f"| {key} | {shown} |")
+    with_ = card["measured_with"]
+    repro = card["reproduced_at_export"]
+    lines += [
+        "",
+        "`accuracy` and `macs` are on the validation split (`macs`: mean multiply-accumulates per sample "
+        "of what each sample ran); `test_*` on the test split; `latency_*`, when measured, as the trial "
+        "timed it (not reproducible to the bit).",
+        f"Re-measured at export (batch size {with_['batch_size']}, {with_['threads']} thread(s)): "
+        f"accuracy {repro['accuracy']}, macs {repro['macs']} — "
+        + ("identical to the recorded figures." if repro["matches_recorded"] else
+           "NOT identical to the recorded figures (a decision at the threshold flipped on this machine)."),
+        "",
+        "## Runtime policy",
+        "",
+        "```json",
+        json.dumps(policy, indent=2),
+        "```",
+        "",
+        "## Forms",
+        "",
+        f"- PyTorch: `{card['forms']['pytorch']}` (torch and dynsearch only; weights in safetensors)",
+        f"- ONNX: {card['forms']['onnx']}",
+    ]
+    if card["onnx"]:
+        lines.append(f"  - exported: {len(card['onnx']['graphs'])} graph(s), opset {card['onnx']['opset']}, "
+                     f"onnxruntime vs PyTorch max abs difference {card['onnx']['parity']['max_abs_diff']:.2g}")
+        for g in card["onnx"]["graphs"]:
+            details = ", ".join(f"{k} {g[k]}" for k in g if k not in ("file", "input", "source", "outputs",
+                                                                       "parity_max_abs_diff"))
+            lines.append(f"  - `{g['file']}`: input `{g['input']}` = {g['source']}; outputs "
+                         f"{', '.join(g['outputs'])}; {details}")
+    else:
+        lines.append("  - not exported here (`dynsearch export ... --format onnx`)")
+    data = card["data"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"`{data.get('name')}`: {data.get('description')}; split seed {data.get('split_seed')}, "
+        f"validation {data.get('val_fraction')}, test {data.get('test_fraction')}; "
+        f"input shape {data.get('input_shape')}, {data.get('num_classes')} classes.",
+        "",
+        "## Recipe",
+        "",
+        "```json",
+        json.dumps(card["recipe"], indent=2),
+        "```",
+        "",
+        "## Library versions (at export)",
+        "",
+        ", ".join(f"{k} {v}" for k, v in card["versions"].items() if v),
+        "",
+    ]
+    return "\n".join(lines)
