@@ -97,7 +97,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dynsearch-export-"))
     run, search_seconds = Path(args.run) if args.run else work / "run", None
     if not args.run:
-        search_seconds, _ = timed(["dynsearch", "search", "--out", str(run)])
+        search_seconds, _ = timed(["dynsearch", "search", "--out", str(run), "--wandb", "off"])
     out = work / "models"
     export_seconds, export_stdout = timed(["dynsearch", "export", str(run), "--pareto", "--out", str(out),
                                            "--format", "onnx"])
