@@ -2,7 +2,9 @@
 
 A backbone is ``(stem, [stage, ...])``; mechanisms put their machinery
 (exit heads, gates, experts) between or around stages. Head input widths come
-from a dry run, so any stage list works.
+from a dry run, so any stage list works. Kinds: ``cnn``, ``mlp``, ``resnet``
+(stages of ``ResidualBlock``) and ``transformer`` (stages of ``EncoderLayer``
+over sequences of feature vectors).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-BACKBONE_KINDS = ("cnn", "mlp")
+BACKBONE_KINDS = ("cnn", "mlp", "resnet", "transformer")
 
 
 def conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -52,20 +54,131 @@ def build_mlp(input_shape: Sequence[int], widths: Sequence[int], depth: int):
     return stem, stages
 
 
+class ResidualBlock(nn.Module):
+    """A basic residual block, out = relu(shortcut(x) + residual(x)) (He et al. 2016).
+
+    ``residual`` is conv3x3-BN-ReLU-conv3x3-BN; ``shortcut`` is the identity
+    when shapes match (``gateable``) and a 1x1 conv + BN projection otherwise.
+    Gate mechanisms call ``shortcut`` and ``residual`` themselves.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.gateable = in_channels == out_channels and stride == 1
+        if self.gateable:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.shortcut(x) + self.residual(x))
+
+
+def build_resnet(input_shape: Sequence[int], widths: Sequence[int], depth: int):
+    """A small ResNet: a 3x3 stem, then one stage per width of ``depth`` residual
+    blocks (the first stage keeps the resolution, the others halve it in their
+    first block, which therefore has a projection shortcut)."""
+    stem = conv_block(input_shape[0], widths[0], 1)
+    stages, channels = [], widths[0]
+    for i, width in enumerate(widths):
+        blocks = [ResidualBlock(channels, width, 1 if i == 0 else 2)]
+        blocks += [ResidualBlock(width, width, 1) for _ in range(depth - 1)]
+        stages.append(nn.Sequential(*blocks))
+        channels = width
+    return stem, stages
+
+
+class SequenceStem(nn.Module):
+    """Per-position linear embedding of ``[B, L, F]`` inputs plus a learned position embedding."""
+
+    def __init__(self, length: int, in_features: int, width: int):
+        super().__init__()
+        self.embed = nn.Linear(in_features, width)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x) + self.position
+
+
+class EncoderLayer(nn.Module):
+    """A pre-norm Transformer encoder layer (Vaswani et al. 2017; pre-norm as in Xiong et al. 2020).
+
+    Attention is written with explicit matrix products rather than
+    ``nn.TransformerEncoderLayer``: in eval under no_grad that layer takes a
+    fused fast path, and on CPU ``scaled_dot_product_attention`` dispatches to
+    a kernel, that FlopCounterMode does not count (0 MACs measured), which
+    would break the cost convention.
+    """
+
+    def __init__(self, width: int, heads: int, ffn_width: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"transformer width {width} is not divisible by heads={heads}")
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ffn = nn.Sequential(nn.Linear(width, ffn_width), nn.GELU(), nn.Linear(ffn_width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        attended = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width)
+        x = x + self.proj(attended)
+        return x + self.ffn(self.norm2(x))
+
+
+def build_transformer(input_shape: Sequence[int], widths: Sequence[int], depth: int, heads: int = 2):
+    """A Transformer encoder over ``[L, F]`` inputs: a sequence stem, then one
+    stage per width of ``depth`` encoder layers (all widths must be equal;
+    the feed-forward width is twice the model width)."""
+    if len(set(widths)) != 1:
+        raise ValueError(f"transformer stages must all have the same width (got {list(widths)})")
+    length, in_features = input_shape
+    width = widths[0]
+    stem = SequenceStem(length, in_features, width)
+    stages = [nn.Sequential(*(EncoderLayer(width, heads, 2 * width) for _ in range(depth))) for _ in widths]
+    return stem, stages
+
+
 def build_backbone(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module]]:
     backbone = config["backbone"]
-    builders = {"cnn": build_cnn, "mlp": build_mlp}
-    return builders[backbone["kind"]](config["input_shape"], backbone["widths"], backbone["depth"])
+    shape, widths, depth = config["input_shape"], backbone["widths"], backbone["depth"]
+    if backbone["kind"] == "transformer":
+        return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)))
+    builders = {"cnn": build_cnn, "mlp": build_mlp, "resnet": build_resnet}
+    return builders[backbone["kind"]](shape, widths, depth)
+
+
+class SequenceMean(nn.Module):
+    """Mean over the sequence dimension of ``[B, L, F]`` features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
 
 
 def make_head(feature_shape: Sequence[int], num_classes: int, hidden: int | None = None) -> nn.Module:
     """A classifier on features of shape ``feature_shape`` (no batch dim).
 
     Image features are average-pooled (to 2x2 with a hidden layer, to 1x1
-    without) and flattened; ``hidden`` adds one ReLU layer of that width.
+    without) and flattened; sequence features ``[L, F]`` are averaged over
+    the sequence; ``hidden`` adds one ReLU layer of that width.
     """
     layers: list[nn.Module] = []
-    if len(feature_shape) == 3:
+    if len(feature_shape) == 2:
+        layers.append(SequenceMean())
+        in_features = feature_shape[1]
+    elif len(feature_shape) == 3:
         side = 2 if hidden else 1
         side = min(side, feature_shape[1], feature_shape[2])
         layers += [nn.AdaptiveAvgPool2d(side), nn.Flatten()]

@@ -1,7 +1,8 @@
 """Dataset registry. Every dataset is made or read locally: nothing is downloaded.
 
-The embedded default is scikit-learn's bundled 8x8 digits (1,797 images).
-Splits into train / validation / test are stratified and fixed by the seed.
+The embedded default is scikit-learn's bundled 8x8 digits (1,797 images);
+``marked-majority`` is a seeded synthetic sequence-classification task
+generated on the fly (for Transformer backbones). Splits into train / validation / test are stratified and fixed by the seed.
 """
 from __future__ import annotations
 
@@ -57,6 +58,52 @@ register_dataset(
         (1, 8, 8),
         10,
         _digits_arrays,
+    )
+)
+
+
+MARKER_TOKEN, NUM_TOKENS, NUM_LABELS = 7, 8, 4
+
+
+def marked_majority_arrays(count: int = 2400, length: int = 16, seed: int = 0):
+    """Sequences of ``length`` one-hot tokens; the label is the majority label
+    token (0-3) among the tokens *after* the single marker token (7).
+
+    Tokens 4-6 are filler. Before the marker the tokens lean towards a
+    distractor label, so counting the whole sequence misleads: a model must
+    find the marker (attention), then count after it. How strongly the part
+    after the marker leans towards its label varies per sequence, so some
+    sequences are easy and others are decided by one token. Ties are dropped.
+    Deterministic in ``seed``; nothing is downloaded.
+    """
+    rng = np.random.default_rng(seed)
+    tokens_out, labels = [], []
+    while len(labels) < count:
+        label, distractor = rng.choice(NUM_LABELS, size=2, replace=False)
+        marker = int(rng.integers(2, length // 2 + 1))
+        tokens = np.empty(length, dtype=np.int64)
+        for lo, hi, lean_to, lean in ((0, marker, distractor, 0.4), (marker + 1, length, label, rng.uniform(0.0, 0.5))):
+            probs = np.full(MARKER_TOKEN, (1.0 - lean) / MARKER_TOKEN)
+            probs[lean_to] += lean
+            tokens[lo:hi] = rng.choice(MARKER_TOKEN, size=hi - lo, p=probs)
+        tokens[marker] = MARKER_TOKEN
+        after = tokens[marker + 1 :]
+        votes = np.bincount(after[after < NUM_LABELS], minlength=NUM_LABELS)
+        if (votes == votes.max()).sum() > 1:
+            continue  # a tie has no label
+        tokens_out.append(tokens)
+        labels.append(int(votes.argmax()))
+    one_hot = np.eye(NUM_TOKENS, dtype=np.float32)[np.stack(tokens_out)]
+    return one_hot, np.asarray(labels, dtype=np.int64)
+
+
+register_dataset(
+    DatasetInfo(
+        "marked-majority",
+        "synthetic sequences (seeded, generated): majority label token after a marker; 2,400 x 16 tokens, 4 classes",
+        (16, NUM_TOKENS),
+        NUM_LABELS,
+        marked_majority_arrays,
     )
 )
 

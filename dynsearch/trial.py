@@ -54,6 +54,10 @@ def make_module(model: DynamicModel, lr: float):
             self._val_macs = 0.0
             self._val_count = 0
 
+        def on_train_batch_start(self, _batch, _index):
+            # Multi-stage schemes (two-stage exits, SkipNet's RL stage) switch on this.
+            self.model.set_training_progress(self.global_step / max(1, self.trainer.estimated_stepping_batches))
+
         def training_step(self, batch, _index):
             x, y = batch
             loss = self.model.training_loss(self.model(x), y)

@@ -32,7 +32,7 @@ def test_list_json_names_recipes_spaces_and_mechanisms(capsys):
     assert "digits-exits" in listing["recipes"]
     assert "exits" in listing["spaces"]
     exits = next(m for m in listing["mechanisms"] if m["name"] == "exits")
-    assert exits["family"] == "early-exit" and "BranchyNet" in exits["paper"]
+    assert exits["family"] == "exits" and "BranchyNet" in exits["paper"]
 
 
 def test_train_json_reports_measured_figures(tmp_path, capsys):

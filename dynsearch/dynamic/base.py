@@ -115,7 +115,10 @@ class DynamicModel(nn.Module):
     eval: hard per-sample decisions, skipped work really not computed),
     ``components`` (name -> module, each a unit the trace counts) and
     ``static_components`` (names run by the static counterpart: the backbone
-    to its end with only its final classifier).
+    to its end with only its final classifier). ``tiny_configs`` gives small
+    configs of every variant: the conformance suite
+    (``dynsearch.testing.conformance``) runs on each, so registering a
+    mechanism is what gets it tested.
     """
 
     family: str = ""
@@ -125,6 +128,24 @@ class DynamicModel(nn.Module):
         super().__init__()
         self.config = copy.deepcopy(config)
         self._component_macs: dict[str, int] | None = None
+        self.training_progress = 0.0
+
+    @classmethod
+    def tiny_configs(cls) -> list[dict[str, Any]]:
+        """Small trial configs covering the mechanism's variants (for the conformance suite)."""
+        raise NotImplementedError(f"{cls.__name__} must provide tiny_configs() for the conformance suite")
+
+    def set_training_progress(self, progress: float) -> None:
+        """Called before each training step with the fraction of training done (0 to 1).
+
+        Multi-stage schemes (DeeBERT's two stages, SkipNet's RL stage) switch on it.
+        """
+        self.training_progress = float(progress)
+
+    def decision_components(self) -> list[str]:
+        """Components that make the dynamic decisions (gates, halting units, exit heads):
+        training must send them gradients."""
+        return []
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:

@@ -1,29 +1,88 @@
-"""Early-exit networks.
+"""Early-exit networks: exit heads after chosen stages, and the exit policies of the seed papers.
 
-BranchyNet: Teerapittayanon, McDanel & Kung, "BranchyNet: Fast Inference via
-Early Exiting from Deep Neural Networks", ICPR 2016. Exit heads sit after
-chosen stages; training minimises the weighted joint loss sum_n w_n * CE_n
-over every head; at inference a sample leaves at the first head whose
-confidence reaches the threshold (here the maximum softmax probability), and
-the stages after it are never computed for that sample.
+Exit policies (``exits.policy``), each the paper's own rule:
+
+- ``confidence``: leave at the first head whose maximum softmax probability
+  reaches ``threshold`` (the max-probability criterion used with BranchyNet-
+  style exits, e.g. Teerapittayanon et al. ICPR 2016, Berestizshevsky & Even
+  2018).
+- ``entropy``: leave at the first head whose softmax entropy (nats) is below
+  ``threshold`` -- BranchyNet (Teerapittayanon, McDanel & Kung, ICPR 2016),
+  DeeBERT (Xin et al., ACL 2020, arXiv 2004.12993).
+- ``fastbert``: leave when the normalised entropy, entropy / log K, is below
+  ``threshold`` (FastBERT's "speed"); the exit heads learn by self-distillation,
+  KL(final || exit) (Liu et al., ACL 2020, arXiv 2004.02178).
+- ``patience``: PABEE (Zhou et al., NeurIPS 2020, arXiv 2006.04152): a counter
+  grows while consecutive heads agree on the argmax and resets otherwise; leave
+  when it reaches ``patience`` (so patience + 1 heads in a row agree).
+
+Training schemes (``exits.training``):
+
+- ``joint``: sum_n w_n * L_n over every head. ``loss_weights: constant`` gives
+  each exit ``loss_weight`` and the final classifier 1 (BranchyNet);
+  ``linear`` is PABEE's weighted average sum_j j * L_j / sum_j j.
+- ``two_stage``: DeeBERT / FastBERT. The first half of training fits the
+  backbone and final classifier alone; the second half freezes them (no
+  gradients, batch-norm statistics frozen) and fits only the exit heads
+  (sum of their losses).
+
+L_n is the cross-entropy of head n, or for ``fastbert`` KL(final || exit n)
+against the (detached) final classifier.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic.base import (
     DynamicModel, DynamicOutput, OnnxForm, OnnxPart, Trace, register_mechanism,
 )
 
+POLICIES = ("confidence", "entropy", "fastbert", "patience")
+TRAINING_SCHEMES = ("joint", "two_stage")
+LOSS_WEIGHTS = ("constant", "linear")
+
+
+def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax entropy of each row, in nats."""
+    log_p = logits.log_softmax(dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def confident(policy: str, logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Bool [B]: does each sample leave at this head under a threshold policy?"""
+    if policy == "confidence":
+        return logits.softmax(dim=1).amax(dim=1) >= threshold
+    if policy == "entropy":
+        return entropy_nats(logits) < threshold
+    if policy == "fastbert":
+        return entropy_nats(logits) / math.log(logits.shape[1]) < threshold
+    raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
+
+
+def _tiny(policy: str = "confidence", **exits: Any) -> dict[str, Any]:
+    return {
+        "mechanism": "exits",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "backbone": {"kind": exits.pop("kind", "cnn"), "widths": [4, 8, 8], "depth": 1},
+        "exits": {"stages": [0, 1], "head_width": 8, "policy": policy, "loss_weight": 0.5, **exits},
+        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "trial": 0,
+    }
+
 
 @register_mechanism(
     "exits",
-    family="early-exit",
-    paper="BranchyNet (Teerapittayanon et al., ICPR 2016): max-softmax confidence exits",
+    family="exits",
+    paper="BranchyNet (Teerapittayanon et al., ICPR 2016) with the exit rules of DeeBERT "
+    "(arXiv 2004.12993), FastBERT (arXiv 2004.02178) and PABEE (arXiv 2006.04152)",
 )
 class EarlyExitNet(DynamicModel):
     """A backbone with exit heads after the stages listed in ``config["exits"]["stages"]``.
@@ -32,13 +91,26 @@ class EarlyExitNet(DynamicModel):
     backbones.py) and ``exits``: ``stages`` (indices of stages followed by an
     exit head; the last stage always ends in the final classifier),
     ``head_width`` (hidden width of each exit head, 0 for a linear head),
-    ``threshold`` (max-softmax confidence needed to exit) and ``loss_weight``
-    (weight of each exit head's loss; the final classifier's weight is 1).
+    ``policy`` (see the module docstring; default ``confidence``),
+    ``threshold`` (its threshold), ``patience`` (``patience`` policy),
+    ``training`` (``joint`` or ``two_stage``), ``loss_weights``
+    (``constant`` or ``linear``) and ``loss_weight`` (each exit's weight
+    under ``constant``; the final classifier's weight is 1).
     """
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         exits = config["exits"]
+        self.policy = exits.get("policy", "confidence")
+        self.training_scheme = exits.get("training", "joint")
+        self.loss_weights = exits.get("loss_weights", "constant")
+        for value, allowed in ((self.policy, POLICIES), (self.training_scheme, TRAINING_SCHEMES),
+                               (self.loss_weights, LOSS_WEIGHTS)):
+            if value not in allowed:
+                raise ValueError(f"exits: {value!r} is not one of {allowed}")
+        self.threshold = float(exits.get("threshold", 0.9))
+        self.patience = int(exits.get("patience", 1))
+        self.loss_weight = float(exits.get("loss_weight", 1.0))
         self.stem, stages = build_backbone(config)
         self.stages = nn.ModuleList(stages)
         shapes = stage_output_shapes(self.stem, stages, config["input_shape"])
@@ -58,8 +130,15 @@ class EarlyExitNet(DynamicModel):
         self._stage_names = [f"stage{i}" for i in range(len(stages))]
         self._exit_names = [f"exit{i}" for i in range(len(stages))]
         self._component_names = list(self.components())
-        self.threshold = float(exits["threshold"])
-        self.loss_weight = float(exits.get("loss_weight", 1.0))
+
+    @classmethod
+    def tiny_configs(cls) -> list[dict[str, Any]]:
+        return [
+            _tiny("confidence", threshold=0.135),
+            _tiny("entropy", threshold=2.22, training="two_stage", kind="mlp"),
+            _tiny("fastbert", threshold=0.9, loss_weights="linear", kind="resnet"),
+            _tiny("patience", patience=1, loss_weights="linear"),
+        ]
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
@@ -72,6 +151,9 @@ class EarlyExitNet(DynamicModel):
     def static_components(self) -> list[str]:
         return ["stem", *(f"stage{i}" for i in range(len(self.stages))), "classifier"]
 
+    def decision_components(self) -> list[str]:
+        return [f"exit{i}" for i in self.exit_stages]
+
     def trace_stats(self, trace: Trace) -> dict[str, Any]:
         """``exit_histogram``: fraction of samples leaving at each exit (``exit_stages``, the last is the final classifier)."""
         stages = [*self.exit_stages, len(self.stages) - 1]
@@ -83,19 +165,30 @@ class EarlyExitNet(DynamicModel):
         }
 
     # -- export ---------------------------------------------------------------
+    RULES = {
+        "confidence": "after each exit head, leave when the max softmax probability >= threshold",
+        "entropy": "after each exit head, leave when the softmax entropy (nats) < threshold",
+        "fastbert": "after each exit head, leave when entropy / log(num_classes) < threshold (FastBERT's speed)",
+        "patience": "leave once `patience` consecutive exit heads agreed with the previous head's argmax (PABEE)",
+    }
+
     def runtime_policy(self) -> dict[str, Any]:
+        knob = {"patience": self.patience} if self.policy == "patience" else {"threshold": self.threshold}
         return {
             "kind": "early-exit",
-            "rule": "after each exit head, leave when confidence >= threshold; the final classifier always answers",
-            "confidence": "max softmax probability",
-            "threshold": self.threshold,
+            "policy": self.policy,
+            "rule": self.RULES[self.policy] + "; the final classifier always answers",
+            **knob,
             "exit_stages": list(self.exit_stages),
             "final_stage": len(self.stages) - 1,
         }
 
-    def onnx_form(self) -> OnnxForm:
+    def onnx_form(self) -> OnnxForm | None:
         """One graph per exit: the stages since the previous exit plus this exit's head
-        (the first graph also holds the stem, the last ends in the final classifier)."""
+        (the first graph also holds the stem, the last ends in the final classifier).
+        Only for the ``confidence`` policy, the rule the staged ONNX runtime applies."""
+        if self.policy != "confidence":
+            return None
         parts: list[OnnxPart] = []
         body: list[nn.Module] = [self.stem]
         first = 0
@@ -116,14 +209,46 @@ class EarlyExitNet(DynamicModel):
             parts,
         )
 
+    # -- training -------------------------------------------------------------
+    def heads_only(self) -> bool:
+        """Second stage of ``two_stage`` training: backbone and final classifier frozen.
+        Without exit heads there is no second stage: the backbone trains throughout."""
+        return self.training_scheme == "two_stage" and bool(self.exit_stages) and self.training_progress >= 0.5
+
+    def set_training_progress(self, progress: float) -> None:
+        frozen = self.heads_only()
+        super().set_training_progress(progress)
+        if self.training and frozen != self.heads_only():
+            self.train(True)  # re-apply the frozen parts' eval mode
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.heads_only():  # frozen batch-norm statistics in the second stage
+            for module in (self.stem, self.stages, self.classifier):
+                module.eval()
+        return self
+
+    def head_loss(self, logits: torch.Tensor, final_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """An exit head's loss: cross-entropy, or FastBERT's KL(final || exit) self-distillation."""
+        if self.policy == "fastbert":
+            teacher = final_logits.detach().log_softmax(dim=1)
+            return F.kl_div(logits.log_softmax(dim=1), teacher, reduction="batchmean", log_target=True)
+        return F.cross_entropy(logits, target)
+
     def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         if output.head_logits is None:  # eval output: only the exits taken
-            return nn.functional.cross_entropy(output.logits, target)
+            return F.cross_entropy(output.logits, target)
         *exit_logits, final_logits = output.head_logits
-        loss = nn.functional.cross_entropy(final_logits, target)
-        for logits in exit_logits:
-            loss = loss + self.loss_weight * nn.functional.cross_entropy(logits, target)
-        return loss
+        exit_losses = [self.head_loss(logits, final_logits, target) for logits in exit_logits]
+        final_loss = F.cross_entropy(final_logits, target)
+        if self.training_scheme == "two_stage":
+            if self.heads_only():
+                return sum(exit_losses, final_logits.new_zeros(()))
+            return final_loss
+        if self.loss_weights == "linear":  # PABEE: sum_j j * L_j / sum_j j
+            losses = [*exit_losses, final_loss]
+            return sum(j * loss for j, loss in enumerate(losses, start=1)) / (len(losses) * (len(losses) + 1) / 2)
+        return final_loss + self.loss_weight * sum(exit_losses, final_logits.new_zeros(()))
 
     def forward(self, x: torch.Tensor) -> DynamicOutput:
         if self.training:
@@ -131,38 +256,55 @@ class EarlyExitNet(DynamicModel):
         return self._forward_exiting(x)
 
     # -- training: every head on every sample --------------------------------
+    def _run_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Stem output, features at each exit and final logits; no gradients when frozen (two-stage)."""
+        features = []
+        with torch.no_grad() if self.heads_only() else contextlib.nullcontext():
+            embedded = h = self.stem(x)
+            for i, stage in enumerate(self.stages):
+                h = stage(h)
+                if i in self._exit_set:
+                    features.append(h)
+            final_logits = self.classifier(h)
+        return embedded, features, final_logits
+
     def _forward_all(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
         ones = x.new_ones(batch)
         counts = {name: ones for name in self.components()}
-        h = self.stem(x)
-        head_logits = []
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            if i in self._exit_set:
-                head_logits.append(self.heads[str(i)](h))
-        head_logits.append(self.classifier(h))
+        _, features, final_logits = self._run_backbone(x)
+        head_logits = [self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)]
+        head_logits.append(final_logits)
         exit_index = torch.full((batch,), len(self.stages) - 1, dtype=torch.long)
         trace = Trace(counts, {"exit_index": exit_index})
-        return DynamicOutput(head_logits[-1], trace, head_logits)
+        return DynamicOutput(final_logits, trace, head_logits)
 
-    # -- eval: leave at the first confident head -----------------------------
+    # -- eval: leave at the first head the policy accepts --------------------
     def _leave(self, logits: torch.Tensor) -> torch.Tensor:
-        """The exit decision per sample: max-softmax confidence reaches the threshold."""
-        return logits.softmax(dim=1).amax(dim=1) >= self.threshold
+        """The exit decision per sample under a threshold policy (not ``patience``)."""
+        return confident(self.policy, logits, self.threshold)
 
     def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
         """Batch size 1: one decision per head, a single sync each, no index bookkeeping."""
         h = self.stem(x)
         ran = ["stem"]
+        previous, streak = None, 0  # PABEE's state
         for i, (stage, head) in enumerate(zip(self.stages, self._head_by_stage)):
             h = stage(h)
             ran.append(self._stage_names[i])
-            if head is not None:
-                logits = head(h)
-                ran.append(self._exit_names[i])
-                if bool(self._leave(logits)):
-                    return DynamicOutput(logits, Trace.single(self._component_names, ran, exit_index=i))
+            if head is None:
+                continue
+            logits = head(h)
+            ran.append(self._exit_names[i])
+            if self.policy == "patience":
+                prediction = int(logits.argmax(dim=1))
+                streak = streak + 1 if prediction == previous else 0
+                previous = prediction
+                leave = streak >= self.patience
+            else:
+                leave = bool(self._leave(logits))
+            if leave:
+                return DynamicOutput(logits, Trace.single(self._component_names, ran, exit_index=i))
         ran.append("classifier")
         exit_index = len(self.stages) - 1
         return DynamicOutput(self.classifier(h), Trace.single(self._component_names, ran, exit_index=exit_index))
@@ -177,7 +319,10 @@ class EarlyExitNet(DynamicModel):
         calls = super().timed_components(device)
         for i in self.exit_stages:  # an exit head's time includes its decision and the sync it needs
             head_call = calls[f"exit{i}"]
-            calls[f"exit{i}"] = lambda head_call=head_call: bool(self._leave(head_call()))
+            if self.policy == "patience":
+                calls[f"exit{i}"] = lambda head_call=head_call: int(head_call().argmax(dim=1))
+            else:
+                calls[f"exit{i}"] = lambda head_call=head_call: bool(self._leave(head_call()))
         return calls
 
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
@@ -190,18 +335,25 @@ class EarlyExitNet(DynamicModel):
         exit_index = torch.full((batch,), last, dtype=torch.long)
         logits_out = None
         alive = torch.arange(batch)  # samples still running
+        previous, streak = None, torch.zeros(batch, dtype=torch.long)  # PABEE's state, per alive sample
         h = self.stem(x)
         for i, stage in enumerate(self.stages):
             h = stage(h)
             counts[f"stage{i}"][alive] += 1
             if i == last:
                 break
-            head = self.heads[str(i)] if i in self._exit_set else None
-            if head is None:
+            if i not in self._exit_set:
                 continue
-            logits = head(h)
+            logits = self.heads[str(i)](h)
             counts[f"exit{i}"][alive] += 1
-            leave = self._leave(logits)
+            if self.policy == "patience":
+                prediction = logits.argmax(dim=1)
+                if previous is not None:
+                    streak = torch.where(prediction == previous, streak + 1, torch.zeros_like(streak))
+                previous = prediction
+                leave = streak >= self.patience
+            else:
+                leave = self._leave(logits)
             if logits_out is None:
                 logits_out = logits.new_zeros(batch, logits.shape[1])
             if leave.any():
@@ -209,7 +361,9 @@ class EarlyExitNet(DynamicModel):
                 logits_out[gone] = logits[leave]
                 exit_index[gone] = i
                 stay = ~leave
-                alive, h = alive[stay], h[stay]
+                alive, h, streak = alive[stay], h[stay], streak[stay]
+                if previous is not None:
+                    previous = previous[stay]
                 if alive.numel() == 0:
                     return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
         logits = self.classifier(h)

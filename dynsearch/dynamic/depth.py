@@ -1,0 +1,155 @@
+"""Depth-adaptive Transformer encoder: a classifier after chosen layers, one exit depth per sequence.
+
+Elbayad, Gu, Grave & Auli, "Depth-Adaptive Transformer", ICLR 2020
+(arXiv 1910.10073). A Transformer encoder (backbone kind ``transformer``,
+one stage per layer group) carries an exit classifier after the chosen
+layers; every sequence leaves at one depth, and the layers after it are never
+computed for that sequence. The exit classifiers are trained together
+("aligned" training: every exit on every sequence; ``loss_weight: 1`` gives the
+paper's uniform average up to scale).
+
+The depth is chosen by ``exits.policy``:
+
+- ``predicted``: the paper's sequence-level multinomial halting. A halting
+  classifier reads the mean of the embedded input states and picks the exit
+  depth before any layer runs, q(n | x) = softmax(W s + b); only that exit's
+  classifier runs. It is trained by cross-entropy towards the oracle depth
+  q* = argmin_n CE_n + depth_penalty * n (the paper's likelihood-based oracle
+  with its depth regulariser), scaled by ``halting_weight``.
+- any rule of ``exits.py`` (``confidence``, ``entropy``, ``fastbert``,
+  ``patience``), applied per sequence after each exit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dynsearch.backbones import SequenceMean
+from dynsearch.dynamic.base import DynamicOutput, Trace, register_mechanism
+from dynsearch.dynamic.exits import EarlyExitNet
+
+
+def _tiny(policy: str, **exits: Any) -> dict[str, Any]:
+    return {
+        "mechanism": "depth_adaptive",
+        "input_shape": [6, 8],
+        "num_classes": 4,
+        "backbone": {"kind": "transformer", "widths": [8, 8, 8], "depth": 1, "heads": 2},
+        "exits": {"stages": [0, 1], "head_width": 0, "policy": policy, "loss_weight": 1.0, **exits},
+        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "trial": 0,
+    }
+
+
+@register_mechanism(
+    "depth_adaptive",
+    family="exits",
+    paper="Depth-Adaptive Transformer (Elbayad et al., ICLR 2020, arXiv 1910.10073): per-sequence exit depth",
+)
+class DepthAdaptiveTransformer(EarlyExitNet):
+    """An ``EarlyExitNet`` over a Transformer encoder, with the paper's predicted-depth halting.
+
+    Extra ``exits`` keys: ``policy: predicted``, ``depth_penalty`` (nats per
+    exit of depth in the oracle) and ``halting_weight``.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        exits = config["exits"]
+        predicted = exits.get("policy") == "predicted"
+        if predicted:  # the parent validates the threshold rules only
+            config = {**config, "exits": {**exits, "policy": "confidence"}}
+        if config["backbone"]["kind"] != "transformer":
+            raise ValueError(f"depth_adaptive needs backbone kind 'transformer' (got {config['backbone']['kind']!r})")
+        super().__init__(config)
+        self.predicted = predicted
+        self.config["exits"]["policy"] = exits.get("policy", "confidence")
+        self.depths = [*self.exit_stages, len(self.stages) - 1]  # exit stage of each halting class
+        self.depth_penalty = float(exits.get("depth_penalty", 0.1))
+        self.halting_weight = float(exits.get("halting_weight", 1.0))
+        if self.predicted:
+            width = config["backbone"]["widths"][0]
+            self.halting = nn.Sequential(SequenceMean(), nn.Linear(width, len(self.depths)))
+
+    @classmethod
+    def tiny_configs(cls) -> list[dict[str, Any]]:
+        return [
+            _tiny("predicted", depth_penalty=0.1),
+            _tiny("confidence", threshold=0.98),
+            _tiny("patience", patience=1, training="two_stage"),
+        ]
+
+    def components(self) -> dict[str, nn.Module]:
+        parts = super().components()
+        if self.predicted:
+            parts = {"stem": parts.pop("stem"), "halting": self.halting, **parts}
+        return parts
+
+    def decision_components(self) -> list[str]:
+        return [*super().decision_components(), *(["halting"] if self.predicted else [])]
+
+    # -- training ---------------------------------------------------------------
+    def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
+        loss = super().task_loss(output, target)
+        halting_logits = output.trace.records.get("halting_logits")
+        if halting_logits is None or output.head_logits is None:
+            return loss
+        with torch.no_grad():  # the oracle depth: the best likelihood, less a price per exit of depth
+            losses = torch.stack([F.cross_entropy(h, target, reduction="none") for h in output.head_logits], 1)
+            penalty = self.depth_penalty * torch.arange(len(self.depths), dtype=losses.dtype)
+            oracle = (losses + penalty).argmin(dim=1)
+        return loss + self.halting_weight * F.cross_entropy(halting_logits, oracle)
+
+    def forward(self, x: torch.Tensor) -> DynamicOutput:
+        if not self.predicted:
+            return super().forward(x)
+        if self.training:
+            return self._forward_all_predicted(x)
+        return self._forward_predicted(x)
+
+    def _forward_all_predicted(self, x: torch.Tensor) -> DynamicOutput:
+        batch = x.shape[0]
+        h = self.stem(x)
+        halting_logits = self.halting(h)
+        head_logits = []
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i in self._exit_set:
+                head_logits.append(self.heads[str(i)](h))
+        head_logits.append(self.classifier(h))
+        ones = x.new_ones(batch)
+        records = {"exit_index": torch.full((batch,), len(self.stages) - 1, dtype=torch.long),
+                   "halting_logits": halting_logits}
+        return DynamicOutput(head_logits[-1], Trace({name: ones for name in self.components()}, records), head_logits)
+
+    # -- eval: the depth is chosen before any layer runs --------------------------
+    def _forward_predicted(self, x: torch.Tensor) -> DynamicOutput:
+        batch = x.shape[0]
+        last = len(self.stages) - 1
+        counts = {name: x.new_zeros(batch) for name in self.components()}
+        h = self.stem(x)
+        counts["stem"] += 1
+        counts["halting"] += 1
+        exit_index = torch.tensor(self.depths)[self.halting(h).argmax(dim=1)]
+        logits_out = None
+        alive = torch.arange(batch)
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            counts[f"stage{i}"][alive] += 1
+            head = self.classifier if i == last else self.heads[str(i)] if i in self._exit_set else None
+            if head is None:
+                continue
+            leave = exit_index[alive] == i
+            if not leave.any():
+                continue
+            logits = head(h[leave])
+            counts["classifier" if i == last else f"exit{i}"][alive[leave]] += 1
+            if logits_out is None:
+                logits_out = logits.new_zeros(batch, logits.shape[1])
+            logits_out[alive[leave]] = logits
+            alive, h = alive[~leave], h[~leave]
+            if alive.numel() == 0:
+                break
+        return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))

@@ -1,0 +1,280 @@
+"""Gated residual networks: a gate per residual block decides, per sample, whether the block runs.
+
+A gated block computes out = relu(x + g * F(x)) with g in {0, 1}; only blocks
+whose input and output shapes match (identity shortcut) can be gated. In eval
+the decision is hard and noise-free, and F is computed only for the samples
+whose gate is on (at batch size 1 a gated-off block's F never runs).
+
+Gate objectives (``gates.objective``):
+
+- ``target_rate`` -- ConvNet-AIG (Veit & Belongie, ECCV 2018, arXiv 1711.11503):
+  lambda * mean_l (t_l - z_l)^2, z_l the fraction of the batch that executes
+  block l, t_l its target rate (one shared value or one per gated block).
+- ``budget`` -- dynamic routing (Li et al., CVPR 2020, arXiv 2003.10401):
+  lambda * (C_expected / C_max - mu)^2, C_expected the batch's mean MACs given
+  its gate values, C_max the MACs with every block on, mu the budget.
+- ``rl`` (SkipNet only) -- SkipNet's hybrid learning (Wang et al., ECCV 2018,
+  arXiv 1711.09485): the first half of training is supervised with hard
+  straight-through gates and the task loss alone; in the second half the gates
+  sample their decisions and learn by REINFORCE with the reward
+  -CE + alpha / N per skipped block (cumulative from each gate on), while the
+  network keeps learning from the cross-entropy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
+
+OBJECTIVES = ("target_rate", "budget", "rl")
+
+
+class AIGGate(nn.Module):
+    """ConvNet-AIG gate: global-average-pooled features -> FC(width) + BN + ReLU -> FC(2) (off / on logits)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(channels, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SkipGate(nn.Module):
+    """SkipNet's feed-forward gate (FFGate-II): 3x3 conv stride 2 + BN + ReLU -> global pool -> FC(2)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def _tiny(mechanism: str, **gates: Any) -> dict[str, Any]:
+    return {
+        "mechanism": mechanism,
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "backbone": {"kind": "resnet", "widths": [4, 8], "depth": 2},
+        "gates": {"blocks": [0, 1, 3], "width": 8, "loss_weight": 2.0, **gates},
+        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "trial": 0,
+    }
+
+
+class GatedResNet(DynamicModel):
+    """A ResNet backbone with a gate before each chosen residual block.
+
+    Config keys: ``input_shape``, ``num_classes``, ``backbone`` (kind
+    ``resnet``) and ``gates``: ``blocks`` (indices, counted over all blocks of
+    all stages, of the blocks to gate; blocks whose shapes change are never
+    gated), ``width`` (gate hidden width), ``objective`` (see the module
+    docstring), ``target_rate`` (a number or one per gated block),
+    ``budget`` (mu), ``loss_weight`` (lambda), ``temperature`` (Gumbel-softmax
+    temperature, AIG), ``rl_alpha`` and ``rl_weight`` (SkipNet RL).
+    """
+
+    gate_class: type = AIGGate
+    objectives: tuple[str, ...] = ("target_rate", "budget")
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        gates = config["gates"]
+        if config["backbone"]["kind"] != "resnet":
+            raise ValueError(f"gates need backbone kind 'resnet' (got {config['backbone']['kind']!r})")
+        self.objective = gates.get("objective", "target_rate")
+        if self.objective not in self.objectives:
+            raise ValueError(f"gates.objective {self.objective!r} is not one of {self.objectives}")
+        self.stem, stages = build_backbone(config)
+        self.stages = nn.ModuleList(stages)
+        self.blocks = [block for stage in stages for block in stage]
+        wanted = {int(k) for k in gates["blocks"]}
+        self.gated = [k for k, block in enumerate(self.blocks) if k in wanted and block.gateable]
+        self._gated_set = set(self.gated)
+        channels = [block.residual[0].in_channels for block in self.blocks]
+        width = int(gates.get("width", 16))
+        self.gates = nn.ModuleDict({str(k): self.gate_class(channels[k], width) for k in self.gated})
+        shapes = stage_output_shapes(self.stem, stages, config["input_shape"])
+        self.classifier = make_head(shapes[-1], config["num_classes"])
+        targets = gates.get("target_rate", 0.6)
+        targets = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(self.gated)
+        if len(targets) != len(self.gated):
+            raise ValueError(f"gates.target_rate has {len(targets)} values for {len(self.gated)} gated blocks")
+        self.register_buffer("target_rates", torch.tensor([float(t) for t in targets]), persistent=False)
+        self.budget = float(gates.get("budget", 0.6))
+        self.loss_weight = float(gates.get("loss_weight", 2.0))
+        self.temperature = float(gates.get("temperature", 1.0))
+        self.rl_alpha = float(gates.get("rl_alpha", 0.1))
+        self.rl_weight = float(gates.get("rl_weight", 0.01))
+
+    # -- contract -----------------------------------------------------------
+    def components(self) -> dict[str, nn.Module]:
+        parts: dict[str, nn.Module] = {"stem": self.stem}
+        for k, block in enumerate(self.blocks):
+            if k in self._gated_set:
+                parts[f"gate{k}"] = self.gates[str(k)]
+                parts[f"block{k}"] = block.residual  # the shortcut is the identity: it costs nothing
+            else:
+                parts[f"block{k}"] = block
+        parts["classifier"] = self.classifier
+        return parts
+
+    def static_components(self) -> list[str]:
+        return ["stem", *(f"block{k}" for k in range(len(self.blocks))), "classifier"]
+
+    def decision_components(self) -> list[str]:
+        return [f"gate{k}" for k in self.gated]
+
+    def trace_stats(self, trace: Trace) -> dict[str, Any]:
+        """``gate_rates``: the fraction of samples that executed each gated block (``gated_blocks``)."""
+        rates = trace.records["gates"].float().mean(dim=0) if len(self.gated) else torch.zeros(0)
+        return {"gated_blocks": list(self.gated), "gate_rates": [float(r) for r in rates]}
+
+    # -- decisions ------------------------------------------------------------
+    def relaxed_decision(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training decision in {0, 1} [B] with a gradient path, and its log-probability (RL only)."""
+        return F.gumbel_softmax(logits, tau=self.temperature, hard=True)[:, 1], None
+
+    # -- losses ---------------------------------------------------------------
+    def aux_loss(self, trace: Trace) -> torch.Tensor:
+        values = trace.records.get("gate_values")
+        if values is None or values.shape[1] == 0 or self.objective == "rl":
+            return torch.zeros(())
+        if self.objective == "target_rate":
+            rates = values.mean(dim=0)
+            return self.loss_weight * ((self.target_rates - rates) ** 2).mean()
+        macs = self.component_macs()
+        gated_macs = values.new_tensor([float(macs[f"block{k}"]) for k in self.gated])
+        static = sum(float(m) for name, m in macs.items() if name not in {f"block{k}" for k in self.gated})
+        expected = static + (values * gated_macs).sum(dim=1).mean()
+        full = static + float(gated_macs.sum())
+        return self.loss_weight * (expected / full - self.budget) ** 2
+
+    # -- forward --------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> DynamicOutput:
+        if self.training:
+            return self._forward_train(x)
+        return self._forward_gated(x)
+
+    def _forward_train(self, x: torch.Tensor) -> DynamicOutput:
+        batch = x.shape[0]
+        values, log_probs = [], []
+        h = self.stem(x)
+        for k, block in enumerate(self.blocks):
+            if k not in self._gated_set:
+                h = block(h)
+                continue
+            g, log_prob = self.relaxed_decision(self.gates[str(k)](h))
+            values.append(g)
+            if log_prob is not None:
+                log_probs.append(log_prob)
+            h = torch.relu(h + g.view(-1, 1, 1, 1) * block.residual(h))
+        logits = self.classifier(h)
+        ones = x.new_ones(batch)
+        records = {"gate_values": torch.stack(values, dim=1) if values else x.new_zeros(batch, 0)}
+        records["gates"] = records["gate_values"].detach() > 0.5
+        if log_probs:
+            records["gate_log_probs"] = torch.stack(log_probs, dim=1)
+        return DynamicOutput(logits, Trace({name: ones for name in self.components()}, records), [logits])
+
+    def _forward_gated(self, x: torch.Tensor) -> DynamicOutput:
+        batch = x.shape[0]
+        counts = {name: x.new_zeros(batch) for name in self.components()}
+        decisions = torch.zeros(batch, len(self.gated), dtype=torch.bool)
+        h = self.stem(x)
+        counts["stem"] += 1
+        for k, block in enumerate(self.blocks):
+            if k not in self._gated_set:
+                h = block(h)
+                counts[f"block{k}"] += 1
+                continue
+            logits = self.gates[str(k)](h)
+            counts[f"gate{k}"] += 1
+            on = logits[:, 1] > logits[:, 0]  # hard and noise-free
+            decisions[:, self.gated.index(k)] = on
+            # h >= 0 (it leaves a ReLU), so a skipped block's relu(h + 0) is h itself.
+            if batch == 1:
+                if bool(on):
+                    h = torch.relu(h + block.residual(h))
+                    counts[f"block{k}"] += 1
+                continue
+            index = on.nonzero().flatten()
+            if index.numel():
+                h = h.index_copy(0, index, torch.relu(h[index] + block.residual(h[index])))
+                counts[f"block{k}"][index] += 1
+        logits = self.classifier(h)
+        counts["classifier"] += 1
+        return DynamicOutput(logits, Trace(counts, {"gates": decisions}))
+
+
+@register_mechanism(
+    "aig",
+    family="gates",
+    paper="ConvNet-AIG (Veit & Belongie, ECCV 2018, arXiv 1711.11503); budget objective from "
+    "dynamic routing (Li et al., CVPR 2020, arXiv 2003.10401)",
+)
+class AIGNet(GatedResNet):
+    """ConvNet-AIG: straight-through Gumbel-softmax gates in training, target-rate (or budget) loss."""
+
+    @classmethod
+    def tiny_configs(cls) -> list[dict[str, Any]]:
+        return [
+            _tiny("aig", objective="target_rate", target_rate=[0.3, 0.5, 0.7], temperature=1.0),
+            _tiny("aig", objective="budget", budget=0.5, temperature=0.5),
+        ]
+
+
+@register_mechanism(
+    "skipnet",
+    family="gates",
+    paper="SkipNet feed-forward gates (Wang et al., ECCV 2018, arXiv 1711.09485); budget objective "
+    "from dynamic routing (Li et al., CVPR 2020, arXiv 2003.10401)",
+)
+class SkipNet(GatedResNet):
+    """SkipNet: hard gates (p > 0.5) with a straight-through gradient; optional hybrid RL stage."""
+
+    gate_class = SkipGate
+    objectives = OBJECTIVES
+
+    @classmethod
+    def tiny_configs(cls) -> list[dict[str, Any]]:
+        return [
+            _tiny("skipnet", objective="target_rate", target_rate=0.5),
+            _tiny("skipnet", objective="rl", rl_alpha=0.1, rl_weight=0.01),
+        ]
+
+    def rl_stage(self) -> bool:
+        return self.objective == "rl" and self.training_progress >= 0.5
+
+    def relaxed_decision(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        probs = logits.softmax(dim=1)
+        if self.rl_stage():  # the policy samples its action; REINFORCE trains it
+            action = torch.distributions.Categorical(probs=probs).sample()
+            return action.float(), logits.log_softmax(dim=1).gather(1, action[:, None])[:, 0]
+        on = probs[:, 1]
+        return (on > 0.5).float() + on - on.detach(), None  # hard forward, straight-through backward
+
+    def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(output.logits, target)
+        log_probs = output.trace.records.get("gate_log_probs")
+        if log_probs is None:
+            return loss
+        # SkipNet's hybrid RL: per-gate reward alpha / N for skipping; return from each gate on, plus -CE.
+        skipped = 1.0 - output.trace.records["gate_values"].detach()
+        rewards = skipped * (self.rl_alpha / log_probs.shape[1])
+        future = rewards.flip(1).cumsum(1).flip(1)
+        returns = future - F.cross_entropy(output.logits.detach(), target, reduction="none")[:, None]
+        policy_loss = -(self.rl_weight * returns * log_probs).sum(dim=1).mean()
+        return loss + policy_loss

@@ -1,0 +1,1 @@
+"""Reusable test suites shipped with the package (as optuna ships ``optuna.testing``)."""
