@@ -133,10 +133,11 @@ def _print_front(front: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="Pareto front (validation accuracy vs MACs)")
-    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits at"):
+    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits / gates at"):
         table.add_column(column, justify="right")
     for item in front:
-        exits = item["config"].get("exits", {}).get("stages", [])
+        config = item["config"]
+        exits = config.get("exits", {}).get("stages") or config.get("gates", {}).get("blocks", [])
         table.add_row(
             str(item["trial"]),
             f"{item['accuracy']:.4f}",
@@ -165,6 +166,9 @@ def _cmd_train(args) -> int:
         if "exit_histogram" in stats:
             shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
             print(f"exits taken   {shares} (test split)")
+        if "gate_rates" in stats:
+            rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gated_blocks"], stats["gate_rates"]))
+            print(f"gates on      {rates} (test split)")
     return 0
 
 
@@ -261,7 +265,7 @@ def _cmd_list(args) -> int:
     print("spaces:     " + ", ".join(listing["spaces"]))
     print("mechanisms:")
     for m in listing["mechanisms"]:
-        print(f"  {m['name']:<10} {m['family']:<12} {m['paper']}")
+        print(f"  {m['name']:<15} {m['family']:<6} {m['paper']}")
     return 0
 
 

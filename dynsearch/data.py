@@ -65,7 +65,7 @@ register_dataset(
 MARKER_TOKEN, NUM_TOKENS, NUM_LABELS = 7, 8, 4
 
 
-def marked_majority_arrays(count: int = 2400, length: int = 16, seed: int = 0):
+def marked_majority_arrays(count: int = 2400, length: int = 16, seed: int = 0, lean_max: float = 0.5):
     """Sequences of ``length`` one-hot tokens; the label is the majority label
     token (0-3) among the tokens *after* the single marker token (7).
 
@@ -82,7 +82,7 @@ def marked_majority_arrays(count: int = 2400, length: int = 16, seed: int = 0):
         label, distractor = rng.choice(NUM_LABELS, size=2, replace=False)
         marker = int(rng.integers(2, length // 2 + 1))
         tokens = np.empty(length, dtype=np.int64)
-        for lo, hi, lean_to, lean in ((0, marker, distractor, 0.4), (marker + 1, length, label, rng.uniform(0.0, 0.5))):
+        for lo, hi, lean_to, lean in ((0, marker, distractor, 0.4), (marker + 1, length, label, rng.uniform(0.0, lean_max))):
             probs = np.full(MARKER_TOKEN, (1.0 - lean) / MARKER_TOKEN)
             probs[lean_to] += lean
             tokens[lo:hi] = rng.choice(MARKER_TOKEN, size=hi - lo, p=probs)

@@ -40,9 +40,10 @@ class DataSpec(_Strict):
 
 
 class BackboneSpec(_Strict):
-    kind: Literal["cnn", "mlp"] = "cnn"
+    kind: Literal["cnn", "mlp", "resnet", "transformer"] = "cnn"
     widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8)
     depth: int = Field(1, ge=1, le=8)
+    heads: int = Field(2, ge=1, le=64, description="attention heads (transformer only)")
 
     @field_validator("widths")
     @classmethod
@@ -50,6 +51,15 @@ class BackboneSpec(_Strict):
         if any(w < 1 or w > 4096 for w in widths):
             raise ValueError("every width must be between 1 and 4096")
         return widths
+
+    @model_validator(mode="after")
+    def _transformer_widths(self) -> "BackboneSpec":
+        if self.kind == "transformer" and (len(set(self.widths)) != 1 or self.widths[0] % self.heads):
+            raise ValueError(
+                f"a transformer's stages share one width divisible by heads={self.heads} "
+                f"(got widths {self.widths}); use e.g. [32, 32, 32]"
+            )
+        return self
 
 
 class Objective(_Strict):
@@ -142,6 +152,15 @@ class Recipe(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"objectives repeat a name ({names}); list each objective once")
         return objectives
+
+    @model_validator(mode="after")
+    def _space_fits(self) -> "Recipe":
+        from dynsearch.spaces import get_space
+
+        check = getattr(get_space(self.space), "check_recipe", None)
+        if check is not None:
+            check(self)  # raises ValueError naming the field and the fix
+        return self
 
     @model_validator(mode="after")
     def _budget(self) -> "Recipe":

@@ -111,18 +111,13 @@ class DepthAdaptiveTransformer(EarlyExitNet):
 
     def _forward_all_predicted(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
-        h = self.stem(x)
-        halting_logits = self.halting(h)
-        head_logits = []
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            if i in self._exit_set:
-                head_logits.append(self.heads[str(i)](h))
-        head_logits.append(self.classifier(h))
+        embedded, features, final_logits = self._run_backbone(x)
+        head_logits = [self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)]
+        head_logits.append(final_logits)
         ones = x.new_ones(batch)
         records = {"exit_index": torch.full((batch,), len(self.stages) - 1, dtype=torch.long),
-                   "halting_logits": halting_logits}
-        return DynamicOutput(head_logits[-1], Trace({name: ones for name in self.components()}, records), head_logits)
+                   "halting_logits": self.halting(embedded)}
+        return DynamicOutput(final_logits, Trace({name: ones for name in self.components()}, records), head_logits)
 
     # -- eval: the depth is chosen before any layer runs --------------------------
     def _forward_predicted(self, x: torch.Tensor) -> DynamicOutput:

@@ -1,0 +1,57 @@
+"""Depth-adaptive Transformer (mechanism ``depth_adaptive``): exit layers, halting rule
+(predicted depth or a per-sequence exit policy) and its knobs, training scheme, learning rate.
+
+Needs ``backbone.kind: transformer``; each stage is ``depth`` encoder layers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dynsearch.search_spaces.exits import DEFAULTS as EXIT_DEFAULTS
+from dynsearch.search_spaces.exits import THRESHOLD_POLICIES, define_exit_rule
+
+MAX_STAGES = 8  # the recipe allows at most 8 widths
+
+DEFAULTS: dict[str, Any] = {
+    **{f"exit_after_layer_{i}": True for i in range(MAX_STAGES - 1)},
+    **{k: v for k, v in EXIT_DEFAULTS.items() if not k.startswith("exit_after_stage")},
+    "exit_policy": "predicted",
+    "exit_head_width": 0,
+    "exit_loss_weight": 1.0,
+    "depth_penalty": 0.1,
+    "lr": 0.003,
+}
+
+
+def check_recipe(recipe) -> None:
+    if recipe.backbone.kind != "transformer":
+        raise ValueError(f"space 'depth' needs backbone.kind: transformer (got {recipe.backbone.kind}); set it")
+
+
+def define(trial, recipe, data) -> dict[str, Any]:
+    """Ask ``trial`` for a depth-adaptive Transformer and return its trial config."""
+    num_stages = len(recipe.backbone.widths)
+    exit_stages = [
+        i for i in range(num_stages - 1) if trial.suggest_categorical(f"exit_after_layer_{i}", [True, False])
+    ]
+    rule = define_exit_rule(trial, num_stages - 1, policies=("predicted", *THRESHOLD_POLICIES))
+    if rule["policy"] == "predicted":
+        rule["depth_penalty"] = trial.suggest_float("depth_penalty", 0.0, 0.5)
+    return {
+        "mechanism": "depth_adaptive",
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "backbone": recipe.backbone.model_dump(),
+        "exits": {
+            "stages": exit_stages,
+            "head_width": trial.suggest_categorical("exit_head_width", [0, 32]),
+            **rule,
+        },
+        "train": {
+            "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "seed": recipe.seed + trial.number,
+        },
+        "trial": trial.number,
+    }

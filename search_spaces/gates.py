@@ -1,0 +1,86 @@
+"""Gated ResNets (mechanisms ``aig`` and ``skipnet``): gate kind, gate placement, objective
+(target rate(s), budget mu or SkipNet's RL), lambda, gate width, temperature, learning rate.
+
+Needs ``backbone.kind: resnet``. Blocks are counted over all stages; only
+blocks with an identity shortcut (not the first block of a down-sampling
+stage) can be gated.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+MAX_BLOCKS = 32  # gate_block_<k> / gate_target_rate_<k> exist for k < MAX_BLOCKS
+
+DEFAULTS: dict[str, Any] = {
+    "gate_kind": "aig",
+    "aig_objective": "target_rate",
+    "skipnet_objective": "target_rate",
+    **{f"gate_block_{k}": True for k in range(MAX_BLOCKS)},
+    "gate_per_layer_targets": False,
+    "gate_target_rate": 0.6,
+    **{f"gate_target_rate_{k}": 0.6 for k in range(MAX_BLOCKS)},
+    "gate_budget": 0.6,
+    "gate_loss_weight": 2.0,
+    "gate_width": 16,
+    "gate_temperature": 1.0,
+    "skipnet_rl_alpha": 0.1,
+    "lr": 0.005,
+}
+
+
+def gateable_blocks(backbone) -> list[int]:
+    """Indices of the blocks with an identity shortcut (see backbones.build_resnet)."""
+    blocks, k = [], 0
+    for stage in range(len(backbone.widths)):
+        for b in range(backbone.depth):
+            if stage == 0 or b > 0:
+                blocks.append(k)
+            k += 1
+    return blocks
+
+
+def check_recipe(recipe) -> None:
+    if recipe.backbone.kind != "resnet":
+        raise ValueError(f"space 'gates' needs backbone.kind: resnet (got {recipe.backbone.kind}); set it")
+    if len(recipe.backbone.widths) * recipe.backbone.depth > MAX_BLOCKS:
+        raise ValueError(f"space 'gates' handles at most {MAX_BLOCKS} blocks; use fewer widths or a smaller depth")
+
+
+def define(trial, recipe, data) -> dict[str, Any]:
+    """Ask ``trial`` for a gated ResNet and return its trial config."""
+    kind = trial.suggest_categorical("gate_kind", ["aig", "skipnet"])
+    choices = ["target_rate", "budget"] if kind == "aig" else ["target_rate", "budget", "rl"]
+    objective = trial.suggest_categorical(f"{kind}_objective", choices)
+    blocks = [k for k in gateable_blocks(recipe.backbone) if trial.suggest_categorical(f"gate_block_{k}", [True, False])]
+    gates: dict[str, Any] = {
+        "blocks": blocks,
+        "objective": objective,
+        "width": trial.suggest_categorical("gate_width", [8, 16, 32]),
+    }
+    if objective == "target_rate":
+        if trial.suggest_categorical("gate_per_layer_targets", [False, True]):
+            gates["target_rate"] = [trial.suggest_float(f"gate_target_rate_{k}", 0.3, 0.9) for k in blocks]
+        else:
+            gates["target_rate"] = trial.suggest_float("gate_target_rate", 0.3, 0.9)
+    elif objective == "budget":
+        gates["budget"] = trial.suggest_float("gate_budget", 0.2, 0.9)
+    if objective == "rl":
+        gates["rl_alpha"] = trial.suggest_float("skipnet_rl_alpha", 1e-3, 0.1, log=True)
+    else:
+        gates["loss_weight"] = trial.suggest_float("gate_loss_weight", 0.5, 10.0, log=True)
+    if kind == "aig":
+        gates["temperature"] = trial.suggest_float("gate_temperature", 0.3, 3.0, log=True)
+    return {
+        "mechanism": kind,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "backbone": recipe.backbone.model_dump(),
+        "gates": gates,
+        "train": {
+            "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "seed": recipe.seed + trial.number,
+        },
+        "trial": trial.number,
+    }
