@@ -33,6 +33,11 @@ def test_list_json_names_recipes_spaces_and_mechanisms(capsys):
     assert "exits" in listing["spaces"]
     exits = next(m for m in listing["mechanisms"] if m["name"] == "exits")
     assert exits["family"] == "exits" and "BranchyNet" in exits["paper"]
+    by_name = {m["name"]: m for m in listing["mechanisms"]}
+    assert by_name["aig"]["family"] == "gates" and "ConvNet-AIG" in by_name["aig"]["paper"]
+    assert by_name["skipnet"]["family"] == "gates" and "SkipNet" in by_name["skipnet"]["paper"]
+    assert by_name["depth_adaptive"]["family"] == "exits" and "Elbayad" in by_name["depth_adaptive"]["paper"]
+    assert {"digits-gates", "seq-exits"} <= set(listing["recipes"]) and {"gates", "depth"} <= set(listing["spaces"])
 
 
 def test_train_json_reports_measured_figures(tmp_path, capsys):

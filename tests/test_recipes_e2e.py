@@ -1,0 +1,34 @@
+"""End-to-end searches of the gates and depth-adaptive recipes (real Ray, Lightning, Optuna), kept small."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, family", [("digits-gates", "gates"), ("seq-exits", "exits")])
+def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
+    out = tmp_path / "run"
+    proc = _cli("search", recipe, "--trials", "2", "--epochs", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _cli("pareto", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    front = json.loads(proc.stdout)
+    assert front
+    for item in front:
+        stats, config = item["stats"], item["config"]
+        assert 0 < item["macs"] and 0 <= item["accuracy"] <= 1
+        if family == "gates":
+            assert config["mechanism"] in ("aig", "skipnet")
+            assert stats["gated_blocks"] == config["gates"]["blocks"]
+            assert len(stats["gate_rates"]) == len(config["gates"]["blocks"])
+            assert all(0.0 <= rate <= 1.0 for rate in stats["gate_rates"])
+        else:
+            assert config["mechanism"] == "depth_adaptive"
+            assert len(stats["exit_histogram"]) == len(config["exits"]["stages"]) + 1
+            assert sum(stats["exit_histogram"]) == pytest.approx(1.0)
