@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from conftest import exits_config
@@ -21,15 +20,11 @@ def test_entropy_and_normalised_entropy_rules():
     assert bool(confident("confidence", logits, 0.7)) and not bool(confident("confidence", logits, 0.71))
 
 
-class Fixed(nn.Module):
-    """An exit head that always says ``label``."""
-
-    def __init__(self, label):
-        super().__init__()
-        self.label = label
-
-    def forward(self, h):
-        return F.one_hot(torch.full((h.shape[0],), self.label), 10).float() * 5
+def _always_say(head, label):
+    """Make an exit head answer ``label`` whatever its input."""
+    with torch.no_grad():
+        head[-1].weight.zero_()
+        head[-1].bias.copy_(F.one_hot(torch.tensor(label), 10).float() * 5)
 
 
 @pytest.mark.parametrize(
@@ -41,9 +36,11 @@ def test_pabee_leaves_once_the_prediction_held_for_patience_heads(labels, patien
     config["exits"].update(policy="patience", patience=patience)
     model = build_model(config).eval()
     for i, label in enumerate(labels):
-        model.heads[str(i)] = Fixed(label)
+        _always_say(model.heads[str(i)], label)
     out = model(torch.rand(1, 1, 8, 8))
     assert int(out.trace.records["exit_index"]) == leaves_at  # stage 3 is the final classifier
+    batch = model(torch.rand(5, 1, 8, 8))
+    assert batch.trace.records["exit_index"].tolist() == [leaves_at] * 5
 
 
 def _head_logits(model, x):

@@ -72,6 +72,7 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         if self.predicted:
             width = config["backbone"]["widths"][0]
             self.halting = nn.Sequential(SequenceMean(), nn.Linear(width, len(self.depths)))
+        self._component_names = list(self.components())  # the parent listed them before the halting unit
 
     @classmethod
     def tiny_configs(cls) -> list[dict[str, Any]]:
@@ -83,12 +84,21 @@ class DepthAdaptiveTransformer(EarlyExitNet):
 
     def components(self) -> dict[str, nn.Module]:
         parts = super().components()
-        if self.predicted:
+        if getattr(self, "predicted", False):  # also called from the parent's __init__
             parts = {"stem": parts.pop("stem"), "halting": self.halting, **parts}
         return parts
 
     def decision_components(self) -> list[str]:
         return [*super().decision_components(), *(["halting"] if self.predicted else [])]
+
+    def timed_components(self, device: torch.device):
+        calls = super().timed_components(device)
+        if self.predicted:  # the halting unit's time includes picking the depth
+            halting_call = calls["halting"]
+            calls["halting"] = lambda: int(halting_call().argmax(dim=1))
+            for i in self.exit_stages:  # a chosen exit only classifies: no decision there
+                calls[f"exit{i}"] = super(EarlyExitNet, self).timed_components(device)[f"exit{i}"]
+        return calls
 
     # -- training ---------------------------------------------------------------
     def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,8 @@ class GatedResNet(DynamicModel):
         wanted = {int(k) for k in gates["blocks"]}
         self.gated = [k for k, block in enumerate(self.blocks) if k in wanted and block.gateable]
         self._gated_set = set(self.gated)
+        self._block_names = [f"block{k}" for k in range(len(self.blocks))]
+        self._gate_names = [f"gate{k}" for k in range(len(self.blocks))]
         channels = [block.residual[0].in_channels for block in self.blocks]
         width = int(gates.get("width", 16))
         self.gates = nn.ModuleDict({str(k): self.gate_class(channels[k], width) for k in self.gated})
@@ -118,6 +120,7 @@ class GatedResNet(DynamicModel):
         self.temperature = float(gates.get("temperature", 1.0))
         self.rl_alpha = float(gates.get("rl_alpha", 0.1))
         self.rl_weight = float(gates.get("rl_weight", 0.01))
+        self._component_names = list(self.components())
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
@@ -189,8 +192,42 @@ class GatedResNet(DynamicModel):
             records["gate_log_probs"] = torch.stack(log_probs, dim=1)
         return DynamicOutput(logits, Trace({name: ones for name in self.components()}, records), [logits])
 
+    def forward_static(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.classifier(h)
+
+    def timed_components(self, device: torch.device):
+        calls = super().timed_components(device)
+        for k in self.gated:  # a gate's time includes its decision and the sync it needs
+            gate_call = calls[f"gate{k}"]
+            calls[f"gate{k}"] = lambda gate_call=gate_call: bool(gate_call().diff(dim=1)[0, 0] > 0)
+        return calls
+
+    def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
+        """Batch size 1: one decision per gate, a single sync each, no index bookkeeping."""
+        h = self.stem(x)
+        ran, decisions = ["stem"], []
+        for k, block in enumerate(self.blocks):
+            if k not in self._gated_set:
+                h = block(h)
+                ran.append(self._block_names[k])
+                continue
+            logits = self.gates[str(k)](h)
+            ran.append(self._gate_names[k])
+            on = bool(logits[0, 1] > logits[0, 0])
+            decisions.append(on)
+            if on:  # h >= 0 (it leaves a ReLU): a skipped block leaves it as it is
+                h = torch.relu(h + block.residual(h))
+                ran.append(self._block_names[k])
+        ran.append("classifier")
+        return DynamicOutput(self.classifier(h), Trace.single(self._component_names, ran, gates=decisions))
+
     def _forward_gated(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
+        if batch == 1:
+            return self._forward_one(x)
         counts = {name: x.new_zeros(batch) for name in self.components()}
         decisions = torch.zeros(batch, len(self.gated), dtype=torch.bool)
         h = self.stem(x)
@@ -205,11 +242,6 @@ class GatedResNet(DynamicModel):
             on = logits[:, 1] > logits[:, 0]  # hard and noise-free
             decisions[:, self.gated.index(k)] = on
             # h >= 0 (it leaves a ReLU), so a skipped block's relu(h + 0) is h itself.
-            if batch == 1:
-                if bool(on):
-                    h = torch.relu(h + block.residual(h))
-                    counts[f"block{k}"] += 1
-                continue
             index = on.nonzero().flatten()
             if index.numel():
                 h = h.index_copy(0, index, torch.relu(h[index] + block.residual(h[index])))
