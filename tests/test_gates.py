@@ -69,6 +69,14 @@ def test_eval_gates_are_hard_noise_free_and_counted():
     assert stats["gate_rates"] == pytest.approx(first.trace.records["gates"].float().mean(0).tolist())
 
 
+def test_a_training_batch_of_one_sample_works():
+    model = _aig().train()
+    out = model(torch.rand(1, 1, 8, 8))
+    model.training_loss(out, torch.tensor([3])).backward()
+    assert model.training  # every batch-norm layer back in training mode
+    assert all(m.training for m in model.modules())
+
+
 def test_training_gates_are_straight_through_gumbel():
     model = _aig(temperature=1.0).train()
     values = model(torch.rand(64, 1, 8, 8)).trace.records["gate_values"]
