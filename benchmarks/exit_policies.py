@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exit_policies.json"
-WIDTHS = [16, 16, 32, 32, 64, 64]
+WIDTHS = [8, 16, 32, 32, 64, 64]
 
 
 def config(training: str, policy: str, loss_weights: str, epochs: int) -> dict:
@@ -73,9 +73,10 @@ def main() -> None:
 
     torch.set_num_threads(2)
     splits = load_splits("digits", 0)
-    confidences = [round(float(t), 4) for t in np.linspace(0.3, 0.999, 15)]
-    entropies = [round(float(t), 4) for t in np.linspace(0.0, 1.5, 16)]
-    speeds = [round(float(t), 4) for t in np.linspace(0.0, 0.7, 15)]
+    # Linear up to 0.99, then ever closer to 1 (no exit at all only above 1), so the curve spans the MACs range.
+    confidences = [round(float(t), 4) for t in np.linspace(0.3, 0.99, 12)] + [1 - 10.0**-k for k in range(3, 8)] + [1.01]
+    entropies = [0.0, 1e-6, 1e-5, 1e-4, 1e-3] + [round(float(t), 4) for t in np.linspace(0.01, 1.5, 14)]
+    speeds = [0.0, 1e-6, 1e-5, 1e-4, 1e-3] + [round(float(t), 4) for t in np.linspace(0.01, 0.7, 14)]
     joint = train_model(config("joint", "confidence", "linear", args.epochs), splits)
     deebert = train_model(config("two_stage", "entropy", "constant", args.epochs), splits)
     fastbert = train_model(config("two_stage", "fastbert", "constant", args.epochs), splits)
