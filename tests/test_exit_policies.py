@@ -92,6 +92,16 @@ def test_two_stage_trains_backbone_first_then_only_the_heads():
     assert bn.training  # back in stage 1 (e.g. a new fit): the backbone trains again
 
 
+def test_two_stage_without_exit_heads_trains_the_backbone_throughout():
+    config = exits_config(stages=[])
+    config["exits"]["training"] = "two_stage"
+    model = build_model(config).train()
+    model.set_training_progress(0.9)
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    model.training_loss(model(x), y).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_exits_space_asks_the_policy_knobs(digits):
     import optuna
 
