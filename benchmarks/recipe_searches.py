@@ -1,7 +1,7 @@
 """Time a 12-trial search of each mechanism family's recipe (the claim: each within 10 minutes on 2 CPU cores).
 
 Runs `dynsearch search RECIPE --trials 12 --out DIR` then `dynsearch pareto DIR --json`
-for digits-exits, digits-gates and seq-exits, one after the other, and records
+for digits-exits, digits-exit-policies, digits-gates and seq-exits, one after the other, and records
 the wall time, the machine's load average (the machine may be shared) and the
 front. Writes benchmarks/results/recipe_searches.json:
   python benchmarks/recipe_searches.py [--recipes digits-gates seq-exits]
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe_searches.json"
-RECIPES = ("digits-exits", "digits-gates", "seq-exits")
+RECIPES = ("digits-exits", "digits-exit-policies", "digits-gates", "seq-exits")
 
 
 def main() -> None:

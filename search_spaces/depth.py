@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.search_spaces.exits import DEFAULTS as EXIT_DEFAULTS
-from dynsearch.search_spaces.exits import THRESHOLD_POLICIES, define_exit_rule
+from dynsearch.search_spaces.exit_policies import DEFAULTS as EXIT_DEFAULTS
+from dynsearch.search_spaces.exit_policies import THRESHOLD_POLICIES, define_exit_rule
 
 MAX_STAGES = 8  # the recipe allows at most 8 widths
 

@@ -1,5 +1,4 @@
-"""Early exits: exit locations, head width, exit policy and its threshold or patience,
-training scheme and loss weights, learning rate (mechanism ``exits``)."""
+"""Early exits (BranchyNet): which stages carry an exit, head width, threshold, loss weight, learning rate."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,43 +7,10 @@ DEFAULTS: dict[str, Any] = {
     "exit_after_stage_0": True,
     "exit_after_stage_1": True,
     "exit_head_width": 32,
-    "exit_policy": "confidence",
     "exit_threshold": 0.9,
-    "entropy_threshold": 0.3,
-    "fastbert_speed": 0.3,
-    "patience": 1,
-    "exit_training": "joint",
-    "exit_loss_weights": "constant",
     "exit_loss_weight": 0.5,
     "lr": 0.005,
 }
-
-THRESHOLD_POLICIES = ("confidence", "entropy", "fastbert", "patience")
-
-
-def define_exit_rule(trial, num_exits: int, policies=THRESHOLD_POLICIES) -> dict[str, Any]:
-    """Ask for an exit policy, its knob, the training scheme and the loss weights.
-
-    Ranges follow the papers (PAPERS.md): DeeBERT's entropy threshold 0-0.7
-    nats, FastBERT's speed 0-1, PABEE's patience 1-6 (capped so that it can
-    trigger: at most ``num_exits - 1`` agreements between exit heads).
-    """
-    policy = trial.suggest_categorical("exit_policy", list(policies))
-    rule: dict[str, Any] = {"policy": policy}
-    if policy == "confidence":
-        rule["threshold"] = trial.suggest_float("exit_threshold", 0.5, 0.99)
-    elif policy == "entropy":
-        rule["threshold"] = trial.suggest_float("entropy_threshold", 0.0, 0.7)
-    elif policy == "fastbert":
-        rule["threshold"] = trial.suggest_float("fastbert_speed", 0.0, 1.0)
-    elif policy == "patience":
-        rule["patience"] = trial.suggest_int("patience", 1, max(1, min(6, num_exits - 1)))
-    rule["training"] = trial.suggest_categorical("exit_training", ["joint", "two_stage"])
-    if rule["training"] == "joint":
-        rule["loss_weights"] = trial.suggest_categorical("exit_loss_weights", ["constant", "linear"])
-        if rule["loss_weights"] == "constant":
-            rule["loss_weight"] = trial.suggest_float("exit_loss_weight", 0.1, 1.0)
-    return rule
 
 
 def define(trial, recipe, data) -> dict[str, Any]:
@@ -63,7 +29,8 @@ def define(trial, recipe, data) -> dict[str, Any]:
         "exits": {
             "stages": exit_stages,
             "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
-            **define_exit_rule(trial, num_stages - 1),
+            "threshold": trial.suggest_float("exit_threshold", 0.5, 0.99),
+            "loss_weight": trial.suggest_float("exit_loss_weight", 0.1, 1.0),
         },
         "train": {
             "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),

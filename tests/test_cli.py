@@ -37,7 +37,8 @@ def test_list_json_names_recipes_spaces_and_mechanisms(capsys):
     assert by_name["aig"]["family"] == "gates" and "ConvNet-AIG" in by_name["aig"]["paper"]
     assert by_name["skipnet"]["family"] == "gates" and "SkipNet" in by_name["skipnet"]["paper"]
     assert by_name["depth_adaptive"]["family"] == "exits" and "Elbayad" in by_name["depth_adaptive"]["paper"]
-    assert {"digits-gates", "seq-exits"} <= set(listing["recipes"]) and {"gates", "depth"} <= set(listing["spaces"])
+    assert {"digits-exit-policies", "digits-gates", "seq-exits"} <= set(listing["recipes"])
+    assert {"exit_policies", "gates", "depth"} <= set(listing["spaces"])
 
 
 def test_train_json_reports_measured_figures(tmp_path, capsys):

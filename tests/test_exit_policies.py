@@ -106,9 +106,9 @@ def test_exits_space_asks_the_policy_knobs(digits):
     import optuna
 
     from dynsearch.recipe import load_recipe
-    from dynsearch.search_spaces import exits as space
+    from dynsearch.search_spaces import exit_policies as space
 
-    recipe = load_recipe("digits-exits")
+    recipe = load_recipe("digits-exit-policies")
     for policy, knob in [("confidence", "threshold"), ("entropy", "threshold"), ("fastbert", "threshold"), ("patience", "patience")]:
         params = {**space.DEFAULTS, "exit_policy": policy}
         config = space.define(optuna.trial.FixedTrial(params), recipe, digits)

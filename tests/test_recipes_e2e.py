@@ -1,4 +1,4 @@
-"""End-to-end searches of the gates and depth-adaptive recipes (real Ray, Lightning, Optuna), kept small."""
+"""End-to-end searches of the exit-policy, gates and depth-adaptive recipes (real Ray, Lightning, Optuna), kept small."""
 import json
 import subprocess
 import sys
@@ -11,7 +11,7 @@ def _cli(*args, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, family", [("digits-gates", "gates"), ("seq-exits", "exits")])
+@pytest.mark.parametrize("recipe, family", [("digits-exit-policies", "exits"), ("digits-gates", "gates"), ("seq-exits", "exits")])
 def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
     out = tmp_path / "run"
     proc = _cli("search", recipe, "--trials", "2", "--epochs", "1", "--out", str(out))
@@ -29,6 +29,6 @@ def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
             assert len(stats["gate_rates"]) == len(config["gates"]["blocks"])
             assert all(0.0 <= rate <= 1.0 for rate in stats["gate_rates"])
         else:
-            assert config["mechanism"] == "depth_adaptive"
+            assert config["mechanism"] == ("depth_adaptive" if recipe == "seq-exits" else "exits")
             assert len(stats["exit_histogram"]) == len(config["exits"]["stages"]) + 1
             assert sum(stats["exit_histogram"]) == pytest.approx(1.0)
