@@ -75,7 +75,9 @@ def test_pareto_of_a_missing_run_dir_is_a_usage_error(tmp_path):
 
 
 class FaultySpace:
-    """The exits space, with trial 0 given a NaN loss weight and trial 1 an impossible batch size."""
+    """The exits space, with trials 0-3 made to fail: a NaN loss, an exception, an infinite loss and
+    an out-of-memory error (an exit head too wide for any allocator: torch's CPU allocator refuses it
+    at once, and the trial reports it as torch.OutOfMemoryError, as a GPU would)."""
 
     DEFAULTS = {}
 
@@ -84,31 +86,62 @@ class FaultySpace:
         from dynsearch.search_spaces import exits
 
         config = exits.define(trial, recipe, data)
-        if trial.number == 0:
+        if trial.number in (0, 2, 3):
             config["exits"]["stages"] = [0]
+        if trial.number == 0:
             config["exits"]["loss_weight"] = float("nan")  # NaN training loss
         elif trial.number == 1:
             config["train"]["batch_size"] = 0  # DataLoader raises
+        elif trial.number == 2:
+            config["exits"]["loss_weight"] = float("inf")  # infinite training loss
+        elif trial.number == 3:
+            config["exits"]["head_width"] = 2**46  # a 2**50-element weight: 4 PB
         return config
 
 
+def _old_search(run_dir, recipe):
+    """A run directory holding an earlier search (2 COMPLETE trials) of another recipe."""
+    from dynsearch.rundir import write_recipe
+    from dynsearch.study import make_sampler
+
+    run_dir.mkdir()
+    write_recipe(run_dir, recipe)
+    study = open_study(run_dir, recipe, make_sampler(recipe))
+    for values in ([0.5, 1000.0], [0.6, 2000.0]):
+        study.tell(study.ask(), values)
+    return study
+
+
 @pytest.mark.slow
-def test_nan_and_raising_trials_end_fail_and_stay_off_the_front(tmp_path, tiny_recipe):
+def test_failed_trials_end_fail_are_replaced_and_stay_off_the_front(tmp_path, tiny_recipe):
     from dynsearch.spaces import register_space
 
     register_space("faulty", FaultySpace)
-    recipe = load_recipe(tiny_recipe).with_overrides(space="faulty", trials=4, concurrent_trials=1)
-    result = dynsearch.search(recipe, out=tmp_path / "run")
+    recipe = load_recipe(tiny_recipe).with_overrides(space="faulty", trials=2, concurrent_trials=1)
+    run_dir = tmp_path / "run"
+    _old_search(run_dir, load_recipe(tiny_recipe))
+    with pytest.raises(dynsearch.UserError, match=r"different recipe \(changed: space\).*--new"):
+        dynsearch.search(recipe, out=run_dir)
+
+    result = dynsearch.search(recipe, out=run_dir, new=True)  # the old search is moved aside, not lost
+    old = open_study(run_dir / "previous" / "1")
+    assert [t.values for t in old.get_trials()] == [[0.5, 1000.0], [0.6, 2000.0]]
+    assert load_recipe(run_dir / "previous" / "1" / "recipe.yaml").space == "exits"
+
     study = open_study(result.run_dir)
     by_number = {t.number: t for t in study.get_trials()}
-    assert by_number[0].state == TrialState.FAIL
-    assert "NonFiniteError" in by_number[0].user_attrs["fail_reason"]
-    assert by_number[1].state == TrialState.FAIL
-    assert "batch_size" in by_number[1].user_attrs["fail_reason"]
-    assert [by_number[n].state for n in (2, 3)] == [TrialState.COMPLETE] * 2
-    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    reasons = {n: by_number[n].user_attrs.get("fail_reason", "") for n in range(4)}
+    assert [by_number[n].state for n in range(4)] == [TrialState.FAIL] * 4
+    assert "NonFiniteError" in reasons[0] and "nan" in reasons[0]
+    assert "batch_size" in reasons[1]
+    assert "NonFiniteError" in reasons[2] and "inf" in reasons[2]
+    assert reasons[3].startswith("OutOfMemoryError") and "batch_size smaller" in reasons[3]
+    # Failed trials are replaced: the search still ends with the 2 COMPLETE trials it asked for.
+    assert sorted(by_number) == list(range(6))
+    assert [by_number[n].state for n in (4, 5)] == [TrialState.COMPLETE] * 2
+    assert result.complete == 2 and result.counts == {"FAIL": 4, "COMPLETE": 2}
     front_trials = {item["trial"] for item in result.front}
-    assert front_trials and front_trials <= {2, 3}
+    assert front_trials and front_trials <= {4, 5}
     assert json.loads((result.run_dir / "pareto.json").read_text()) == result.front
 
 
