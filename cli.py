@@ -167,7 +167,7 @@ def _cmd_train(args) -> int:
             shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
             print(f"exits taken   {shares} (test split)")
         if "gate_rates" in stats:
-            rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gated_blocks"], stats["gate_rates"]))
+            rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gate_blocks"], stats["gate_rates"]))
             print(f"gates on      {rates} (test split)")
     return 0
 

@@ -65,7 +65,7 @@ def test_eval_gates_are_hard_noise_free_and_counted():
     for j, k in enumerate(model.gated):
         assert torch.equal(first.trace.counts[f"block{k}"], first.trace.records["gates"][:, j].float())
     stats = model.trace_stats(first.trace)
-    assert stats["gated_blocks"] == [0, 1, 3]
+    assert stats["gate_blocks"] == [0, 1, 3]
     assert stats["gate_rates"] == pytest.approx(first.trace.records["gates"].float().mean(0).tolist())
 
 

@@ -25,7 +25,7 @@ def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
         assert 0 < item["macs"] and 0 <= item["accuracy"] <= 1
         if family == "gates":
             assert config["mechanism"] in ("aig", "skipnet")
-            assert stats["gated_blocks"] == config["gates"]["blocks"]
+            assert stats["gate_blocks"] == config["gates"]["blocks"]
             assert len(stats["gate_rates"]) == len(config["gates"]["blocks"])
             assert all(0.0 <= rate <= 1.0 for rate in stats["gate_rates"])
         else:

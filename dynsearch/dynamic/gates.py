@@ -148,9 +148,9 @@ class GatedResNet(DynamicModel):
         return [f"gate{k}" for k in self.gated]
 
     def trace_stats(self, trace: Trace) -> dict[str, Any]:
-        """``gate_rates``: the fraction of samples that executed each gated block (``gated_blocks``)."""
+        """``gate_rates``: the fraction of samples that executed each gated block (``gate_blocks``)."""
         rates = trace.records["gates"].float().mean(dim=0) if len(self.gated) else torch.zeros(0)
-        return {"gated_blocks": list(self.gated), "gate_rates": [float(r) for r in rates]}
+        return {"gate_blocks": list(self.gated), "gate_rates": [float(r) for r in rates]}
 
     # -- decisions ------------------------------------------------------------
     def relaxed_decision(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
