@@ -91,6 +91,21 @@ class DepthAdaptiveTransformer(EarlyExitNet):
     def decision_components(self) -> list[str]:
         return [*super().decision_components(), *(["halting"] if self.predicted else [])]
 
+    def runtime_policy(self) -> dict[str, Any]:
+        if not self.predicted:
+            return super().runtime_policy()
+        return {
+            "kind": "depth-adaptive",
+            "policy": "predicted",
+            "rule": "a halting classifier on the mean embedded input picks the exit depth before any layer runs; "
+                    "the layers up to it run and only that exit's classifier answers",
+            "exit_stages": list(self.exit_stages),
+            "final_stage": len(self.stages) - 1,
+        }
+
+    def onnx_form(self):
+        return None if self.predicted else super().onnx_form()
+
     def timed_components(self, device: torch.device):
         calls = super().timed_components(device)
         if self.predicted:  # the halting unit's time includes picking the depth
