@@ -112,7 +112,10 @@ def killed(tmp_path_factory):
             if seen.busy is None:  # the study exists, so the first search holds the lock
                 seen.busy = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
             counts = count_states(open_study(out))
-            if counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) >= 1:
+            # Ray writes a trial's params.pkl a moment after it starts: wait for one, so the
+            # "resume never unpickles" check below always has Ray's pickles to plant payloads in.
+            has_params = any((out / "ray").rglob("params.pkl"))
+            if counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) >= 1 and has_params:
                 break
         assert first.poll() is None, f"the search ended before it could be killed:\n{first_err.read_text()[-3000:]}"
         assert time.time() < deadline, "no trial became COMPLETE in time"
