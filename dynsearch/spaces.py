@@ -78,3 +78,31 @@ def check_space(recipe, data) -> None:
             f"recipe field 'space': search space {recipe.space!r} asks for no parameters, so there is nothing "
             "to search; use 'dynsearch train' for a single model or a space with parameters"
         )
+
+
+def suggest_exit_stages(trial, count: int, prefix: str = "exit_after_stage") -> list[int]:
+    """Ask, for each of the first ``count`` stages, whether an exit head follows it."""
+    return [i for i in range(count) if trial.suggest_categorical(f"{prefix}_{i}", [True, False])]
+
+
+def trial_config(trial, recipe, data, mechanism: str, parts: dict[str, Any],
+                 lr_range: tuple[float, float] = (1e-3, 2e-2)) -> dict[str, Any]:
+    """A trial config: what every space shares around the mechanism's own ``parts``.
+
+    The learning rate is asked here, after the mechanism's parameters (the
+    order in which a trial asks is part of what a seeded sampler reproduces).
+    """
+    return {
+        "mechanism": mechanism,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "backbone": recipe.backbone.model_dump(),
+        **parts,
+        "train": {
+            "lr": trial.suggest_float("lr", *lr_range, log=True),
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "seed": recipe.seed + trial.number,
+        },
+        "trial": trial.number,
+    }

@@ -9,6 +9,7 @@ from typing import Any
 
 from dynsearch.search_spaces.exit_policies import DEFAULTS as EXIT_DEFAULTS
 from dynsearch.search_spaces.exit_policies import THRESHOLD_POLICIES, define_exit_rule
+from dynsearch.spaces import suggest_exit_stages, trial_config
 
 MAX_STAGES = 8  # the recipe allows at most 8 widths
 
@@ -31,27 +32,9 @@ def check_recipe(recipe) -> None:
 def define(trial, recipe, data) -> dict[str, Any]:
     """Ask ``trial`` for a depth-adaptive Transformer and return its trial config."""
     num_stages = len(recipe.backbone.widths)
-    exit_stages = [
-        i for i in range(num_stages - 1) if trial.suggest_categorical(f"exit_after_layer_{i}", [True, False])
-    ]
+    exit_stages = suggest_exit_stages(trial, num_stages - 1, prefix="exit_after_layer")
     rule = define_exit_rule(trial, num_stages - 1, policies=("predicted", *THRESHOLD_POLICIES))
     if rule["policy"] == "predicted":
         rule["depth_penalty"] = trial.suggest_float("depth_penalty", 0.0, 0.5)
-    return {
-        "mechanism": "depth_adaptive",
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "backbone": recipe.backbone.model_dump(),
-        "exits": {
-            "stages": exit_stages,
-            "head_width": trial.suggest_categorical("exit_head_width", [0, 32]),
-            **rule,
-        },
-        "train": {
-            "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
-            "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size,
-            "seed": recipe.seed + trial.number,
-        },
-        "trial": trial.number,
-    }
+    exits = {"stages": exit_stages, "head_width": trial.suggest_categorical("exit_head_width", [0, 32]), **rule}
+    return trial_config(trial, recipe, data, "depth_adaptive", {"exits": exits}, lr_range=(1e-3, 1e-2))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynsearch.spaces import suggest_exit_stages, trial_config
+
 DEFAULTS: dict[str, Any] = {
     **{f"exit_after_stage_{i}": True for i in range(7)},  # a recipe has at most 8 stages
     "exit_head_width": 32,
@@ -53,26 +55,9 @@ def define_exit_rule(trial, num_exits: int, policies=THRESHOLD_POLICIES) -> dict
 def define(trial, recipe, data) -> dict[str, Any]:
     """Ask ``trial`` for an early-exit network and return its trial config."""
     num_stages = len(recipe.backbone.widths)
-    exit_stages = [
-        i
-        for i in range(num_stages - 1)
-        if trial.suggest_categorical(f"exit_after_stage_{i}", [True, False])
-    ]
-    return {
-        "mechanism": "exits",
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "backbone": recipe.backbone.model_dump(),
-        "exits": {
-            "stages": exit_stages,
-            "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
-            **define_exit_rule(trial, num_stages - 1),
-        },
-        "train": {
-            "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),
-            "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size,
-            "seed": recipe.seed + trial.number,
-        },
-        "trial": trial.number,
+    exits = {
+        "stages": suggest_exit_stages(trial, num_stages - 1),
+        "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
+        **define_exit_rule(trial, num_stages - 1),
     }
+    return trial_config(trial, recipe, data, "exits", {"exits": exits})

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynsearch.spaces import suggest_exit_stages, trial_config
+
 DEFAULTS: dict[str, Any] = {
     "exit_after_stage_0": True,
     "exit_after_stage_1": True,
@@ -15,28 +17,10 @@ DEFAULTS: dict[str, Any] = {
 
 def define(trial, recipe, data) -> dict[str, Any]:
     """Ask ``trial`` for an early-exit network and return its trial config."""
-    num_stages = len(recipe.backbone.widths)
-    exit_stages = [
-        i
-        for i in range(num_stages - 1)
-        if trial.suggest_categorical(f"exit_after_stage_{i}", [True, False])
-    ]
-    return {
-        "mechanism": "exits",
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "backbone": recipe.backbone.model_dump(),
-        "exits": {
-            "stages": exit_stages,
-            "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
-            "threshold": trial.suggest_float("exit_threshold", 0.5, 0.99),
-            "loss_weight": trial.suggest_float("exit_loss_weight", 0.1, 1.0),
-        },
-        "train": {
-            "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),
-            "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size,
-            "seed": recipe.seed + trial.number,
-        },
-        "trial": trial.number,
+    exits = {
+        "stages": suggest_exit_stages(trial, len(recipe.backbone.widths) - 1),
+        "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
+        "threshold": trial.suggest_float("exit_threshold", 0.5, 0.99),
+        "loss_weight": trial.suggest_float("exit_loss_weight", 0.1, 1.0),
     }
+    return trial_config(trial, recipe, data, "exits", {"exits": exits})

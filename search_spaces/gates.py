@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynsearch.spaces import trial_config
+
 MAX_BLOCKS = 32  # gate_block_<k> / gate_target_rate_<k> exist for k < MAX_BLOCKS
 
 DEFAULTS: dict[str, Any] = {
@@ -70,17 +72,4 @@ def define(trial, recipe, data) -> dict[str, Any]:
         gates["loss_weight"] = trial.suggest_float("gate_loss_weight", 0.5, 10.0, log=True)
     if kind == "aig":
         gates["temperature"] = trial.suggest_float("gate_temperature", 0.3, 3.0, log=True)
-    return {
-        "mechanism": kind,
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "backbone": recipe.backbone.model_dump(),
-        "gates": gates,
-        "train": {
-            "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),
-            "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size,
-            "seed": recipe.seed + trial.number,
-        },
-        "trial": trial.number,
-    }
+    return trial_config(trial, recipe, data, kind, {"gates": gates})
