@@ -18,6 +18,19 @@ PARITY_TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and Py
 INPUT_NAME = "input"
 
 
+@torch.no_grad()
+def _chain(form, sample: torch.Tensor) -> dict[str, tuple[torch.Tensor, tuple]]:
+    """Per part (by name): its PyTorch input and outputs, each part fed what the parts before it computed."""
+    values: dict[str, torch.Tensor] = {INPUT_NAME: sample}
+    chain = {}
+    for part in form.parts:
+        x = values[part.source]
+        outputs = part.module.eval()(x.clone())  # a clone: an in-place first op must not alter the input
+        chain[part.name] = (x, outputs)
+        values.update({f"{part.name}/{name}": value for name, value in zip(part.outputs, outputs)})
+    return chain
+
+
 def onnx_support(model) -> str:
     """One line for the card: the ONNX form a model's mechanism supports, or that it has none."""
     form = model.onnx_form()
@@ -27,6 +40,24 @@ def onnx_support(model) -> str:
 
 
 @torch.no_grad()
+def graph_parity(model, folder: Path, inputs: torch.Tensor, form=None, chain=None) -> list[float]:
+    """Max abs difference between onnxruntime and PyTorch for each part of ``model.onnx_form()``
+    whose graph is ``folder/<part>.onnx``; each part is fed what the parts before it computed in PyTorch."""
+    import numpy as np
+    import onnxruntime
+
+    model.eval()
+    form = form or model.onnx_form()
+    chain = chain or _chain(form, inputs)
+    diffs = []
+    for part in form.parts:
+        x, expected = chain[part.name]
+        session = onnxruntime.InferenceSession(str(folder / f"{part.name}.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(list(part.outputs), {INPUT_NAME: x.numpy()})
+        diffs.append(max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
+    return diffs
+
+
 def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
     """Write each part of ``model.onnx_form()`` to ``folder/<part>.onnx`` and check it with onnxruntime.
 
@@ -34,20 +65,17 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
     it computed in PyTorch, and onnxruntime must match PyTorch's outputs within
     ``PARITY_TOLERANCE``. Returns the manifest written to the card.
     """
-    import numpy as np
     import onnx
-    import onnxruntime
 
     form = model.onnx_form()
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
-    values: dict[str, torch.Tensor] = {INPUT_NAME: sample}
-    graphs = []
+    chain = _chain(form, sample)
     for part in form.parts:
         # A part is a fresh wrapper module (training mode by default); torch.onnx.export
         # restores the wrapper's mode on exit, which would put the shared stages in training mode.
         module = part.module.eval()
-        x = values[part.source]
+        x = chain[part.name][0]
         path = folder / f"{part.name}.onnx"
         names = [INPUT_NAME, *part.outputs]
         with warnings.catch_warnings():
@@ -59,14 +87,12 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
             )
         model.eval()
         onnx.checker.check_model(str(path))
-        expected = module(x.clone())  # a clone: an in-place first op must not alter the recorded input
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(list(part.outputs), {INPUT_NAME: x.numpy()})
-        diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+    graphs = []
+    for part, diff in zip(form.parts, graph_parity(model, folder, sample, form, chain)):
         if not diff <= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX graph {part.name}: onnxruntime differs from PyTorch by {diff:.3g} "
                                f"(> {PARITY_TOLERANCE}); this is a bug in the mechanism's onnx_form")
-        values.update({f"{part.name}/{name}": value for name, value in zip(part.outputs, expected)})
+        path = folder / f"{part.name}.onnx"
         graphs.append({
             "file": f"{folder.name}/{path.name}",
             "input": INPUT_NAME,

@@ -94,22 +94,13 @@ def one_good_one_failed(tmp_path_factory, digits):
 
 def onnx_parity(folder, splits):
     """Max abs difference of every ONNX graph against the loaded PyTorch model's parts, on the validation split."""
-    import onnxruntime
+    from dynsearch.onnx_export import graph_parity
 
     model = dynsearch.load(folder)
     card = json.loads((folder / "card.json").read_text())
     form = model.onnx_form()
     assert [f"onnx/{p.name}.onnx" for p in form.parts] == [g["file"] for g in card["onnx"]["graphs"]]
-    values, worst = {"input": splits.val_x}, 0.0
-    with torch.no_grad():
-        for part in form.parts:
-            x = values[part.source]
-            expected = part.module.eval()(x)
-            session = onnxruntime.InferenceSession(str(folder / "onnx" / f"{part.name}.onnx"))
-            got = session.run(list(part.outputs), {"input": x.numpy()})
-            worst = max([worst] + [float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)])
-            values.update({f"{part.name}/{n}": v for n, v in zip(part.outputs, expected)})
-    return worst
+    return max(graph_parity(model, folder / "onnx", splits.val_x))
 
 
 def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
