@@ -24,18 +24,22 @@ def conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequentia
     )
 
 
-def build_cnn(input_shape: Sequence[int], widths: Sequence[int], depth: int):
-    """A plain CNN: a 3x3 stem, then one stage per width (the first keeps the
-    resolution, the others halve it), each of ``depth`` conv-BN-ReLU blocks."""
-    in_channels = input_shape[0]
-    stem = conv_block(in_channels, widths[0], 1)
+def _image_stages(block, input_shape: Sequence[int], widths: Sequence[int], depth: int):
+    """A 3x3 conv stem, then one stage per width of ``depth`` blocks ``block(in, out, stride)``;
+    the first stage keeps the resolution, the others halve it in their first block."""
+    stem = conv_block(input_shape[0], widths[0], 1)
     stages, channels = [], widths[0]
     for i, width in enumerate(widths):
-        blocks = [conv_block(channels, width, 1 if i == 0 else 2)]
-        blocks += [conv_block(width, width, 1) for _ in range(depth - 1)]
+        blocks = [block(channels, width, 1 if i == 0 else 2)]
+        blocks += [block(width, width, 1) for _ in range(depth - 1)]
         stages.append(nn.Sequential(*blocks))
         channels = width
     return stem, stages
+
+
+def build_cnn(input_shape: Sequence[int], widths: Sequence[int], depth: int):
+    """A plain CNN: stages of conv-BN-ReLU blocks."""
+    return _image_stages(conv_block, input_shape, widths, depth)
 
 
 def build_mlp(input_shape: Sequence[int], widths: Sequence[int], depth: int):
@@ -87,14 +91,7 @@ def build_resnet(input_shape: Sequence[int], widths: Sequence[int], depth: int):
     """A small ResNet: a 3x3 stem, then one stage per width of ``depth`` residual
     blocks (the first stage keeps the resolution, the others halve it in their
     first block, which therefore has a projection shortcut)."""
-    stem = conv_block(input_shape[0], widths[0], 1)
-    stages, channels = [], widths[0]
-    for i, width in enumerate(widths):
-        blocks = [ResidualBlock(channels, width, 1 if i == 0 else 2)]
-        blocks += [ResidualBlock(width, width, 1) for _ in range(depth - 1)]
-        stages.append(nn.Sequential(*blocks))
-        channels = width
-    return stem, stages
+    return _image_stages(ResidualBlock, input_shape, widths, depth)
 
 
 class SequenceStem(nn.Module):
