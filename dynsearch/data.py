@@ -2,7 +2,10 @@
 
 The embedded default is scikit-learn's bundled 8x8 digits (1,797 images);
 ``marked-majority`` is a seeded synthetic sequence-classification task
-generated on the fly (for Transformer backbones). Splits into train / validation / test are stratified and fixed by the seed.
+generated on the fly (for Transformer backbones); ``mnist1d`` is MNIST-1D
+(Greydanus 2020) generated locally with ``mnist1d.data.make_dataset`` (its
+``get_dataset`` downloads, so it is never called); ``parity`` is the parity
+task of ACT (Graves 2016), seeded. Splits into train / validation / test are stratified and fixed by the seed.
 """
 from __future__ import annotations
 
@@ -104,6 +107,55 @@ register_dataset(
         (16, NUM_TOKENS),
         NUM_LABELS,
         marked_majority_arrays,
+    )
+)
+
+
+def _mnist1d_arrays():
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    made = make_dataset(get_dataset_args())  # the standard 4,000 + 1,000 samples, seed fixed by the package
+    x = np.concatenate([made["x"], made["x_test"]]).astype(np.float32)
+    y = np.concatenate([made["y"], made["y_test"]]).astype(np.int64)
+    return x, y
+
+
+register_dataset(
+    DatasetInfo(
+        "mnist1d",
+        "MNIST-1D (Greydanus 2020), generated locally with make_dataset: 5,000 signals of length 40, 10 classes",
+        (40,),
+        10,
+        _mnist1d_arrays,
+    )
+)
+
+
+PARITY_BITS = 10
+
+
+def parity_arrays(count: int = 6000, bits: int = PARITY_BITS, seed: int = 0):
+    """The parity task of ACT (Graves 2016, section 3.1): a vector of ``bits``
+    entries, a random number (1..bits) of them set to +1 or -1 at random
+    positions, the rest 0; the label is 1 when the number of +1 entries is odd.
+    Deterministic in ``seed``; generated, nothing downloaded."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((count, bits), dtype=np.float32)
+    for row in x:
+        nonzero = int(rng.integers(1, bits + 1))
+        where = rng.choice(bits, size=nonzero, replace=False)
+        row[where] = rng.choice([-1.0, 1.0], size=nonzero)
+    y = ((x == 1.0).sum(axis=1) % 2).astype(np.int64)
+    return x, y
+
+
+register_dataset(
+    DatasetInfo(
+        "parity",
+        f"ACT's parity task (Graves 2016), seeded: 6,000 vectors of {PARITY_BITS} entries in {{-1, 0, 1}}, 2 classes",
+        (PARITY_BITS,),
+        2,
+        parity_arrays,
     )
 )
 

@@ -1,0 +1,24 @@
+"""The generated datasets: shapes, labels and determinism (nothing is downloaded)."""
+import numpy as np
+import torch
+
+from dynsearch.data import DATASETS, load_splits, parity_arrays
+
+
+def test_parity_labels_count_plus_ones():
+    x, y = parity_arrays(count=500, bits=12, seed=3)
+    assert x.shape == (500, 12) and set(np.unique(x)) <= {-1.0, 0.0, 1.0}
+    assert (np.abs(x).sum(axis=1) >= 1).all()  # at least one non-zero entry
+    assert np.array_equal(y, (x == 1.0).sum(axis=1) % 2)
+    assert 0.4 < y.mean() < 0.6
+    x2, y2 = parity_arrays(count=500, bits=12, seed=3)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+def test_mnist1d_is_generated_with_fixed_splits():
+    first, second = load_splits("mnist1d", 0), load_splits("mnist1d", 0)
+    assert first.input_shape == (40,) and first.num_classes == 10
+    assert len(first.train_y) + len(first.val_y) + len(first.test_y) == 5000
+    assert first.train_x.shape[1:] == (40,)
+    assert torch.equal(first.val_x, second.val_x)
+    assert set(DATASETS) >= {"digits", "marked-majority", "mnist1d", "parity"}
