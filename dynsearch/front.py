@@ -81,3 +81,18 @@ def trial_counts(run_dir: str | Path) -> dict[str, int]:
     from dynsearch.study import count_states, open_study
 
     return count_states(open_study(_check_run_dir(run_dir)))
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area dominated by ``points`` = (accuracy, cost) pairs — accuracy
+    maximised, cost (MACs, latency) minimised — up to ``reference`` = (lowest
+    accuracy, highest cost). Points outside the reference box add nothing.
+    Uses Optuna's WFG implementation (the one behind ``plot_hypervolume_history``)."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    low_accuracy, high_cost = reference
+    inside = [(-acc, cost) for acc, cost in points if acc > low_accuracy and cost < high_cost]
+    if not inside:
+        return 0.0
+    return float(compute_hypervolume(np.asarray(inside, dtype=float), np.asarray([-low_accuracy, high_cost], dtype=float)))

@@ -173,6 +173,17 @@ class DynamicModel(nn.Module):
         """The inference-time decision rule and its thresholds (JSON), written to an export's config and card."""
         return {}
 
+    def runtime_knobs(self) -> dict[str, list[float]]:
+        """Inference-time knobs that can change after training without retraining
+        (exit threshold, patience, gate bias, halting threshold), each with the
+        values a calibration sweep tries; {} when the mechanism has none."""
+        return {}
+
+    def set_runtime_knobs(self, values: dict[str, float]) -> None:
+        """Set knobs named by ``runtime_knobs()``; ``runtime_policy()`` then reports the new values."""
+        if values:
+            raise ValueError(f"{type(self).__name__} has no runtime knobs; got {sorted(values)}")
+
     def onnx_form(self) -> OnnxForm | None:
         """The ONNX-exportable pieces (stage graphs, heads, gates); None: ONNX is not supported."""
         return None

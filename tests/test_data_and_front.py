@@ -22,3 +22,13 @@ def test_mnist1d_is_generated_with_fixed_splits():
     assert first.train_x.shape[1:] == (40,)
     assert torch.equal(first.val_x, second.val_x)
     assert set(DATASETS) >= {"digits", "marked-majority", "mnist1d", "parity"}
+
+
+def test_hypervolume_of_a_staircase():
+    from dynsearch.front import hypervolume
+
+    # two points, reference (0.5, 100): 0.4*60 + (0.5*... ) computed by hand
+    # (0.9, 40) dominates [0.5,0.9]x[40,100] = 0.4*60 = 24; (0.7, 20) adds [0.5,0.7]x[20,40] = 0.2*20 = 4
+    assert abs(hypervolume([(0.9, 40.0), (0.7, 20.0)], (0.5, 100.0)) - 28.0) < 1e-9
+    assert hypervolume([(0.9, 40.0), (0.7, 20.0), (0.6, 30.0)], (0.5, 100.0)) == hypervolume([(0.9, 40.0), (0.7, 20.0)], (0.5, 100.0))
+    assert hypervolume([(0.4, 10.0), (0.9, 120.0)], (0.5, 100.0)) == 0.0  # outside the box
