@@ -5,15 +5,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynsearch.recipe import Recipe, load_recipe
+from dynsearch.recipe import Recipe, load_recipe, parse_recipe
+
+RecipeLike = Recipe | dict | str | Path | None
 
 
-def _recipe(recipe_or_path: Recipe | str | Path | None, overrides: dict[str, Any]) -> Recipe:
-    recipe = recipe_or_path if isinstance(recipe_or_path, Recipe) else load_recipe(recipe_or_path)
+def _recipe(recipe_or_path: RecipeLike, overrides: dict[str, Any]) -> Recipe:
+    """A Recipe from a Recipe, a dict (paths and user modules relative to the current directory),
+    a YAML path or a built-in recipe's name."""
+    if isinstance(recipe_or_path, Recipe):
+        recipe = recipe_or_path
+    elif isinstance(recipe_or_path, dict):
+        recipe = parse_recipe(recipe_or_path, source="<dict>")
+    else:
+        recipe = load_recipe(recipe_or_path)
     return recipe.with_overrides(**overrides) if overrides else recipe
 
 
-def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | None = None, **overrides) -> dict[str, Any]:
+def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **overrides) -> dict[str, Any]:
     """Train the recipe's default point once; return its measured figures.
 
     Returns ``test_accuracy``, ``macs`` (mean over the test split of what each
@@ -24,7 +33,7 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
     """
     import torch
 
-    from dynsearch.data import load_splits
+    from dynsearch.data import load_data
     from dynsearch.spaces import default_config
     from dynsearch.trial import evaluate, save_trial, train_model
 
@@ -34,8 +43,11 @@ def train(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | N
 
         resolve_device(recipe.latency.device)
     torch.set_num_threads(max(1, int(recipe.cpus_per_trial)))
-    data = recipe.data
-    splits = load_splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
+    splits = load_data(recipe.data)
+    if recipe.backbone.kind == "user":
+        from dynsearch.user_code import check_user_backbone
+
+        check_user_backbone(recipe.backbone.model_dump(), splits.input_shape)
     config = default_config(recipe, splits)
     model = train_model(config, splits)
     metrics = evaluate(model, splits)
@@ -74,7 +86,7 @@ class SearchResult:
         return self.counts.get("COMPLETE", 0)
 
 
-def search(recipe_or_path: Recipe | str | Path | None = None, out: str | Path | None = None,
+def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
            progress: bool = False, new: bool = False, **overrides) -> SearchResult:
     """Run (or resume) a multi-objective search; return the run directory and its front.
 

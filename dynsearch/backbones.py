@@ -3,8 +3,9 @@
 A backbone is ``(stem, [stage, ...])``; mechanisms put their machinery
 (exit heads, gates, experts) between or around stages. Head input widths come
 from a dry run, so any stage list works. Kinds: ``cnn``, ``mlp``, ``resnet``
-(stages of ``ResidualBlock``) and ``transformer`` (stages of ``EncoderLayer``
-over sequences of feature vectors).
+(stages of ``ResidualBlock``), ``transformer`` (stages of ``EncoderLayer``
+over sequences of feature vectors) and ``user`` (the stages a user's callable
+returns, after an identity stem).
 """
 from __future__ import annotations
 
@@ -150,6 +151,10 @@ def build_transformer(input_shape: Sequence[int], widths: Sequence[int], depth: 
 
 def build_backbone(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module]]:
     backbone = config["backbone"]
+    if backbone["kind"] == "user":  # the user's stages as given; no stem (see user_code.py)
+        from dynsearch.user_code import user_stages
+
+        return nn.Identity(), user_stages(backbone)
     shape, widths, depth = config["input_shape"], backbone["widths"], backbone["depth"]
     if backbone["kind"] == "transformer":
         return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)))

@@ -226,7 +226,7 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
     if onnx:
         from dynsearch.onnx_export import export_onnx
 
-        splits = _splits(**_data_key(recipe["data"]))
+        splits = _splits(_data_key(recipe["data"]))
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
     card = make_card(item.number, item.config, item.metrics, model, run, recipe, onnx_manifest,
                      reproduced={**item.measured, "matches_recorded": _same_figures(item.measured, item.metrics)})
@@ -297,16 +297,18 @@ def _build(config: Any, state: dict, where: Path):
     return model.eval()
 
 
-def _data_key(data: dict[str, Any]) -> dict[str, Any]:
-    return {"name": data["name"], "split_seed": int(data["split_seed"]),
-            "val_fraction": float(data["val_fraction"]), "test_fraction": float(data["test_fraction"])}
+def _data_key(data: dict[str, Any]) -> str:
+    """The data section's own fields (a card adds description and shapes), as a cache key."""
+    from dynsearch.recipe import DataSpec
+
+    return json.dumps({k: data.get(k) for k in DataSpec.model_fields}, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(name: str, split_seed: int, val_fraction: float, test_fraction: float):
-    from dynsearch.data import load_splits
+def _splits(data_key: str):
+    from dynsearch.data import load_data
 
-    return load_splits(name, split_seed, val_fraction, test_fraction)
+    return load_data(json.loads(data_key))
 
 
 def _measure_val(model, data: dict[str, Any], measured_with: dict[str, int]) -> dict[str, Any]:
@@ -315,7 +317,7 @@ def _measure_val(model, data: dict[str, Any], measured_with: dict[str, int]) -> 
 
     from dynsearch.cost import measure
 
-    splits = _splits(**_data_key(data))
+    splits = _splits(_data_key(data))
     threads = torch.get_num_threads()
     torch.set_num_threads(int(measured_with["threads"]))
     try:

@@ -29,7 +29,10 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
 
     mechanism = MECHANISMS[config["mechanism"]]
     data = recipe["data"]
+    from dynsearch.user_data import describe, source_of
+
     info = DATASETS.get(data.get("name"))
+    description = describe(data) if source_of(data) else info.description if info else None
     return {
         "trial": number,
         "run_dir": str(run),
@@ -39,7 +42,7 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         "measured": {k: metrics[k] for k in _MEASURED if k in metrics},
         "measured_with": reproduced["measured_with"],
         "reproduced_at_export": {k: reproduced[k] for k in ("accuracy", "macs", "matches_recorded")},
-        "data": {**data, "description": info.description if info else None,
+        "data": {**data, "description": description,
                  "input_shape": config.get("input_shape"), "num_classes": config.get("num_classes")},
         "recipe": recipe,
         "runtime_policy": model.runtime_policy(),

@@ -5,12 +5,13 @@ The embedded default is scikit-learn's bundled 8x8 digits (1,797 images);
 generated on the fly (for Transformer backbones); ``mnist1d`` is MNIST-1D
 (Greydanus 2020) generated locally with ``mnist1d.data.make_dataset`` (its
 ``get_dataset`` downloads, so it is never called); ``parity`` is the parity
-task of ACT (Graves 2016), seeded. Splits into train / validation / test are stratified and fixed by the seed.
+task of ACT (Graves 2016), seeded. A user's own data (a callable, an .npz / .pt
+file, torchvision) is read by user_data.py through ``load_data``. Splits into train / validation / test are stratified and fixed by the seed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -160,12 +161,10 @@ register_dataset(
 )
 
 
-def load_splits(name: str, split_seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
-    """Load dataset ``name`` and split it deterministically from ``split_seed``."""
+def split_arrays(x, y, split_seed: int, val_fraction: float, test_fraction: float):
+    """``(train_x, train_y, val_x, val_y, test_x, test_y)``: stratified, fixed by ``split_seed``."""
     from sklearn.model_selection import train_test_split
 
-    info = DATASETS[name]
-    x, y = info.load_arrays()
     rest_x, test_x, rest_y, test_y = train_test_split(
         x, y, test_size=test_fraction, random_state=split_seed, stratify=y
     )
@@ -176,8 +175,24 @@ def load_splits(name: str, split_seed: int, val_fraction: float = 0.2, test_frac
         random_state=split_seed,
         stratify=rest_y,
     )
-    as_x, as_y = torch.from_numpy, torch.from_numpy
-    return Splits(
-        as_x(train_x), as_y(train_y), as_x(val_x), as_y(val_y), as_x(test_x), as_y(test_y),
-        info.input_shape, info.num_classes,
-    )
+    return train_x, train_y, val_x, val_y, test_x, test_y
+
+
+def load_splits(name: str, split_seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
+    """Load dataset ``name`` and split it deterministically from ``split_seed``."""
+    info = DATASETS[name]
+    x, y = info.load_arrays()
+    parts = split_arrays(x, y, split_seed, val_fraction, test_fraction)
+    return Splits(*(torch.from_numpy(part) for part in parts), info.input_shape, info.num_classes)
+
+
+def load_data(data: dict[str, Any] | Any) -> Splits:
+    """The splits a recipe's ``data`` section (a DataSpec or its dict) describes: a built-in
+    dataset by ``name``, or the user's own (callable, file, torchvision; see user_data.py)."""
+    if not isinstance(data, dict):
+        data = data.model_dump()
+    from dynsearch.user_data import load_user_splits, source_of
+
+    if source_of(data) is not None:
+        return load_user_splits(data)
+    return load_splits(data["name"], int(data["split_seed"]), float(data["val_fraction"]), float(data["test_fraction"]))

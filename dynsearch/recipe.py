@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynsearch.errors import UserError
 
@@ -23,27 +23,98 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _base_dir(info: ValidationInfo) -> Path:
+    """Where relative paths and user modules are looked up: the recipe file's folder, else the CWD."""
+    base = (info.context or {}).get("base_dir")
+    return Path(base) if base is not None else Path.cwd()
+
+
+def _resolve_user_paths(section: str, data: Any, info: ValidationInfo, paths: tuple[str, ...]) -> Any:
+    """Make the section's paths absolute (relative to the recipe's folder) and record the folder a
+    user callable's module is imported from, so that Ray workers and ``load`` find it too."""
+    from dynsearch.user_code import find_module_dir
+
+    if not isinstance(data, dict):
+        return data  # pydantic reports the wrong type
+    data, base = dict(data), _base_dir(info)
+    for key in paths:
+        if isinstance(data.get(key), str):
+            path = (base / Path(data[key]).expanduser()).resolve()
+            if not path.exists():
+                raise ValueError(f"{section}.{key} {data[key]!r}: no such file or folder ({path}); "
+                                 "fix the path (relative paths start at the recipe's folder)")
+            data[key] = str(path)
+    if isinstance(data.get("callable"), str):
+        where = [Path(data["module_path"])] if data.get("module_path") else [base, Path.cwd().resolve()]
+        data["module_path"] = find_module_dir(data["callable"], f"{section}.callable", where)
+    return data
+
+
 class DataSpec(_Strict):
-    name: str = "digits"
+    """A built-in dataset by ``name``, or one user source: ``callable``, ``file``, ``torchvision``
+    or ``image_folder`` (see user_data.py for the forms accepted)."""
+
+    name: Optional[str] = Field(None, description="a built-in dataset (default digits); with a user source, a label")
+    callable: Optional[str] = Field(None, description="package.module:function returning the data")
+    file: Optional[str] = Field(None, description="an .npz or .pt file of arrays")
+    torchvision: Optional[str] = Field(None, description="a torchvision.datasets class read from root")
+    image_folder: Optional[str] = Field(None, description="a folder of class sub-folders of images")
+    root: Optional[str] = Field(None, description="torchvision's root folder")
+    download: bool = Field(False, description="let torchvision download the dataset into root")
+    module_path: Optional[str] = Field(None, description="folder of the callable's module")
     split_seed: int = 0
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
 
-    @field_validator("name")
+    @model_validator(mode="before")
     @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        from dynsearch.data import DATASETS
+    def _resolve(cls, data: Any, info: ValidationInfo) -> Any:
+        from dynsearch.user_data import SOURCES
 
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}")
-        return name
+        if isinstance(data, dict):
+            given = [key for key in SOURCES if data.get(key) is not None]
+            if len(given) > 1:
+                raise ValueError(f"data gives {' and '.join(given)}; give one source")
+            if data.get("file") is not None and not str(data["file"]).endswith((".npz", ".pt")):
+                raise ValueError(f"data.file {data['file']!r}: not an .npz or .pt file; save the arrays as one")
+            if data.get("torchvision") is not None and data.get("root") is None:
+                raise ValueError("data.torchvision needs data.root, the folder holding the dataset; add it")
+            data = {"name": "user" if given else "digits", **{k: v for k, v in data.items() if v is not None}}
+        return _resolve_user_paths("data", data, info, ("file", "image_folder", "root", "module_path"))
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> "DataSpec":
+        from dynsearch.data import DATASETS
+        from dynsearch.user_data import source_of
+
+        source = source_of(self.model_dump())
+        if source is None and self.name not in DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; use one of {sorted(DATASETS)}, "
+                             "or your own with data.callable / data.file")
+        if source is not None and self.name in DATASETS:
+            raise ValueError(f"data.name {self.name!r} is a built-in dataset but data.{source} is given; "
+                             "leave name out (or make it a label of your own)")
+        return self
 
 
 class BackboneSpec(_Strict):
-    kind: Literal["cnn", "mlp", "resnet", "transformer"] = "cnn"
+    """A built-in backbone, or ``kind: user`` with ``callable`` returning the stages (user_code.py)."""
+
+    kind: Literal["cnn", "mlp", "resnet", "transformer", "user"] = "cnn"
     widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8)
     depth: int = Field(1, ge=1, le=8)
     heads: int = Field(2, ge=1, le=64, description="attention heads (transformer only)")
+    callable: Optional[str] = Field(None, description="kind user: package.module:function returning the stages")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="kind user: keyword arguments of the callable")
+    module_path: Optional[str] = Field(None, description="kind user: folder of the callable's module")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and (data.get("kind") == "user") != (data.get("callable") is not None):
+            raise ValueError("backbone.kind: user goes with backbone.callable (package.module:function "
+                             "returning the stages); give both or neither")
+        return _resolve_user_paths("backbone", data, info, ("module_path",))
 
     @field_validator("widths")
     @classmethod
@@ -219,12 +290,16 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     return f"{where}: {field}: {message}{shown}"
 
 
-def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
-    """Validate a mapping into a Recipe; raise UserError with a one-line message."""
+def parse_recipe(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Recipe:
+    """Validate a mapping into a Recipe; raise UserError with a one-line message.
+
+    Relative paths and user modules (data, backbone) are looked up in ``base_dir``
+    (the recipe file's folder; default the current directory) and stored absolute.
+    """
     if not isinstance(data, dict):
         raise UserError(f"recipe {source}: must be a YAML mapping of fields (got {type(data).__name__})")
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise UserError(_format_error(exc.errors()[0], source)) from None
 
@@ -273,7 +348,7 @@ def load_recipe(recipe: str | Path | None = None) -> Recipe:
             raise UserError(f"recipe {path}: YAML tag {tag} is not allowed{where}; recipes are plain YAML "
                             "(read with yaml.safe_load), remove the tag") from None
         raise UserError(f"recipe {path}: not valid YAML{where}; fix the syntax") from None
-    return parse_recipe(data, source=str(path))
+    return parse_recipe(data, source=str(path), base_dir=path.parent.resolve())
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Resolve search spaces by name and evaluate their default point."""
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import pkgutil
 import warnings
 from typing import Any
@@ -78,6 +80,20 @@ def check_space(recipe, data) -> None:
             f"recipe field 'space': search space {recipe.space!r} asks for no parameters, so there is nothing "
             "to search; use 'dynsearch train' for a single model or a space with parameters"
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _user_stage_count(backbone_json: str) -> int:
+    from dynsearch.user_code import user_stages
+
+    return len(user_stages(json.loads(backbone_json)))
+
+
+def num_stages(backbone) -> int:
+    """Stages of a recipe's backbone: one per width, or as many as a user backbone's callable returns."""
+    if backbone.kind != "user":
+        return len(backbone.widths)
+    return _user_stage_count(json.dumps(backbone.model_dump(), sort_keys=True))
 
 
 def suggest_exit_stages(trial, count: int, prefix: str = "exit_after_stage") -> list[int]:

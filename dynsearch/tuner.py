@@ -47,15 +47,19 @@ def _trial_files_actor(run_dir: Path):
 
 
 # -- the trainable (runs in a Ray worker) ----------------------------------
-def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int, tracking=None) -> None:
-    """Ray Tune function trainable: one Lightning fit, then the final report (and its W&B run)."""
+def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int, tracking=None,
+              splits=None) -> None:
+    """Ray Tune function trainable: one Lightning fit, then the final report (and its W&B run).
+
+    ``splits``: the data, loaded once by the driver and shipped through Ray's object store
+    (a user's data module need not be importable on the workers)."""
     import socket
     import traceback
 
     import torch
     from ray import tune
 
-    from dynsearch.data import load_splits
+    from dynsearch.data import load_data
     from dynsearch.isolation import gate_callback
     from dynsearch.latency import measure_trial_latency
     from dynsearch.tracking import TrialTracker
@@ -72,8 +76,7 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
     tracker = None
     try:
         tracker = TrialTracker(tracking, trial_config)
-        data = recipe_data["data"]
-        splits = load_splits(data["name"], data["split_seed"], data["val_fraction"], data["test_fraction"])
+        splits = splits if splits is not None else load_data(recipe_data["data"])
         accelerator = "gpu" if recipe_data["gpus_per_trial"] > 0 else "cpu"
         latency = recipe_data["latency"] if _measures_latency(recipe_data) else None
         callbacks = [gate_callback(str(number))] if latency else []
@@ -155,7 +158,7 @@ def run_search(recipe: Recipe, out: str | Path, progress=None, new: bool = False
     retried once; failed trials are replaced until the study holds
     ``recipe.trials`` COMPLETE trials or this run's attempts are used up.
     """
-    from dynsearch.data import DATASETS
+    from dynsearch.data import load_data
     from dynsearch.front import trial_counts, write_front
     from dynsearch.report import write_report
     from dynsearch.rundir import check_resume, locked, make_run_dir, write_recipe
@@ -165,8 +168,12 @@ def run_search(recipe: Recipe, out: str | Path, progress=None, new: bool = False
         from dynsearch.latency import resolve_device
 
         resolve_device(recipe.latency.device)  # a missing device is the user's to fix, before anything runs
-    info = DATASETS[recipe.data.name]
-    data_shape = {"input_shape": tuple(info.input_shape), "num_classes": info.num_classes}
+    splits = load_data(recipe.data)  # a user's data or backbone that cannot work fails here, before any file
+    data_shape = {"input_shape": tuple(splits.input_shape), "num_classes": splits.num_classes}
+    if recipe.backbone.kind == "user":
+        from dynsearch.user_code import check_user_backbone
+
+        check_user_backbone(recipe.backbone.model_dump(), splits.input_shape)
     check_space(recipe, SimpleNamespace(**data_shape))
     run_dir = make_run_dir(out)
     with locked(run_dir):
@@ -178,7 +185,7 @@ def run_search(recipe: Recipe, out: str | Path, progress=None, new: bool = False
         remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
         if remaining > 0:
             try:
-                _fit(recipe, run_dir, data_shape, attempts=max_attempts(remaining), progress=progress,
+                _fit(recipe, run_dir, splits, attempts=max_attempts(remaining), progress=progress,
                      tracking=tracking.trials)
             except BaseException:
                 tracking.abort()
@@ -194,19 +201,19 @@ def max_attempts(missing_trials: int) -> int:
     return missing_trials + max(4, missing_trials)
 
 
-def _fit(recipe: Recipe, run_dir: Path, data_shape: dict[str, Any], attempts: int, progress,
-         tracking: Tracking | None = None) -> None:
+def _fit(recipe: Recipe, run_dir: Path, splits, attempts: int, progress, tracking: Tracking | None = None) -> None:
     from ray import tune
 
     from dynsearch.searcher import StudySearch
 
+    data_shape = {"input_shape": tuple(splits.input_shape), "num_classes": splits.num_classes}
     searcher = StudySearch(recipe, run_dir, data_shape)
     started_ray = _init_ray(recipe.address)
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus,
-            tracking=tracking,
+            tracking=tracking, splits=splits,
         ),
         {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import suggest_exit_stages, trial_config
+from dynsearch.spaces import num_stages, suggest_exit_stages, trial_config
 
 DEFAULTS: dict[str, Any] = {
     **{f"exit_after_stage_{i}": True for i in range(7)},  # a recipe has at most 8 stages
@@ -54,10 +54,10 @@ def define_exit_rule(trial, num_exits: int, policies=THRESHOLD_POLICIES) -> dict
 
 def define(trial, recipe, data) -> dict[str, Any]:
     """Ask ``trial`` for an early-exit network and return its trial config."""
-    num_stages = len(recipe.backbone.widths)
+    stages = num_stages(recipe.backbone)
     exits = {
-        "stages": suggest_exit_stages(trial, num_stages - 1),
+        "stages": suggest_exit_stages(trial, stages - 1),
         "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
-        **define_exit_rule(trial, num_stages - 1),
+        **define_exit_rule(trial, stages - 1),
     }
     return trial_config(trial, recipe, data, "exits", {"exits": exits})

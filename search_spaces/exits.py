@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import suggest_exit_stages, trial_config
+from dynsearch.spaces import num_stages, suggest_exit_stages, trial_config
 
 DEFAULTS: dict[str, Any] = {
     "exit_after_stage_0": True,
@@ -18,7 +18,7 @@ DEFAULTS: dict[str, Any] = {
 def define(trial, recipe, data) -> dict[str, Any]:
     """Ask ``trial`` for an early-exit network and return its trial config."""
     exits = {
-        "stages": suggest_exit_stages(trial, len(recipe.backbone.widths) - 1),
+        "stages": suggest_exit_stages(trial, num_stages(recipe.backbone) - 1),
         "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
         "threshold": trial.suggest_float("exit_threshold", 0.5, 0.99),
         "loss_weight": trial.suggest_float("exit_loss_weight", 0.1, 1.0),
