@@ -185,22 +185,22 @@ def measure_trial_latency(config: dict[str, Any], model, inputs: torch.Tensor, s
     return ray.get(task.remote(config, weights, inputs, spec))
 
 
-def _bench_data_name(folder, data: str | None) -> str:
-    """The dataset to time on: --data, else the run's recipe (trial folder) or the card (export)."""
+def _bench_data_section(folder, data: str | None) -> dict:
+    """The data to time on: --data NAME, else the run's recipe (trial folder) or the card (export)."""
     import json
     from pathlib import Path
 
     import yaml
 
     if data:
-        return data
+        return {"name": data}
     folder = Path(folder)
     recipe = folder.parent.parent / "recipe.yaml"
     if recipe.is_file():
-        return yaml.safe_load(recipe.read_text())["data"]["name"]
+        return yaml.safe_load(recipe.read_text())["data"]
     card = folder / "card.json"
     if card.is_file():
-        return json.loads(card.read_text())["data"]["name"]
+        return json.loads(card.read_text())["data"]
     raise UserError(f"{folder}: no recipe.yaml two levels up and no card.json; pass --data NAME")
 
 
@@ -231,14 +231,16 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     """Latency of a saved model and of its static full-depth path, side by side, with MACs
     and the latency table's prediction (and its error against the measurement)."""
     from dynsearch.cost import count_params, measure
-    from dynsearch.data import DATASETS, load_splits
+    from dynsearch.data import DATASETS, load_data, load_splits
+    from dynsearch.user_data import source_of
 
     model = load_model_folder(folder)
-    name = _bench_data_name(folder, data)
-    if name not in DATASETS:
+    section = _bench_data_section(folder, data)
+    name = section.get("name")
+    if source_of(section) is None and name not in DATASETS:
         raise UserError(f"--data {name}: unknown dataset; use one of {sorted(DATASETS)}")
     resolve_device(device)
-    splits = load_splits(name, 0)
+    splits = load_data({**section, "split_seed": 0}) if source_of(section) else load_splits(name, 0)
     x = splits.val_x[: inputs * batch_size]
     costs = measure(model, x, splits.val_y[: len(x)])
     kwargs = dict(device=device, batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
