@@ -226,7 +226,7 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
     if onnx:
         from dynsearch.onnx_export import export_onnx
 
-        splits = _splits(_data_key(recipe["data"]))
+        splits = _data_splits(recipe["data"])
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
     card = make_card(item.number, item.config, item.metrics, model, run, recipe, onnx_manifest,
                      reproduced={**item.measured, "matches_recorded": _same_figures(item.measured, item.metrics)})
@@ -297,15 +297,25 @@ def _build(config: Any, state: dict, where: Path):
     return model.eval()
 
 
-def _data_key(data: dict[str, Any]) -> str:
-    """The data section's own fields (a card adds description and shapes), as a cache key."""
+def _data_splits(data: dict[str, Any]):
+    """The splits of a recipe's (or card's) data section: a built-in dataset or the user's own."""
     from dynsearch.recipe import DataSpec
+    from dynsearch.user_data import source_of
 
-    return json.dumps({k: data.get(k) for k in DataSpec.model_fields}, sort_keys=True)
+    if source_of(data) is not None:  # the section's own fields (a card adds description and shapes)
+        return _user_splits(json.dumps({k: data.get(k) for k in DataSpec.model_fields}, sort_keys=True))
+    return _splits(data["name"], int(data["split_seed"]), float(data["val_fraction"]), float(data["test_fraction"]))
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(data_key: str):
+def _splits(name: str, split_seed: int, val_fraction: float, test_fraction: float):
+    from dynsearch.data import load_splits
+
+    return load_splits(name, split_seed, val_fraction, test_fraction)
+
+
+@functools.lru_cache(maxsize=2)
+def _user_splits(data_key: str):
     from dynsearch.data import load_data
 
     return load_data(json.loads(data_key))
@@ -317,7 +327,7 @@ def _measure_val(model, data: dict[str, Any], measured_with: dict[str, int]) -> 
 
     from dynsearch.cost import measure
 
-    splits = _splits(_data_key(data))
+    splits = _data_splits(data)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(measured_with["threads"]))
     try:

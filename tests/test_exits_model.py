@@ -128,16 +128,12 @@ def test_batch_skips_work_for_samples_that_left(digits):
     assert seen["stage1"] == len(x) - left_early  # stage 1 ran only on the samples still in
 
 
-@pytest.mark.parametrize("stages", [[0, 1], [0], [1], []])
-@pytest.mark.parametrize("kind", ["cnn", "mlp"])
-def test_traced_macs_equal_flop_counter_at_batch_one(digits, stages, kind):
-    model = build_model(exits_config(stages=stages, kind=kind)).eval()
-    _sharpen_later_heads(model)
+def traced_macs_match_flop_counter_at_batch_one(model, x) -> set[int]:
+    """Sweep thresholds that send samples to every exit; at batch 1 each sample's traced MACs must
+    equal FlopCounterMode / 2 of the whole forward. Returns the exit indices taken."""
     component_macs = model.component_macs()
-    x = digits.val_x[:40]
-    thresholds = [0.0, 1.01, *_head_confidence_quantiles(model, x)]
     exits_seen = set()
-    for threshold in thresholds:
+    for threshold in [0.0, 1.01, *_head_confidence_quantiles(model, x)]:
         model.threshold = threshold
         for i in range(len(x)):
             sample = x[i : i + 1]
@@ -147,6 +143,15 @@ def test_traced_macs_equal_flop_counter_at_batch_one(digits, stages, kind):
             traced = out.trace.macs_per_sample(component_macs)
             assert float(traced[0]) == counted
             exits_seen.add(int(out.trace.records["exit_index"]))
+    return exits_seen
+
+
+@pytest.mark.parametrize("stages", [[0, 1], [0], [1], []])
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_traced_macs_equal_flop_counter_at_batch_one(digits, stages, kind):
+    model = build_model(exits_config(stages=stages, kind=kind)).eval()
+    _sharpen_later_heads(model)
+    exits_seen = traced_macs_match_flop_counter_at_batch_one(model, digits.val_x[:40])
     assert len(exits_seen) == (len(stages) + 1)  # every exit, and the full path, was exercised
 
 

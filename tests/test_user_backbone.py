@@ -4,13 +4,12 @@ import optuna
 import pytest
 import torch
 
-from dynsearch.cost import count_macs
 from dynsearch.dynamic import build_model
 from dynsearch.errors import UserError
 from dynsearch.recipe import parse_recipe
 from dynsearch.spaces import get_space
 from dynsearch.testing.conformance import CHECKS
-from test_exits_model import _head_confidence_quantiles, _sharpen_later_heads
+from test_exits_model import _sharpen_later_heads, traced_macs_match_flop_counter_at_batch_one
 
 USER_MODULE = '''
 from torch import nn
@@ -88,16 +87,7 @@ def test_traced_macs_equal_flop_counter_at_batch_one(user_dir, stages):
     component_macs = model.component_macs()
     assert component_macs["stage1"] == 16 * 32 and component_macs["stem"] == 0  # by hand: Linear(16, 32)
     x = torch.randn(40, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
-    exits_seen = set()
-    for threshold in [0.0, 1.01, *_head_confidence_quantiles(model, x)]:
-        model.threshold = threshold
-        for i in range(len(x)):
-            sample = x[i : i + 1]
-            with torch.no_grad():
-                out = model(sample)
-                counted = count_macs(lambda: model(sample))  # whole model, real exits, FLOPs / 2
-            assert float(out.trace.macs_per_sample(component_macs)[0]) == counted
-            exits_seen.add(int(out.trace.records["exit_index"]))
+    exits_seen = traced_macs_match_flop_counter_at_batch_one(model, x)
     assert len(exits_seen) == len(stages) + 1  # every exit, and the full path, was exercised
 
 
