@@ -54,7 +54,6 @@ class DataSpec(_Strict):
     """A built-in dataset by ``name``, or one user source: ``callable``, ``file``, ``torchvision``
     or ``image_folder`` (see user_data.py for the forms accepted)."""
 
-    name: Optional[str] = Field(None, description="a built-in dataset (default digits); with a user source, a label")
     callable: Optional[str] = Field(None, description="package.module:function returning the data")
     file: Optional[str] = Field(None, description="an .npz or .pt file of arrays")
     torchvision: Optional[str] = Field(None, description="a torchvision.datasets class read from root")
@@ -62,6 +61,8 @@ class DataSpec(_Strict):
     root: Optional[str] = Field(None, description="torchvision's root folder")
     download: bool = Field(False, description="let torchvision download the dataset into root")
     module_path: Optional[str] = Field(None, description="folder of the callable's module")
+    # After the sources: its validator reads them. Default digits; with a user source, a label (default user).
+    name: Optional[str] = None
     split_seed: int = 0
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
@@ -82,19 +83,20 @@ class DataSpec(_Strict):
             data = {"name": "user" if given else "digits", **{k: v for k, v in data.items() if v is not None}}
         return _resolve_user_paths("data", data, info, ("file", "image_folder", "root", "module_path"))
 
-    @model_validator(mode="after")
-    def _known_dataset(self) -> "DataSpec":
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: Optional[str], info: ValidationInfo) -> Optional[str]:
         from dynsearch.data import DATASETS
         from dynsearch.user_data import source_of
 
-        source = source_of(self.model_dump())
-        if source is None and self.name not in DATASETS:
-            raise ValueError(f"unknown dataset {self.name!r}; use one of {sorted(DATASETS)}, "
+        source = source_of(info.data)
+        if source is None and name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}, "
                              "or your own with data.callable / data.file")
-        if source is not None and self.name in DATASETS:
-            raise ValueError(f"data.name {self.name!r} is a built-in dataset but data.{source} is given; "
+        if source is not None and name in DATASETS:
+            raise ValueError(f"{name!r} is a built-in dataset but data.{source} is given; "
                              "leave name out (or make it a label of your own)")
-        return self
+        return name
 
 
 class BackboneSpec(_Strict):

@@ -67,7 +67,7 @@ CASES = {
     "missing torchvision root": (_recipe(data={"torchvision": "MNIST", "root": "absent"}), [],
                                  "data.root 'absent': no such file or folder"),
     "user data and a built-in name": (_recipe(data={"name": "digits", "callable": "json:loads"}), [],
-                                      "data.name 'digits' is a built-in dataset"),
+                                      "field 'data.name': 'digits' is a built-in dataset"),
     "split fraction": (_recipe(data__val_fraction=0.7), [], "field 'data.val_fraction'"),
     "population too big": (_recipe(sampler__population_size=50), [], "population_size=50"),
     "wrong direction": (_recipe(objectives=[{"name": "accuracy", "direction": "min"}]), [], "can only be maximised"),
