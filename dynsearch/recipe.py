@@ -118,6 +118,11 @@ class BackboneSpec(_Strict):
                              "returning the stages); give both or neither")
         return _resolve_user_paths("backbone", data, info, ("module_path",))
 
+    def as_config(self) -> dict[str, Any]:
+        """The backbone of a trial config: the user fields only for ``kind: user``."""
+        user_fields = () if self.kind == "user" else ("callable", "kwargs", "module_path")
+        return self.model_dump(exclude=set(user_fields))
+
     @field_validator("widths")
     @classmethod
     def _positive(cls, widths: list[int]) -> list[int]:

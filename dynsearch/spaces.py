@@ -112,7 +112,7 @@ def trial_config(trial, recipe, data, mechanism: str, parts: dict[str, Any],
         "mechanism": mechanism,
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
-        "backbone": recipe.backbone.model_dump(),
+        "backbone": recipe.backbone.as_config(),
         **parts,
         "train": {
             "lr": trial.suggest_float("lr", *lr_range, log=True),
