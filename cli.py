@@ -49,6 +49,12 @@ def _trial_numbers(text: str) -> list[int]:
     return numbers
 
 
+def _point_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an operating point number (0, 1, ...)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dynsearch",
@@ -95,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Print the non-dominated trials of a run directory.")
     front.add_argument("run_dir", help="a search's run directory")
     front.add_argument("--json", action="store_true", help="print a JSON list")
+    front.add_argument("--operating-points", action="store_true",
+                       help="the front over every operating point (runtime knob values) of every trial")
 
     bench = commands.add_parser("bench", help="time a saved model and its static full-depth path",
                                 description="Latency (batch-1 by default, eval mode, real exits) of a trial "
@@ -122,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pareto", action="store_true", help="every trial on the Pareto front (the default)")
     export.add_argument("--out", required=True, help="folder to write the model folders into")
     export.add_argument("--format", choices=["onnx"], help="also write the staged ONNX graphs (onnx/)")
+    export.add_argument("--point", type=_point_number,
+                        help="export the one --trials N at its operating point K (see 'pareto --operating-points')")
 
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -196,12 +206,30 @@ def _cmd_search(args) -> int:
 def _cmd_pareto(args) -> int:
     import dynsearch
 
-    front = dynsearch.pareto(args.run_dir)
+    front = dynsearch.pareto(args.run_dir, operating_points=args.operating_points)
     if args.json:
         print(json.dumps(front))
+    elif args.operating_points:
+        _print_points(front)
     else:
         _print_front(front)
     return 0
+
+
+def _print_points(front: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Operating-point front (validation accuracy vs MACs)")
+    for column in ("trial", "point", "knobs", "val acc", "test acc", "macs", "% of full"):
+        table.add_column(column, justify="right")
+    for item in front:
+        knobs = " ".join(f"{k}={v:g}" for k, v in item["knobs"].items()) or "-"
+        table.add_row(str(item["trial"]), str(item["point"]) + ("*" if item["trained"] else ""), knobs,
+                      f"{item['accuracy']:.4f}", f"{item['test_accuracy']:.4f}", f"{item['macs']:,.0f}",
+                      f"{item['macs'] / item['macs_full']:.0%}")
+    Console().print(table)
+    print("* the trial's own (trained) point; export one: dynsearch export RUN_DIR --trials N --point K --out DIR")
 
 
 def _cmd_bench(args) -> int:
@@ -235,7 +263,8 @@ def _cmd_report(args) -> int:
 def _cmd_export(args) -> int:
     import dynsearch
 
-    paths = dynsearch.export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx")
+    paths = dynsearch.export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx",
+                             point=args.point)
     for path in paths:
         card = json.loads((path / "card.json").read_text(encoding="utf-8"))
         m, repro = card["measured"], card["reproduced_at_export"]

@@ -76,14 +76,18 @@ class _Checked:
     weights: bytes
     model: Any
     measured: dict[str, Any]
+    point: dict[str, Any] | None = None  # the operating point it is exported at (operating_points.py)
 
 
-def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False) -> list[Path]:
+def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,
+           point: int | None = None) -> list[Path]:
     """Export trials of a run as model folders ``out/trial-<N>/``; return their paths.
 
     Args:
         trials: trial numbers; None exports the Pareto front.
         onnx: also write the staged ONNX graphs (an error for a mechanism without an ONNX form).
+        point: export the one trial in ``trials`` at this operating point (its knob values in
+            the config, runtime policy and card; see ``pareto(run_dir, operating_points=True)``).
 
     Every trial is checked (COMPLETE, weights intact, figures reproduced) before
     anything is written; the folders are built in a temporary folder and renamed
@@ -96,7 +100,13 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
     numbers = _trial_numbers(run, trials)
     out_dir = Path(out).expanduser()
     _check_targets(out_dir, numbers)
+    if point is not None and (trials is None or len(numbers) != 1):
+        raise UserError("--point: pass exactly one trial with --trials N (operating points are per trial)")
     checked = [_check_trial(run, number, recipe) for number in numbers]
+    if point is not None:
+        from dynsearch.operating_points import at_point
+
+        checked = [at_point(run, checked[0], point, recipe)]
     if onnx:
         for item in checked:
             if item.model.onnx_form() is None:
@@ -230,6 +240,8 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
     card = make_card(item.number, item.config, item.metrics, model, run, recipe, onnx_manifest,
                      reproduced={**item.measured, "matches_recorded": _same_figures(item.measured, item.metrics)})
+    if item.point is not None:
+        card["operating_point"] = item.point
     write_json(folder / "card.json", card)
     (folder / "card.md").write_text(card_markdown(card), encoding="utf-8")
 

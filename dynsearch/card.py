@@ -110,6 +110,19 @@ def card_markdown(card: dict[str, Any]) -> str:
         json.dumps(policy, indent=2),
         "```",
         "",
+    ]
+    if card.get("operating_point"):
+        point = card["operating_point"]
+        lines += [
+            "## Operating point",
+            "",
+            f"Exported at operating point {point['point']} of the trial's calibration sweep: knobs "
+            f"{json.dumps(point['knobs'])} (trained with {json.dumps(point['trained_knobs'])}); the objectives "
+            f"above are this point's. Measured: {json.dumps(point['measured'])}; at the trained point: "
+            f"{json.dumps(point['trained_point'])}. {point.get('note', '')}".rstrip(),
+            "",
+        ]
+    lines += [
         "## Forms",
         "",
         f"- PyTorch: `{card['forms']['pytorch']}` (torch and dynsearch only; weights in safetensors)",

@@ -24,21 +24,34 @@ def _check_run_dir(run_dir: str | Path) -> Path:
     return path.resolve()
 
 
-def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
+def _open(path: Path, run_dir: str | Path):
+    from dynsearch.study import open_study
+
+    try:
+        return open_study(path)
+    except Exception as exc:  # a journal that optuna cannot replay
+        raise UserError(f"run directory {run_dir}: the study cannot be read ({exc.__class__.__name__}); "
+                        "the journal is corrupt") from None
+
+
+def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str, Any]]:
     """The non-dominated COMPLETE trials of a run, most accurate first.
 
     Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
     ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
     mechanism's statistics on the validation split, e.g. ``exit_histogram``).
+    With ``operating_points``: the front over every operating point of every
+    trial (accuracy vs macs), each item also naming its ``point`` and ``knobs``
+    (see operating_points.py).
     """
-    from dynsearch.study import open_study, read_trial_metrics, trial_dir
+    from dynsearch.study import read_trial_metrics, trial_dir
 
+    if operating_points:
+        from dynsearch.operating_points import operating_front
+
+        return operating_front(run_dir)
     path = _check_run_dir(run_dir)
-    try:
-        study = open_study(path)
-    except Exception as exc:  # a journal that optuna cannot replay
-        raise UserError(f"run directory {run_dir}: the study cannot be read ({exc.__class__.__name__}); "
-                        "the journal is corrupt") from None
+    study = _open(path, run_dir)
     front = []
     for trial in study.best_trials:  # Optuna's non-dominated set over COMPLETE trials
         metrics = read_trial_metrics(path, trial.number)

@@ -62,6 +62,7 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
     from dynsearch.data import load_data
     from dynsearch.isolation import gate_callback
     from dynsearch.latency import measure_trial_latency
+    from dynsearch.operating_points import POINTS_FILE, points_record, sweep
     from dynsearch.tracking import TrialTracker
     from dynsearch.trial import evaluate, json_bytes, train_model, trial_files
 
@@ -85,6 +86,9 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         metrics = evaluate(model, splits)
         if latency:
             metrics.update(measure_trial_latency(trial_config, model, splits.val_x, latency))
+        sweep_started = time.perf_counter()
+        points = sweep(model, splits, metrics["measured_with"]["batch_size"])  # the model is in memory here
+        sweep_seconds = time.perf_counter() - sweep_started
     except Exception as caught:
         # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
         # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.
@@ -99,7 +103,9 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         tune.report({**objectives, "final": True, "failed": True})
         return
     metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
-    ray.get(files.write.remote(number, trial_files(trial_config, model, metrics)))
+    written = trial_files(trial_config, model, metrics)
+    record = points_record(number, model, points, written["model.safetensors"], metrics["measured_with"], sweep_seconds)
+    ray.get(files.write.remote(number, {POINTS_FILE: json_bytes(record), **written}))  # metrics.json last
     tracker.finish(metrics)
     tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
 

@@ -31,6 +31,8 @@ from dynsearch.backbones import SequenceMean
 from dynsearch.dynamic.base import DynamicOutput, Trace, register_mechanism
 from dynsearch.dynamic.exits import EarlyExitNet
 
+DEPTH_SHIFT_GRID = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the operating-point sweep's values
+
 
 def _tiny(policy: str, **exits: Any) -> dict[str, Any]:
     return {
@@ -53,7 +55,8 @@ class DepthAdaptiveTransformer(EarlyExitNet):
     """An ``EarlyExitNet`` over a Transformer encoder, with the paper's predicted-depth halting.
 
     Extra ``exits`` keys: ``policy: predicted``, ``depth_penalty`` (nats per
-    exit of depth in the oracle) and ``halting_weight``.
+    exit of depth in the oracle), ``halting_weight`` and the runtime knob ``depth_shift``
+    (subtracted, times the depth index, from the halting logits at eval; default 0).
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -69,6 +72,7 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         self.depths = [*self.exit_stages, len(self.stages) - 1]  # exit stage of each halting class
         self.depth_penalty = float(exits.get("depth_penalty", 0.1))
         self.halting_weight = float(exits.get("halting_weight", 1.0))
+        self.depth_shift = float(exits.get("depth_shift", 0.0))  # a runtime knob: eval decisions only
         if self.predicted:
             width = config["backbone"]["widths"][0]
             self.halting = nn.Sequential(SequenceMean(), nn.Linear(width, len(self.depths)))
@@ -98,10 +102,34 @@ class DepthAdaptiveTransformer(EarlyExitNet):
             "kind": "depth-adaptive",
             "policy": "predicted",
             "rule": "a halting classifier on the mean embedded input picks the exit depth before any layer runs; "
-                    "the layers up to it run and only that exit's classifier answers",
+                    "the layers up to it run and only that exit's classifier answers; "
+                    "depth_shift * n is subtracted from the logit of the n-th depth first",
+            "depth_shift": self.depth_shift,
             "exit_stages": list(self.exit_stages),
             "final_stage": len(self.stages) - 1,
         }
+
+    def runtime_knobs(self) -> dict[str, list[float]]:
+        """Predicted depth: ``depth_shift``, subtracted per exit of depth from the halting logits
+        (positive: shallower, negative: deeper); the threshold rules: as ``exits``."""
+        if not self.predicted:
+            return super().runtime_knobs()
+        return {"depth_shift": sorted({*DEPTH_SHIFT_GRID, self.depth_shift})}
+
+    def set_runtime_knobs(self, values: dict[str, float]) -> None:
+        if not self.predicted:
+            return super().set_runtime_knobs(values)
+        for name, value in values.items():
+            if name != "depth_shift":
+                raise ValueError(f"predicted-depth halting has the runtime knob ['depth_shift'], not {name!r}")
+            self.depth_shift = self.config["exits"]["depth_shift"] = float(value)
+
+    def halting_depth(self, embedded: torch.Tensor) -> torch.Tensor:
+        """Index of the chosen depth per sequence: argmax_n of the halting logits - depth_shift * n."""
+        scores = self.halting(embedded)
+        if self.depth_shift:
+            scores = scores - self.depth_shift * torch.arange(scores.shape[1], dtype=scores.dtype)
+        return scores.argmax(dim=1)
 
     def onnx_form(self):
         return None if self.predicted else super().onnx_form()
@@ -110,7 +138,8 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         calls = super().timed_components(device)
         if self.predicted:  # the halting unit's time includes picking the depth
             halting_call = calls["halting"]
-            calls["halting"] = lambda: int(halting_call().argmax(dim=1))
+            shift = self.depth_shift * torch.arange(len(self.depths), dtype=torch.float32, device=device)
+            calls["halting"] = lambda: int((halting_call() - shift).argmax(dim=1))
             for i in self.exit_stages:  # a chosen exit only classifies: no decision there
                 calls[f"exit{i}"] = super(EarlyExitNet, self).timed_components(device)[f"exit{i}"]
         return calls
@@ -152,7 +181,7 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         h = self.stem(x)
         counts["stem"] += 1
         counts["halting"] += 1
-        exit_index = torch.tensor(self.depths)[self.halting(h).argmax(dim=1)]
+        exit_index = torch.tensor(self.depths)[self.halting_depth(h)]
         logits_out = None
         alive = torch.arange(batch)
         for i, stage in enumerate(self.stages):

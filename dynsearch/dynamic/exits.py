@@ -47,6 +47,10 @@ from dynsearch.dynamic.base import (
 POLICIES = ("confidence", "entropy", "fastbert", "patience")
 TRAINING_SCHEMES = ("joint", "two_stage")
 LOSS_WEIGHTS = ("constant", "linear")
+# Thresholds the operating-point sweep tries: max softmax probability (low values leave early), and
+# entropy / log K (FastBERT's speed, times log K for the entropy rule in nats; high values leave early).
+CONFIDENCE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+NORMALISED_ENTROPY_GRID = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 
 
 def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
@@ -182,6 +186,25 @@ class EarlyExitNet(DynamicModel):
             "exit_stages": list(self.exit_stages),
             "final_stage": len(self.stages) - 1,
         }
+
+    def runtime_knobs(self) -> dict[str, list[float]]:
+        """``threshold`` (confidence, entropy, FastBERT's speed) or ``patience`` (PABEE): a grid
+        from always leaving at the first exit to (nearly) never leaving early, plus the trained value."""
+        if self.policy == "patience":  # patience >= number of exits: only the final classifier answers
+            return {"patience": list(range(len(self.exit_stages) + 1))}
+        scale = math.log(self.config["num_classes"]) if self.policy == "entropy" else 1.0
+        grid = CONFIDENCE_GRID if self.policy == "confidence" else [v * scale for v in NORMALISED_ENTROPY_GRID]
+        return {"threshold": sorted({*grid, self.threshold})}
+
+    def set_runtime_knobs(self, values: dict[str, float]) -> None:
+        knobs = self.runtime_knobs()
+        for name, value in values.items():
+            if name not in knobs:
+                raise ValueError(f"{self.policy} exits have the runtime knob {sorted(knobs)}, not {name!r}")
+            if name == "patience" and (value != int(value) or value < 0):
+                raise ValueError(f"patience must be a whole number >= 0, not {value!r}")
+            setattr(self, name, int(value) if name == "patience" else float(value))
+            self.config["exits"][name] = getattr(self, name)
 
     def onnx_form(self) -> OnnxForm | None:
         """One graph per exit: the stages since the previous exit plus this exit's head

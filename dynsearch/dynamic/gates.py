@@ -32,6 +32,8 @@ from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
 
 OBJECTIVES = ("target_rate", "budget", "rl")
+# Gate biases the operating-point sweep tries (added to the "on" logit at eval: positive runs more blocks).
+GATE_BIAS_GRID = (-8.0, -4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class AIGGate(nn.Module):
@@ -90,7 +92,8 @@ class GatedResNet(DynamicModel):
     gated), ``width`` (gate hidden width), ``objective`` (see the module
     docstring), ``target_rate`` (a number or one per gated block),
     ``budget`` (mu), ``loss_weight`` (lambda), ``temperature`` (Gumbel-softmax
-    temperature, AIG), ``rl_alpha`` and ``rl_weight`` (SkipNet RL).
+    temperature, AIG), ``rl_alpha`` and ``rl_weight`` (SkipNet RL), and the runtime knob
+    ``gate_bias`` (added to each gate's "on" logit at eval; default 0).
     """
 
     gate_class: type = AIGGate
@@ -127,6 +130,7 @@ class GatedResNet(DynamicModel):
         self.temperature = float(gates.get("temperature", 1.0))
         self.rl_alpha = float(gates.get("rl_alpha", 0.1))
         self.rl_weight = float(gates.get("rl_weight", 0.01))
+        self.gate_bias = float(gates.get("gate_bias", 0.0))  # a runtime knob: eval decisions only
         self._component_names = list(self.components())
 
     # -- contract -----------------------------------------------------------
@@ -151,6 +155,27 @@ class GatedResNet(DynamicModel):
         """``gate_rates``: the fraction of samples that executed each gated block (``gate_blocks``)."""
         rates = trace.records["gates"].float().mean(dim=0) if len(self.gated) else torch.zeros(0)
         return {"gate_blocks": list(self.gated), "gate_rates": [float(r) for r in rates]}
+
+    # -- runtime knob ----------------------------------------------------------
+    def runtime_policy(self) -> dict[str, Any]:
+        return {
+            "kind": "gates",
+            "rule": "before each gated block, run the block when its gate's on-logit + gate_bias > its off-logit",
+            "gate_blocks": list(self.gated),
+            "gate_bias": self.gate_bias,
+        }
+
+    def runtime_knobs(self) -> dict[str, list[float]]:
+        """``gate_bias``, added to every gate's on-logit at eval: a threshold shift from
+        (nearly) every gated block off to every one on, plus the trained value."""
+        return {"gate_bias": sorted({*GATE_BIAS_GRID, self.gate_bias})} if self.gated else {}
+
+    def set_runtime_knobs(self, values: dict[str, float]) -> None:
+        knobs = self.runtime_knobs()
+        for name, value in values.items():
+            if name not in knobs:
+                raise ValueError(f"this gated network has the runtime knob(s) {sorted(knobs)}, not {name!r}")
+            self.gate_bias = self.config["gates"]["gate_bias"] = float(value)
 
     # -- decisions ------------------------------------------------------------
     def relaxed_decision(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -209,7 +234,7 @@ class GatedResNet(DynamicModel):
         calls = super().timed_components(device)
         for k in self.gated:  # a gate's time includes its decision and the sync it needs
             gate_call = calls[f"gate{k}"]
-            calls[f"gate{k}"] = lambda gate_call=gate_call: bool(gate_call().diff(dim=1)[0, 0] > 0)
+            calls[f"gate{k}"] = lambda gate_call=gate_call: bool(gate_call().diff(dim=1)[0, 0] > -self.gate_bias)
         return calls
 
     def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
@@ -223,7 +248,7 @@ class GatedResNet(DynamicModel):
                 continue
             logits = self.gates[str(k)](h)
             ran.append(self._gate_names[k])
-            on = bool(logits[0, 1] > logits[0, 0])
+            on = bool(logits[0, 1] + self.gate_bias > logits[0, 0])
             decisions.append(on)
             if on:  # h >= 0 (it leaves a ReLU): a skipped block leaves it as it is
                 h = torch.relu(h + block.residual(h))
@@ -246,7 +271,7 @@ class GatedResNet(DynamicModel):
                 continue
             logits = self.gates[str(k)](h)
             counts[f"gate{k}"] += 1
-            on = logits[:, 1] > logits[:, 0]  # hard and noise-free
+            on = logits[:, 1] + self.gate_bias > logits[:, 0]  # hard and noise-free
             decisions[:, self.gated.index(k)] = on
             # h >= 0 (it leaves a ReLU), so a skipped block's relu(h + 0) is h itself.
             index = on.nonzero().flatten()

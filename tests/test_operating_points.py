@@ -1,0 +1,130 @@
+"""Operating points: the knob sweep against the real forward, the front over all points, CLI and export --point."""
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import cli
+import dynsearch
+from conftest import exits_config
+from dynsearch.bundle import _measure_val
+from dynsearch.cost import measure
+from dynsearch.dynamic import build_model
+from dynsearch.dynamic.gates import SkipNet
+from dynsearch.operating_points import POINTS_FILE, current_knobs, sweep
+from dynsearch.testing.conformance import _model, cases
+from test_bundle import make_run
+
+KNOBBED = [(case_id, config) for case_id, config in cases() if build_model(config).runtime_knobs()]
+
+
+@pytest.mark.parametrize("config", [c for _, c in KNOBBED], ids=[i for i, _ in KNOBBED])
+def test_sweep_equals_the_real_forward_at_each_knob_value(config):
+    model, x, y = _model(config)
+    model.eval()
+    before = model.runtime_policy()
+    splits = SimpleNamespace(val_x=x, val_y=y, test_x=x[:7], test_y=y[:7])
+    points = sweep(model, splits, batch_size=5)  # 16 = 5 + 5 + 5 + 1: the batch-1 path runs too
+    assert model.runtime_policy() == before  # the knobs are restored
+    assert [p["point"] for p in points] == list(range(len(points)))
+    assert sum(p["trained"] for p in points) == 1
+    state = model.state_dict()
+    for p in points:
+        # A model built from the config with the knob written in it, measured by its own eval forward.
+        probe = build_model(config)
+        probe.load_state_dict(state)
+        probe.set_runtime_knobs(p["knobs"])
+        again = build_model(json.loads(json.dumps(probe.config)))
+        again.load_state_dict(state)
+        assert current_knobs(again) == p["knobs"]
+        val = measure(again, x, y, batch_size=5)
+        test = measure(again, x[:7], y[:7], batch_size=5)
+        assert (p["accuracy"], p["macs"], p["stats"]) == (val["accuracy"], val["macs"], val["stats"]), p["knobs"]
+        assert (p["test_accuracy"], p["test_macs"]) == (test["accuracy"], test["macs"])
+    trained = next(p for p in points if p["trained"])
+    assert trained["macs"] == measure(model, x, y, batch_size=5)["macs"]
+    assert len({p["macs"] for p in points}) > 1, "the knob changes nothing"
+
+
+def test_unknown_knob_is_refused():
+    model = build_model(exits_config())
+    with pytest.raises(ValueError, match="patience"):
+        model.set_runtime_knobs({"patience": 2})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, digits):
+    """A run made without the sweep (as before it existed): its points are computed on first use."""
+    run_dir = tmp_path_factory.mktemp("points") / "run"
+    configs = [exits_config(stages=(0, 1), threshold=0.6, widths=(4, 8, 8), head_width=16),
+               exits_config(stages=(1,), threshold=0.8, widths=(8, 16, 16), head_width=0),
+               SkipNet.tiny_configs()[0]]
+    make_run(run_dir, digits, configs)
+    return run_dir
+
+
+def test_front_holds_or_dominates_every_trial_and_old_runs_get_their_points(run):
+    assert not (run / "trials" / "0" / POINTS_FILE).exists()
+    front = dynsearch.pareto(run, operating_points=True)
+    assert front and all(set(item["knobs"]) <= {"threshold", "gate_bias"} for item in front)
+    for number in range(3):
+        metrics = json.loads((run / "trials" / str(number) / "metrics.json").read_text())
+        record = json.loads((run / "trials" / str(number) / POINTS_FILE).read_text())
+        trained = [p for p in record["points"] if p["trained"]]
+        # The sweep reproduces the trial at its trained knob values exactly.
+        assert len(trained) == 1 and (trained[0]["accuracy"], trained[0]["macs"]) == (metrics["accuracy"], metrics["macs"])
+        on_front = any(i["trial"] == number and i["trained"] for i in front)
+        dominated = any(i["accuracy"] >= metrics["accuracy"] and i["macs"] <= metrics["macs"]
+                        and (i["accuracy"], i["macs"]) != (metrics["accuracy"], metrics["macs"]) for i in front)
+        assert on_front or dominated, number
+    for a in front:  # non-dominated among themselves
+        assert not any(b["accuracy"] >= a["accuracy"] and b["macs"] < a["macs"] for b in front)
+    # The trial front is never better than the operating-point front.
+    trial_front = dynsearch.pareto(run)
+    assert max(i["accuracy"] for i in front) >= max(i["accuracy"] for i in trial_front)
+    assert min(i["macs"] for i in front) <= min(i["macs"] for i in trial_front)
+
+
+def test_cli_operating_points_json(run, capsys):
+    assert cli.main(["pareto", str(run), "--operating-points", "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front == json.loads(json.dumps(dynsearch.pareto(run, operating_points=True)))
+    for item in front:
+        assert {"trial", "point", "knobs", "trained", "accuracy", "macs", "test_accuracy", "test_macs"} <= set(item)
+    assert cli.main(["pareto", str(run), "--operating-points"]) == 0
+    assert "Operating-point front" in capsys.readouterr().out
+
+
+def test_export_at_a_point_round_trip(run, tmp_path, capsys):
+    item = next(i for i in dynsearch.pareto(run, operating_points=True) if not i["trained"])
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--trials", str(item["trial"]), "--point", str(item["point"]),
+                     "--out", str(out)]) == 0
+    folder = out / f"trial-{item['trial']}"
+    card = json.loads((folder / "card.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert card["operating_point"]["point"] == item["point"] and card["operating_point"]["knobs"] == item["knobs"]
+    assert card["operating_point"]["reproduced_at_export"]["matches_recorded"]
+    assert card["objectives"] == {"accuracy": item["accuracy"], "macs": item["macs"]}
+    for name, value in item["knobs"].items():
+        assert config["runtime_policy"][name] == value
+    model = dynsearch.load(folder)  # runs at the point: the point's validation accuracy and macs
+    assert current_knobs(model) == item["knobs"]
+    measured = _measure_val(model, card["data"], card["measured_with"])
+    assert (measured["accuracy"], measured["macs"]) == (item["accuracy"], item["macs"])
+    assert "## Operating point" in (folder / "card.md").read_text()
+
+
+def test_bad_point_is_one_line_and_exit_2(run, tmp_path, capsys):
+    out = tmp_path / "models"
+    for args in (["--trials", "0", "--point", "999"], ["--point", "0"], ["--trials", "0,1", "--point", "0"]):
+        assert cli.main(["export", str(run), *args, "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--point" in err, err
+    assert not out.exists()
+    proc = subprocess.run([sys.executable, "-m", "cli", "export", str(run), "--trials", "0", "--point", "-1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
