@@ -33,6 +33,10 @@ def test_cli_search_then_pareto(tmp_path, tiny_recipe):
         assert {"config.json", "model.safetensors", "metrics.json"} <= {p.name for p in folder.iterdir()}
         metrics = json.loads((folder / "metrics.json").read_text())
         assert t.values == [metrics["accuracy"], metrics["macs"]]
+        # The worker swept the exit threshold after training; the trained point is the trial itself.
+        points = json.loads((folder / "operating_points.json").read_text())["points"]
+        trained = [p for p in points if p["trained"]]
+        assert len(trained) == 1 and [trained[0]["accuracy"], trained[0]["macs"]] == t.values
 
     # Ray Tune received one report per epoch (real validation metrics), then the final one.
     results = [json.loads(line) for path in (out / "ray").rglob("result.json") for line in path.read_text().splitlines()]
