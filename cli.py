@@ -270,8 +270,10 @@ def _cmd_export(args) -> int:
         m, repro = card["measured"], card["reproduced_at_export"]
         same = "reproduced" if repro["matches_recorded"] else "NOT reproduced exactly (see card.md)"
         onnx = f", onnx: {len(card['onnx']['graphs'])} graph(s)" if card["onnx"] else ""
+        point = card.get("operating_point")
+        at_point = f", operating point {point['point']} {json.dumps(point['knobs'])}" if point else ""
         print(f"{path}: val acc {m['accuracy']:.4f}, macs {m['macs']:,.0f} "
-              f"({m['macs'] / m['macs_full']:.0%} of full), {same}{onnx}")
+              f"({m['macs'] / m['macs_full']:.0%} of full), {same}{onnx}{at_point}")
     return 0
 
 

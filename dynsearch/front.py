@@ -34,6 +34,11 @@ def _open(path: Path, run_dir: str | Path):
                         "the journal is corrupt") from None
 
 
+def incomplete_trial(run_dir: str | Path, number: int, folder: Path) -> UserError:
+    return UserError(f"run directory {run_dir}: trial {number} is COMPLETE in the study but its "
+                     f"folder {folder} is missing or incomplete; restore it or start a new run")
+
+
 def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str, Any]]:
     """The non-dominated COMPLETE trials of a run, most accurate first.
 
@@ -57,10 +62,7 @@ def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str
         metrics = read_trial_metrics(path, trial.number)
         config_path = trial_dir(path, trial.number) / "config.json"
         if metrics.get("status") != "COMPLETE" or not config_path.is_file():
-            raise UserError(
-                f"run directory {run_dir}: trial {trial.number} is COMPLETE in the study but its "
-                f"folder {config_path.parent} is missing or incomplete; restore it or start a new run"
-            )
+            raise incomplete_trial(run_dir, trial.number, config_path.parent)
         front.append(
             {
                 "trial": trial.number,

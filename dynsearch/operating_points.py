@@ -94,16 +94,14 @@ def torch_threads(count: int) -> Iterator[None]:
 def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     """A COMPLETE trial's operating points: its operating_points.json, computed and written
     first when missing or stale (a run made before the sweep existed, or other weights)."""
-    from dynsearch.bundle import _check_trial, _data_key, _read_recipe, _splits
-    from dynsearch.study import read_trial_metrics, trial_dir
+    from dynsearch.bundle import WEIGHTS_FILE, _check_trial, _data_key, _read_recipe, _splits
+    from dynsearch.study import trial_dir
     from dynsearch.trial import write_json
 
     run = Path(run_dir)
     path = trial_dir(run, number) / POINTS_FILE
-    metrics = read_trial_metrics(run, number)
     stored = _read_points(path)
-    recorded_sha = metrics.get("weights_sha256")
-    if stored is not None and recorded_sha is not None and stored.get("weights_sha256") == recorded_sha:
+    if stored is not None and stored.get("weights_sha256") == _file_sha256(path.parent / WEIGHTS_FILE):
         return stored
     recipe = _read_recipe(run)
     checked = _check_trial(run, number, recipe)  # weights verified against the trial's checksum
@@ -113,8 +111,18 @@ def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
         points = sweep(checked.model, _splits(**_data_key(recipe["data"])), measured_with["batch_size"])
     record = points_record(number, checked.model, points, checked.weights, measured_with,
                            time.perf_counter() - started)
-    write_json(path, record)
+    try:
+        write_json(path, record)
+    except OSError:  # a read-only run directory: computed again next time
+        pass
     return record
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _read_points(path: Path) -> dict[str, Any] | None:
@@ -122,7 +130,8 @@ def _read_points(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing or damaged: computed again
         return None
-    return record if isinstance(record, dict) and record.get("format") == FORMAT else None
+    valid = isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("points"), list)
+    return record if valid else None
 
 
 def find_point(run_dir: str | Path, number: int, point: int) -> dict[str, Any]:
@@ -141,16 +150,17 @@ def operating_front(run_dir: str | Path) -> list[dict[str, Any]]:
     ``config`` (as trained) and ``stats``."""
     from optuna.trial import TrialState
 
-    from dynsearch.front import _check_run_dir, _open
+    from dynsearch.front import _check_run_dir, _open, incomplete_trial
     from dynsearch.study import read_trial_metrics, trial_dir
 
     run = _check_run_dir(run_dir)
     candidates = []
     for trial in _open(run, run_dir).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         metrics = read_trial_metrics(run, trial.number)
-        if metrics.get("status") != "COMPLETE":
-            continue  # a trial whose folder was not written: pareto() names it
-        config = json.loads((trial_dir(run, trial.number) / "config.json").read_text(encoding="utf-8"))
+        config_path = trial_dir(run, trial.number) / "config.json"
+        if metrics.get("status") != "COMPLETE" or not config_path.is_file():
+            raise incomplete_trial(run_dir, trial.number, config_path.parent)
+        config = json.loads(config_path.read_text(encoding="utf-8"))
         record = trial_points(run, trial.number)
         seen = set()
         # Several knob values often give the same figures: keep one, the trained one if it is among them.

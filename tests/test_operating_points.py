@@ -88,6 +88,16 @@ def test_front_holds_or_dominates_every_trial_and_old_runs_get_their_points(run)
     assert min(i["macs"] for i in front) <= min(i["macs"] for i in trial_front)
 
 
+def test_a_damaged_points_file_is_computed_again(run):
+    from dynsearch.operating_points import trial_points
+
+    path = run / "trials" / "1" / POINTS_FILE
+    before = json.loads(path.read_text())["points"]
+    path.write_text('{"format": "dynsearch-operating-points/1", "points": "nonsense"')
+    assert trial_points(run, 1)["points"] == before
+    assert json.loads(path.read_text())["points"] == before
+
+
 def test_cli_operating_points_json(run, capsys):
     assert cli.main(["pareto", str(run), "--operating-points", "--json"]) == 0
     front = json.loads(capsys.readouterr().out)
