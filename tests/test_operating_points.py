@@ -91,10 +91,10 @@ def test_front_holds_or_dominates_every_trial_and_old_runs_get_their_points(run)
 def test_a_damaged_points_file_is_computed_again(run):
     from dynsearch.operating_points import trial_points
 
-    path = run / "trials" / "1" / POINTS_FILE
+    path = run / "trials" / "0" / POINTS_FILE
     before = json.loads(path.read_text())["points"]
     path.write_text('{"format": "dynsearch-operating-points/1", "points": "nonsense"')
-    assert trial_points(run, 1)["points"] == before
+    assert trial_points(run, 0)["points"] == before
     assert json.loads(path.read_text())["points"] == before
 
 
