@@ -94,7 +94,7 @@ def torch_threads(count: int) -> Iterator[None]:
 def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     """A COMPLETE trial's operating points: its operating_points.json, computed and written
     first when missing or stale (a run made before the sweep existed, or other weights)."""
-    from dynsearch.bundle import WEIGHTS_FILE, _check_trial, _data_key, _read_recipe, _splits
+    from dynsearch.bundle import WEIGHTS_FILE, _check_trial, _data_splits, _read_recipe
     from dynsearch.study import trial_dir
     from dynsearch.trial import write_json
 
@@ -108,7 +108,7 @@ def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     measured_with = checked.measured["measured_with"]
     started = time.perf_counter()
     with torch_threads(measured_with["threads"]):
-        points = sweep(checked.model, _splits(**_data_key(recipe["data"])), measured_with["batch_size"])
+        points = sweep(checked.model, _data_splits(recipe["data"]), measured_with["batch_size"])
     record = points_record(number, checked.model, points, checked.weights, measured_with,
                            time.perf_counter() - started)
     try:
