@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pareto", action="store_true", help="every trial on the Pareto front (the default)")
     export.add_argument("--out", required=True, help="folder to write the model folders into")
     export.add_argument("--format", choices=["onnx"], help="also write the staged ONNX graphs (onnx/)")
+    export.add_argument("--quantize", choices=["int8"], help="also write int8 copies of the ONNX graphs "
+                        "(onnx_int8/; implies --format onnx), measured again; the card has both figures")
 
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -235,12 +237,17 @@ def _cmd_report(args) -> int:
 def _cmd_export(args) -> int:
     import dynsearch
 
-    paths = dynsearch.export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx")
+    paths = dynsearch.export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx",
+                             quantize=args.quantize)
     for path in paths:
         card = json.loads((path / "card.json").read_text(encoding="utf-8"))
         m, repro = card["measured"], card["reproduced_at_export"]
         same = "reproduced" if repro["matches_recorded"] else "NOT reproduced exactly (see card.md)"
         onnx = f", onnx: {len(card['onnx']['graphs'])} graph(s)" if card["onnx"] else ""
+        if card.get("int8"):
+            f, q = card["int8"]["float"], card["int8"]["int8"]
+            onnx += (f", int8: test acc {q['test_accuracy']:.4f} (float {f['test_accuracy']:.4f}), "
+                     f"{q['latency_ms']:.3f} ms (float {f['latency_ms']:.3f} ms) at batch 1")
         print(f"{path}: val acc {m['accuracy']:.4f}, macs {m['macs']:,.0f} "
               f"({m['macs'] / m['macs_full']:.0%} of full), {same}{onnx}")
     return 0
