@@ -2,8 +2,9 @@
 
 It holds the objectives as the trial measured them, the export's own
 re-measurement, the data and recipe, the runtime policy, the forms the
-mechanism supports (PyTorch always; ONNX when it has an ``onnx_form``) and the
-library versions at export.
+mechanism supports (PyTorch always; ONNX and int8 ONNX when it has an
+``onnx_form``), the float and int8 figures when quantized, and the library
+versions at export.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
                  "input_shape": config.get("input_shape"), "num_classes": config.get("num_classes")},
         "recipe": recipe,
         "runtime_policy": model.runtime_policy(),
-        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model)},
+        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model),
+                  "int8": ("the staged ONNX graphs quantized by onnxruntime (dynsearch export --quantize int8)"
+                           if model.onnx_form() is not None else "not supported (needs the ONNX form)")},
         "onnx": onnx_manifest,
         "int8": int8,
         "versions": _versions(onnx_manifest is not None),
@@ -128,6 +131,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                          f"{', '.join(g['outputs'])}; {details}")
     else:
         lines.append("  - not exported here (`dynsearch export ... --format onnx`)")
+    lines.append(f"- int8: {card['forms'].get('int8')}")
     lines += _int8_markdown(card.get("int8"))
     data = card["data"]
     lines += [
