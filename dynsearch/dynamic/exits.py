@@ -55,15 +55,21 @@ def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+def exit_score(policy: str, logits: torch.Tensor) -> torch.Tensor:
+    """[B]: what a threshold policy compares with its threshold (also an output of its ONNX exit graphs)."""
+    if policy == "confidence":
+        return logits.softmax(dim=1).amax(dim=1)
+    if policy == "entropy":
+        return entropy_nats(logits)
+    if policy == "fastbert":
+        return entropy_nats(logits) / math.log(logits.shape[1])
+    raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
+
+
 def confident(policy: str, logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Bool [B]: does each sample leave at this head under a threshold policy?"""
-    if policy == "confidence":
-        return logits.softmax(dim=1).amax(dim=1) >= threshold
-    if policy == "entropy":
-        return entropy_nats(logits) < threshold
-    if policy == "fastbert":
-        return entropy_nats(logits) / math.log(logits.shape[1]) < threshold
-    raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
+    score = exit_score(policy, logits)
+    return score >= threshold if policy == "confidence" else score < threshold
 
 
 def _tiny(policy: str = "confidence", **exits: Any) -> dict[str, Any]:
@@ -400,10 +406,6 @@ class _ExitSegment(nn.Module):
     def forward(self, x: torch.Tensor):
         features = self.body(x)
         logits = self.head(features)
-        if self.policy == "confidence":
-            return features, logits, logits.softmax(dim=1).amax(dim=1)
-        if self.policy == "entropy":
-            return features, logits, entropy_nats(logits)
-        if self.policy == "fastbert":
-            return features, logits, entropy_nats(logits) / math.log(logits.shape[1])
-        return features, logits
+        if self.policy == "patience":
+            return features, logits
+        return features, logits, exit_score(self.policy, logits)

@@ -158,7 +158,7 @@ class GatedResNet(DynamicModel):
     def runtime_policy(self) -> dict[str, Any]:
         return {
             "kind": "gated",
-            "policy": type(self).__name__,
+            "policy": self.config["mechanism"],
             "rule": "before each gated block its gate returns two logits (off, on); the block runs when "
                     "on > off, otherwise its input passes through unchanged",
             "gated_blocks": list(self.gated),
