@@ -73,11 +73,11 @@ def main() -> None:
 
     import torch
 
-    from dynsearch.bundle import _data_key, _splits
+    from dynsearch.bundle import _data_splits
     from dynsearch.quantize import compare
 
     torch.set_num_threads(1)
-    splits = _splits(**_data_key(card["recipe"]["data"]))
+    splits = _data_splits(card["recipe"]["data"])
     load_before = os.getloadavg()
     again = compare(folder, card, splits, threads=1, latency_inputs=len(splits.val_x), repeats=args.repeats)
     batched = batched_first_graph_ms(folder, card, splits.val_x.numpy(), args.repeats)
