@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx"], help="also write the staged ONNX graphs (onnx/)")
     export.add_argument("--point", type=_point_number,
                         help="export the one --trials N at its operating point K (see 'pareto --operating-points')")
+    export.add_argument("--quantize", choices=["int8"], help="also write int8 copies of the ONNX graphs "
+                        "(onnx_int8/; implies --format onnx), measured again; the card has both figures")
 
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -264,7 +266,7 @@ def _cmd_export(args) -> int:
     import dynsearch
 
     paths = dynsearch.export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx",
-                             point=args.point)
+                             point=args.point, quantize=args.quantize)
     for path in paths:
         card = json.loads((path / "card.json").read_text(encoding="utf-8"))
         m, repro = card["measured"], card["reproduced_at_export"]
@@ -272,6 +274,10 @@ def _cmd_export(args) -> int:
         onnx = f", onnx: {len(card['onnx']['graphs'])} graph(s)" if card["onnx"] else ""
         point = card.get("operating_point")
         at_point = f", operating point {point['point']} {json.dumps(point['knobs'])}" if point else ""
+        if card.get("int8"):
+            f, q = card["int8"]["float"], card["int8"]["int8"]
+            onnx += (f", int8: test acc {q['test_accuracy']:.4f} (float {f['test_accuracy']:.4f}), "
+                     f"{q['latency_ms']:.3f} ms (float {f['latency_ms']:.3f} ms) at batch 1")
         print(f"{path}: val acc {m['accuracy']:.4f}, macs {m['macs']:,.0f} "
               f"({m['macs'] / m['macs_full']:.0%} of full), {same}{onnx}{at_point}")
     return 0

@@ -5,8 +5,9 @@ For each model on the front of `dynsearch search` (default recipe):
   - a fresh process loads it with `dynsearch.load` (Ray and Optuna must not be imported)
     and re-measures validation accuracy and macs, which must equal the trial's record;
   - each ONNX graph is checked against the loaded PyTorch model's part on the validation split;
-  - staged inference with onnxruntime, one image at a time, is compared with PyTorch's
-    batch-1 exits and predictions, and timed against running every graph.
+  - staged inference with onnxruntime (dynsearch.onnx_runtime.StagedRuntime), one image at a
+    time, is compared with PyTorch's batch-1 exits and predictions (and its MACs with the
+    recorded ones), and timed against running every graph.
 
 Writes benchmarks/results/export_default.json:
   python benchmarks/export_default.py [--run RUN_DIR]   (without --run, runs the search first)
@@ -42,10 +43,12 @@ def timed(args: list[str]) -> tuple[float, str]:
 
 def onnx_checks(folder: Path, splits) -> dict:
     """Per-graph parity on the validation split, and staged onnxruntime inference vs PyTorch at batch 1."""
+    import numpy as np
     import torch
 
     import dynsearch
-    from dynsearch.onnx_export import graph_parity, run_staged_exits
+    from dynsearch.onnx_export import graph_parity
+    from dynsearch.onnx_runtime import StagedRuntime
 
     model = dynsearch.load(folder)
     worst = max(graph_parity(model, folder / "onnx", splits.val_x))
@@ -55,26 +58,24 @@ def onnx_checks(folder: Path, splits) -> dict:
             out = model(image[None])
             reference.append((int(out.logits.argmax()), int(out.trace.records["exit_index"][0])))
     images = splits.val_x.numpy()
+    runtime = StagedRuntime(folder)
     start = time.perf_counter()
-    staged = run_staged_exits(folder, images)
+    staged = runtime.run(images)
     staged_ms = (time.perf_counter() - start) * 1000 / len(images)
-    card_path = folder / "card.json"
-    card = json.loads(card_path.read_text())
-    everything = dict(card, runtime_policy={**card["runtime_policy"], "threshold": float("inf")})
-    with tempfile.TemporaryDirectory() as tmp:  # the same graphs, never exiting early
-        all_graphs = Path(tmp)
-        (all_graphs / "card.json").write_text(json.dumps(everything))
-        (all_graphs / "onnx").symlink_to(folder / "onnx")
-        start = time.perf_counter()
-        run_staged_exits(all_graphs, images)
-        all_ms = (time.perf_counter() - start) * 1000 / len(images)
+    runtime.policy = {**runtime.policy, "threshold": float("inf")}  # the same graphs, never exiting early
+    start = time.perf_counter()
+    runtime.run(images)
+    all_ms = (time.perf_counter() - start) * 1000 / len(images)
+    card = json.loads((folder / "card.json").read_text())
     labels = splits.val_y.tolist()
+    decisions = [(d.prediction, d.exit_stage) for d in staged]
     return {
         "graphs": len(card["onnx"]["graphs"]),
         "parity_max_abs_diff": worst,
         "parity_max_abs_diff_at_export": card["onnx"]["parity"]["max_abs_diff"],
-        "staged_agrees_with_pytorch": sum(a == b for a, b in zip(staged, reference)) / len(reference),
-        "staged_onnx_val_accuracy": sum(p == y for (p, _), y in zip(staged, labels)) / len(labels),
+        "staged_agrees_with_pytorch": sum(a == b for a, b in zip(decisions, reference)) / len(reference),
+        "staged_onnx_val_accuracy": sum(d.prediction == y for d, y in zip(staged, labels)) / len(labels),
+        "staged_onnx_val_macs": float(np.mean([d.macs for d in staged])),
         "staged_ms_per_image": round(staged_ms, 3),
         "all_graphs_ms_per_image": round(all_ms, 3),
     }
@@ -129,6 +130,7 @@ def main() -> None:
             "no_ray_or_optuna_in_load_process": fresh["imported"] == [],
             "every_model_reproduces_accuracy_and_macs_exactly": all(m["reproduced_exactly"] for m in models),
             "every_onnx_graph_within_1e-4": all(m["onnx"]["parity_max_abs_diff"] <= 1e-4 for m in models),
+            "staged_onnx_takes_pytorchs_exits": all(m["onnx"]["staged_agrees_with_pytorch"] == 1.0 for m in models),
         },
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

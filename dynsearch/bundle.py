@@ -8,6 +8,7 @@ A model folder ``DIR/trial-<N>/`` holds:
   model.safetensors  the weights, byte for byte those the trial wrote
   card.json, card.md the objectives as measured, data, recipe, library versions, supported forms
   onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
+  onnx_int8/         with ``quantize="int8"``: the same graphs quantized (see quantize.py)
 
 Nothing in it is a pickle. ``load`` needs torch and dynsearch only (it imports
 neither Ray nor Optuna) and never unpickles. Before anything is written, every
@@ -80,7 +81,7 @@ class _Checked:
 
 
 def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,
-           point: int | None = None) -> list[Path]:
+           point: int | None = None, quantize: str | None = None) -> list[Path]:
     """Export trials of a run as model folders ``out/trial-<N>/``; return their paths.
 
     Args:
@@ -88,13 +89,18 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
         onnx: also write the staged ONNX graphs (an error for a mechanism without an ONNX form).
         point: export the one trial in ``trials`` at this operating point (its knob values in
             the config, runtime policy and card; see ``pareto(run_dir, operating_points=True)``).
+        quantize: ``"int8"``: also write int8 copies of the graphs (implies ``onnx``), measured
+            again with onnxruntime; the card records the float and int8 figures.
 
     Every trial is checked (COMPLETE, weights intact, figures reproduced) before
     anything is written; the folders are built in a temporary folder and renamed
     into place, so a failed export leaves nothing behind.
     """
     from dynsearch.front import _check_run_dir
+    from dynsearch.quantize import check_quantize
 
+    check_quantize(quantize)
+    onnx = onnx or quantize is not None
     run = _check_run_dir(run_dir)
     recipe = _read_recipe(run)
     numbers = _trial_numbers(run, trials)
@@ -122,7 +128,7 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
         raise UserError(f"--out {out}: cannot write there ({exc.strerror}); choose another folder") from None
     try:
         for item in checked:
-            _write_model_folder(staging / f"trial-{item.number}", item, run, recipe, onnx)
+            _write_model_folder(staging / f"trial-{item.number}", item, run, recipe, onnx, quantize)
         for item in checked:
             os.rename(staging / f"trial-{item.number}", out_dir / f"trial-{item.number}")
     except BaseException:
@@ -218,7 +224,8 @@ def _settings_from_recipe(recipe: dict[str, Any]) -> dict[str, int]:
     return {"batch_size": MEASURE_BATCH_SIZE, "threads": max(1, math.ceil(float(recipe.get("cpus_per_trial", 1))))}
 
 
-def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[str, Any], onnx: bool) -> None:
+def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[str, Any], onnx: bool,
+                        quantize: str | None = None) -> None:
     import hashlib
 
     from dynsearch.card import card_markdown, make_card
@@ -232,14 +239,22 @@ def _write_model_folder(folder: Path, item: _Checked, run: Path, recipe: dict[st
         "runtime_policy": model.runtime_policy(),
         "export": {"format": FORMAT, "weights_sha256": hashlib.sha256(item.weights).hexdigest()},
     })
-    onnx_manifest = None
+    onnx_manifest = int8 = None
     if onnx:
         from dynsearch.onnx_export import export_onnx
 
         splits = _data_splits(recipe["data"])
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
+    if quantize:
+        from dynsearch.quantize import compare, quantize_graphs
+
+        files = quantize_graphs(model, folder, splits.val_x)
+        int8 = compare(folder, {"runtime_policy": model.runtime_policy(), "onnx": onnx_manifest, "int8": {"files": files}},
+                       splits, threads=int(item.measured["measured_with"]["threads"]))
+        int8["files"] = files
     card = make_card(item.number, item.config, item.metrics, model, run, recipe, onnx_manifest,
-                     reproduced={**item.measured, "matches_recorded": _same_figures(item.measured, item.metrics)})
+                     reproduced={**item.measured, "matches_recorded": _same_figures(item.measured, item.metrics)},
+                     int8=int8)
     if item.point is not None:
         card["operating_point"] = item.point
     write_json(folder / "card.json", card)

@@ -2,8 +2,9 @@
 
 It holds the objectives as the trial measured them, the export's own
 re-measurement, the data and recipe, the runtime policy, the forms the
-mechanism supports (PyTorch always; ONNX when it has an ``onnx_form``) and the
-library versions at export.
+mechanism supports (PyTorch always; ONNX and int8 ONNX when it has an
+``onnx_form``), the float and int8 figures when quantized, and the library
+versions at export.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ _MEASURED = ("accuracy", "macs", "macs_full", "params", "latency_ms", "latency_m
 
 
 def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], model, run: Path,
-              recipe: dict[str, Any], onnx_manifest: dict | None, reproduced: dict[str, Any]) -> dict[str, Any]:
+              recipe: dict[str, Any], onnx_manifest: dict | None, reproduced: dict[str, Any],
+              int8: dict | None = None) -> dict[str, Any]:
     """The card of an exported trial (card.json).
 
     Args:
         metrics: the trial's metrics.json; ``reproduced``: the export's own measurement
             (``accuracy``, ``macs``, ``measured_with``, ``matches_recorded``).
+        int8: float and int8 figures of the staged graphs under onnxruntime (quantize.compare), if quantized.
     """
     from dynsearch.data import DATASETS
     from dynsearch.dynamic import MECHANISMS
@@ -46,8 +49,11 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
                  "input_shape": config.get("input_shape"), "num_classes": config.get("num_classes")},
         "recipe": recipe,
         "runtime_policy": model.runtime_policy(),
-        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model)},
+        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model),
+                  "int8": ("the staged ONNX graphs quantized by onnxruntime (dynsearch export --quantize int8)"
+                           if model.onnx_form() is not None else "not supported (needs the ONNX form)")},
         "onnx": onnx_manifest,
+        "int8": int8,
         "versions": _versions(onnx_manifest is not None),
     }
 
@@ -138,6 +144,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                          f"{', '.join(g['outputs'])}; {details}")
     else:
         lines.append("  - not exported here (`dynsearch export ... --format onnx`)")
+    lines.append(f"- int8: {card['forms'].get('int8')}")
+    lines += _int8_markdown(card.get("int8"))
     data = card["data"]
     lines += [
         "",
@@ -159,3 +167,19 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _int8_markdown(int8: dict | None) -> list[str]:
+    if not int8:
+        return []
+    lines = ["", "## int8 (onnxruntime)", "", f"{int8['method']}; graphs in `{int8['files'][0].split('/')[0]}/`.",
+             f"Both measured with onnxruntime's staged runtime at batch size 1, {int8['latency']['threads']} "
+             f"thread(s); `macs` of the graphs each input ran under that runtime's own decisions; latency "
+             f"{int8['latency']['order']} ({int8['latency']['repeats']} passes over "
+             f"{int8['latency']['inputs']} validation inputs).", "",
+             "| graphs | val accuracy | val macs | test accuracy | test macs | latency_ms |", "|---|---|---|---|---|---|"]
+    for name in ("float", "int8"):
+        f = int8[name]
+        lines.append(f"| {name} | {f['val_accuracy']:.4f} | {f['val_macs']:,.0f} | {f['test_accuracy']:.4f} | "
+                     f"{f['test_macs']:,.0f} | {f['latency_ms']:.4f} |")
+    return lines

@@ -1,9 +1,12 @@
 """The staged ONNX form of a dynamic model, checked against onnxruntime.
 
-A mechanism describes its pieces with ``DynamicModel.onnx_form()`` (for early
-exits: one graph per exit segment, so a runtime can stop after any exit); this
-module exports each piece as its own graph with a dynamic batch axis and checks
-onnxruntime's outputs against PyTorch's on real inputs.
+A mechanism describes its pieces with ``DynamicModel.onnx_form()`` (early exits:
+one graph per exit segment, so a runtime can stop after any exit; gated blocks:
+a gate graph and a block graph per gated block; predicted depth: a halting graph,
+then segment and head graphs); this module exports each piece as its own graph
+with a dynamic batch axis, records each graph's role and MACs in the manifest,
+and checks onnxruntime's outputs against PyTorch's on real inputs.
+``onnx_runtime.StagedRuntime`` runs the graphs as a deployment would.
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
             )
         model.eval()
         onnx.checker.check_model(str(path))
+    component_macs = model.component_macs()
     graphs = []
     for part, diff in zip(form.parts, graph_parity(model, folder, sample, form, chain)):
         if not diff <= PARITY_TOLERANCE:
@@ -99,6 +103,7 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
             "source": part.source,
             "outputs": list(part.outputs),
             **part.info,
+            "macs": int(sum(component_macs[name] for name in part.info.get("components", []))),
             "parity_max_abs_diff": diff,
         })
     return {
@@ -108,31 +113,3 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
         "parity": {"samples": int(sample.shape[0]), "tolerance": PARITY_TOLERANCE,
                    "max_abs_diff": max(g["parity_max_abs_diff"] for g in graphs)},
     }
-
-
-def run_staged_exits(folder: str | Path, images) -> list[tuple[int, int]]:
-    """Staged early-exit inference with onnxruntime, one image at a time, as a deployment would run it.
-
-    ``folder`` is an exported model folder with ``onnx/``; ``images`` a float32
-    array [N, ...]. Returns (predicted class, exit stage) per image; the graphs
-    after a taken exit are never run.
-    """
-    import json
-
-    import onnxruntime
-
-    folder = Path(folder)
-    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
-    threshold = card["runtime_policy"]["threshold"]
-    graphs = card["onnx"]["graphs"]
-    sessions = [onnxruntime.InferenceSession(str(folder / g["file"]), providers=["CPUExecutionProvider"])
-                for g in graphs]
-    results = []
-    for image in images:
-        features = image[None]
-        for graph, session in zip(graphs, sessions):
-            features, logits, confidence = session.run(None, {INPUT_NAME: features})
-            if graph["final"] or confidence[0] >= threshold:
-                results.append((int(logits.argmax()), int(graph["exit_stage"])))
-                break
-    return results

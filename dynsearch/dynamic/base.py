@@ -98,6 +98,17 @@ class OnnxPart:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class OnnxSequence(nn.Module):
+    """Modules run in order as one ONNX graph; returns a one-tuple (an ``OnnxPart`` module returns a tuple)."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.body(x),)
+
+
 @dataclass
 class OnnxForm:
     """A deployable ONNX form of a dynamic model that keeps its savings: the graphs,

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.backbones import SequenceMean
-from dynsearch.dynamic.base import DynamicOutput, Trace, register_mechanism
+from dynsearch.dynamic.base import DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism
 from dynsearch.dynamic.exits import EarlyExitNet
 
 DEPTH_SHIFT_GRID = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the operating-point sweep's values
@@ -131,8 +131,30 @@ class DepthAdaptiveTransformer(EarlyExitNet):
             scores = scores - self.depth_shift * torch.arange(scores.shape[1], dtype=scores.dtype)
         return scores.argmax(dim=1)
 
-    def onnx_form(self):
-        return None if self.predicted else super().onnx_form()
+
+    def onnx_form(self) -> OnnxForm | None:
+        """A threshold rule: the early-exit form. Predicted depth: a first graph (stem and halting
+        unit) returns the features and the halting logits; then per exit a segment graph (the
+        layers since the previous exit) and a head graph, which runs only at the chosen depth."""
+        if not self.predicted:
+            return super().onnx_form()
+        parts = [OnnxPart("stem", _StemAndHalting(self.stem, self.halting), ("features", "depth_logits"), "input",
+                          {"role": "halting", "depths": list(self.depths), "components": ["stem", "halting"]})]
+        last, body, first, source = len(self.stages) - 1, [], 0, "stem/features"
+        for i, stage in enumerate(self.stages):
+            body.append(stage)
+            if i not in self._exit_set and i != last:
+                continue
+            n = len(parts) // 2
+            stages = list(range(first, i + 1))
+            parts.append(OnnxPart(f"segment{n}", OnnxSequence(*body), ("features",), source,
+                                  {"role": "segment", "stages": stages, "components": [f"stage{j}" for j in stages]}))
+            head, head_name = (self.classifier, "classifier") if i == last else (self.heads[str(i)], f"exit{i}")
+            parts.append(OnnxPart(f"head{n}", OnnxSequence(head), ("logits",), f"segment{n}/features",
+                                  {"role": "head", "exit_stage": i, "final": i == last, "components": [head_name]}))
+            body, first, source = [], i + 1, f"segment{n}/features"
+        return OnnxForm("predicted depth: the stem graph's halting logits pick the exit depth (argmax over "
+                        "`depths`); run the segments in order up to it, then only that depth's head", parts)
 
     def timed_components(self, device: torch.device):
         calls = super().timed_components(device)
@@ -202,3 +224,15 @@ class DepthAdaptiveTransformer(EarlyExitNet):
             if alive.numel() == 0:
                 break
         return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+
+
+class _StemAndHalting(nn.Module):
+    """The first graph of the predicted-depth form: returns (embedded input, halting logits)."""
+
+    def __init__(self, stem: nn.Module, halting: nn.Module):
+        super().__init__()
+        self.stem, self.halting = stem, halting
+
+    def forward(self, x: torch.Tensor):
+        features = self.stem(x)
+        return features, self.halting(features)

@@ -59,15 +59,21 @@ def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+def exit_score(policy: str, logits: torch.Tensor) -> torch.Tensor:
+    """[B]: what a threshold policy compares with its threshold (also an output of its ONNX exit graphs)."""
+    if policy == "confidence":
+        return logits.softmax(dim=1).amax(dim=1)
+    if policy == "entropy":
+        return entropy_nats(logits)
+    if policy == "fastbert":
+        return entropy_nats(logits) / math.log(logits.shape[1])
+    raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
+
+
 def confident(policy: str, logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Bool [B]: does each sample leave at this head under a threshold policy?"""
-    if policy == "confidence":
-        return logits.softmax(dim=1).amax(dim=1) >= threshold
-    if policy == "entropy":
-        return entropy_nats(logits) < threshold
-    if policy == "fastbert":
-        return entropy_nats(logits) / math.log(logits.shape[1]) < threshold
-    raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
+    score = exit_score(policy, logits)
+    return score >= threshold if policy == "confidence" else score < threshold
 
 
 def _tiny(policy: str = "confidence", **exits: Any) -> dict[str, Any]:
@@ -205,32 +211,40 @@ class EarlyExitNet(DynamicModel):
                 raise ValueError(f"patience must be a whole number >= 0, not {value!r}")
             setattr(self, name, int(value) if name == "patience" else float(value))
             self.config["exits"][name] = getattr(self, name)
+    # Per policy: the score an exit graph returns beside its logits, and how the runtime compares it.
+    # PABEE returns no score: the runtime compares the heads' argmaxes.
+    ONNX_SCORES = {"confidence": ("confidence", ">="), "entropy": ("entropy", "<"),
+                   "fastbert": ("normalized_entropy", "<"), "patience": (None, None)}
 
     def onnx_form(self) -> OnnxForm | None:
         """One graph per exit: the stages since the previous exit plus this exit's head
         (the first graph also holds the stem, the last ends in the final classifier).
-        Only for the ``confidence`` policy, the rule the staged ONNX runtime applies."""
-        if self.policy != "confidence":
-            return None
+        Each returns the features (the next graph's input), the logits and the score the
+        policy compares with its threshold, computed as the eval forward computes it."""
+        score, compare = self.ONNX_SCORES[self.policy]
+        outputs = ("features", "logits", *([score] if score else []))
         parts: list[OnnxPart] = []
         body: list[nn.Module] = [self.stem]
+        components = ["stem"]
         first = 0
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             body.append(stage)
+            components.append(f"stage{i}")
             if i not in self._exit_set and i != last:
                 continue
             head = self.classifier if i == last else self.heads[str(i)]
+            components.append("classifier" if i == last else f"exit{i}")
             name = f"segment{len(parts)}"
             source = "input" if not parts else f"{parts[-1].name}/features"
-            info = {"stages": list(range(first, i + 1)), "exit_stage": i, "final": i == last}
-            parts.append(OnnxPart(name, _ExitSegment(body, head), ("features", "logits", "confidence"), source, info))
-            body, first = [], i + 1
-        return OnnxForm(
-            "staged early exit: run the segments in order, each on the previous one's features; "
-            "stop after a segment whose confidence >= threshold",
-            parts,
-        )
+            info = {"role": "exit", "stages": list(range(first, i + 1)), "exit_stage": i, "final": i == last,
+                    "components": components}
+            parts.append(OnnxPart(name, _ExitSegment(body, head, self.policy), outputs, source, info))
+            body, components, first = [], [], i + 1
+        rule = (f"stop after a segment whose {score} {compare} threshold" if score else
+                "stop once `patience` consecutive segments' argmax agreed with the previous one's (PABEE)")
+        return OnnxForm(f"staged early exit ({self.policy}): run the segments in order, each on the "
+                        f"previous one's features; {rule}; the last segment always answers", parts)
 
     # -- training -------------------------------------------------------------
     def heads_only(self) -> bool:
@@ -399,17 +413,21 @@ class EarlyExitNet(DynamicModel):
 
 
 class _ExitSegment(nn.Module):
-    """Stages followed by a head, as one ONNX graph: returns (features, logits, confidence).
+    """Stages followed by a head, as one ONNX graph: returns (features, logits[, score]).
 
-    ``confidence`` is the same max-softmax probability the eval forward compares with the threshold.
+    The score is the quantity the eval forward compares with the threshold under ``policy``
+    (max softmax probability, entropy in nats, or entropy / log K); PABEE needs none.
     """
 
-    def __init__(self, body: list[nn.Module], head: nn.Module):
+    def __init__(self, body: list[nn.Module], head: nn.Module, policy: str = "confidence"):
         super().__init__()
         self.body = nn.Sequential(*body)
         self.head = head
+        self.policy = policy
 
     def forward(self, x: torch.Tensor):
         features = self.body(x)
         logits = self.head(features)
-        return features, logits, logits.softmax(dim=1).amax(dim=1)
+        if self.policy == "patience":
+            return features, logits
+        return features, logits, exit_score(self.policy, logits)

@@ -29,7 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
+from dynsearch.dynamic.base import (
+    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism,
+)
 
 OBJECTIVES = ("target_rate", "budget", "rl")
 # Gate biases the operating-point sweep tries (added to the "on" logit at eval: positive runs more blocks).
@@ -156,12 +158,14 @@ class GatedResNet(DynamicModel):
         rates = trace.records["gates"].float().mean(dim=0) if len(self.gated) else torch.zeros(0)
         return {"gate_blocks": list(self.gated), "gate_rates": [float(r) for r in rates]}
 
-    # -- runtime knob ----------------------------------------------------------
+    # -- export ---------------------------------------------------------------
     def runtime_policy(self) -> dict[str, Any]:
         return {
-            "kind": "gates",
-            "rule": "before each gated block, run the block when its gate's on-logit + gate_bias > its off-logit",
-            "gate_blocks": list(self.gated),
+            "kind": "gated",
+            "policy": self.config["mechanism"],
+            "rule": "before each gated block its gate returns two logits (off, on); the block runs when "
+                    "on + gate_bias > off, otherwise its input passes through unchanged",
+            "gated_blocks": list(self.gated),
             "gate_bias": self.gate_bias,
         }
 
@@ -176,6 +180,32 @@ class GatedResNet(DynamicModel):
             if name not in knobs:
                 raise ValueError(f"this gated network has the runtime knob(s) {sorted(knobs)}, not {name!r}")
             self.gate_bias = self.config["gates"]["gate_bias"] = float(value)
+
+    def onnx_form(self) -> OnnxForm | None:
+        """Per gated block a gate graph (features -> logits) and a block graph (features ->
+        relu(features + residual)), which runs only when the gate says so; the stem and the
+        ungated blocks between them form segment graphs; the last graph ends in the classifier."""
+        parts: list[OnnxPart] = []
+        body, components, source = [self.stem], ["stem"], "input"
+        for k, block in enumerate(self.blocks):
+            if k not in self._gated_set:
+                body.append(block)
+                components.append(f"block{k}")
+                continue
+            if body:
+                name = f"segment{len(parts)}"
+                parts.append(OnnxPart(name, OnnxSequence(*body), ("features",), source,
+                                      {"role": "segment", "components": components}))
+                body, components, source = [], [], f"{name}/features"
+            parts.append(OnnxPart(f"gate{k}", OnnxSequence(self.gates[str(k)]), ("logits",), source,
+                                  {"role": "gate", "block": k, "components": [f"gate{k}"]}))
+            parts.append(OnnxPart(f"block{k}", OnnxSequence(_GatedBlock(block)), ("features",), source,
+                                  {"role": "block", "block": k, "components": [f"block{k}"]}))
+            source = f"block{k}/features"
+        parts.append(OnnxPart(f"segment{len(parts)}", OnnxSequence(*body, self.classifier), ("logits",), source,
+                              {"role": "exit", "final": True, "components": [*components, "classifier"]}))
+        return OnnxForm("gated blocks: run the graphs in order, each on the latest features; a gate graph's "
+                        "logits (off, on) decide whether the block graph after it runs (on + gate_bias > off)", parts)
 
     # -- decisions ------------------------------------------------------------
     def relaxed_decision(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -281,6 +311,17 @@ class GatedResNet(DynamicModel):
         logits = self.classifier(h)
         counts["classifier"] += 1
         return DynamicOutput(logits, Trace(counts, {"gates": decisions}))
+
+
+class _GatedBlock(nn.Module):
+    """A gated block taken: relu(h + residual(h)) (its shortcut is the identity)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.residual = block.residual
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h + self.residual(h))
 
 
 @register_mechanism(

@@ -1,0 +1,130 @@
+"""int8 deployment: the staged ONNX graphs quantized with onnxruntime's tools, and measured again.
+
+Static quantization (``onnxruntime.quantization.quantize_static`` after its
+``quant_pre_process``; QDQ format, int8 per-channel weights, uint8 activations,
+min-max calibration): each graph is calibrated on the inputs it sees on the
+validation split (what the float graphs before it computed in PyTorch). Static
+rather than dynamic: dynamic quantization recomputes activation scales at run
+time (ConvInteger), which was the slowest variant at batch 1 here. Softmax and
+the scores stay in float (they are not in ``QUANTIZED_OPS``), so the runtime
+applies the same rule to slightly different numbers.
+
+``compare`` measures the float and the int8 graphs side by side with
+``onnx_runtime.StagedRuntime`` at batch size 1: accuracy and MACs (of the graphs
+each input ran under that runtime's own decisions) on the validation and test
+splits, and latency, alternating float and int8 passes at a fixed thread count.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUANTIZE_CHOICES = ("int8",)
+INT8_DIR = "onnx_int8"
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "Relu", "Add", "GlobalAveragePool", "MaxPool", "AveragePool", "Flatten"]
+METHOD = ("onnxruntime.quantization.quantize_static after quant_pre_process: QDQ, int8 per-channel weights, "
+          "uint8 activations, min-max calibration on the validation split; ops " + ", ".join(QUANTIZED_OPS))
+
+
+def check_quantize(value: str | None) -> None:
+    from dynsearch.errors import UserError
+
+    if value is not None and value not in QUANTIZE_CHOICES:
+        raise UserError(f"quantize {value!r}: unknown; use one of {list(QUANTIZE_CHOICES)} (or leave it out)")
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over one graph's validation inputs."""
+
+    def __init__(self, inputs: np.ndarray, batch_size: int = 64):
+        self._batches = iter([{"input": inputs[i:i + batch_size]} for i in range(0, len(inputs), batch_size)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def quantize_graphs(model, folder: Path, calibration) -> list[str]:
+    """Write an int8 copy of each graph of ``folder/onnx`` to ``folder/onnx_int8``; return their files
+    (relative to ``folder``), in the manifest's order. ``calibration``: validation inputs (a tensor)."""
+    import logging
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from dynsearch.onnx_export import _chain
+
+    form = model.onnx_form()
+    chain = _chain(form, calibration)
+    (folder / INT8_DIR).mkdir()
+    files = []
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs advice on the root logger
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for part in form.parts:
+                inputs = chain[part.name][0].numpy()
+                prepared, target = f"{tmp}/{part.name}.onnx", f"{INT8_DIR}/{part.name}.onnx"
+                quant_pre_process(str(folder / "onnx" / f"{part.name}.onnx"), prepared)
+                quantize_static(
+                    prepared, str(folder / target), _Calibration(inputs),
+                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                    op_types_to_quantize=QUANTIZED_OPS,
+                )
+                files.append(target)
+    finally:
+        root.setLevel(level)
+    return files
+
+
+def _figures(runtime, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    decisions = runtime.run(x)
+    return {"accuracy": float(np.mean([d.prediction == t for d, t in zip(decisions, y)])),
+            "macs": float(np.mean([d.macs for d in decisions]))}
+
+
+def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latency_inputs: int = 200,
+            repeats: int = 5) -> dict[str, Any]:
+    """Float and int8 staged graphs measured side by side with onnxruntime at batch size 1.
+
+    Returns per variant ``val_accuracy``, ``val_macs``, ``test_accuracy``,
+    ``test_macs`` and ``latency_ms`` (median over ``repeats`` alternating passes of
+    the mean per-input time over the first ``latency_inputs`` validation inputs).
+    """
+    from dynsearch.onnx_runtime import StagedRuntime
+
+    runtimes = {name: StagedRuntime(folder, int8=name == "int8", threads=threads, card=card)
+                for name in ("float", "int8")}
+    result: dict[str, dict[str, Any]] = {}
+    for name, runtime in runtimes.items():
+        val = _figures(runtime, splits.val_x.numpy(), splits.val_y.numpy())
+        test = _figures(runtime, splits.test_x.numpy(), splits.test_y.numpy())
+        result[name] = {"val_accuracy": val["accuracy"], "val_macs": val["macs"],
+                        "test_accuracy": test["accuracy"], "test_macs": test["macs"]}
+    timing_inputs = splits.val_x[:latency_inputs].numpy()
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    for repeat in range(repeats):
+        order = list(runtimes) if repeat % 2 == 0 else list(runtimes)[::-1]  # alternate who runs first
+        for name in order:
+            start = time.perf_counter()
+            runtimes[name].run(timing_inputs)
+            times[name].append((time.perf_counter() - start) * 1000 / len(timing_inputs))
+    for name in runtimes:
+        result[name]["latency_ms"] = round(statistics.median(times[name]), 4)
+        result[name]["latency_ms_runs"] = [round(t, 4) for t in times[name]]
+    return {
+        "method": METHOD,
+        "files": None,  # filled in by the exporter
+        "latency": {"batch_size": 1, "threads": threads, "inputs": len(timing_inputs), "repeats": repeats,
+                    "order": "float and int8 passes alternate; median of the per-input means"},
+        "float": result["float"],
+        "int8": result["int8"],
+        "int8_minus_float": {"test_accuracy": result["int8"]["test_accuracy"] - result["float"]["test_accuracy"],
+                             "latency_ms": result["int8"]["latency_ms"] - result["float"]["latency_ms"]},
+    }
