@@ -14,13 +14,13 @@ from dynsearch.spaces import trial_config
 
 DEFAULTS: dict[str, Any] = {
     "halting_mechanism": "act",
-    "max_steps": 8,
-    "halting_bias_init": 1.0,
-    "hidden_width": 64,
+    "max_steps": 6,
+    "halting_bias_init": -1.0,
+    "hidden_width": 128,
     "act_tau": 1e-3,
     "pondernet_lambda_p": 0.2,
     "pondernet_beta": 0.01,
-    "lr": 0.005,
+    "lr": 0.003,
 }
 
 

@@ -82,7 +82,7 @@ def test_space_asks_the_mechanism_and_its_own_knobs():
 
     data = DATASETS[recipe.data.name]
     config = default_config(recipe, data)
-    assert config["mechanism"] == "act" and config["backbone"]["widths"] == [64]
+    assert config["mechanism"] == "act" and config["backbone"]["widths"] == [128]
     assert set(config["halting"]) == {"max_steps", "bias_init", "tau"}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
