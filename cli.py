@@ -181,6 +181,8 @@ def _cmd_train(args) -> int:
         if "gate_rates" in stats:
             rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gate_blocks"], stats["gate_rates"]))
             print(f"gates on      {rates} (test split)")
+        if "mean_ponder_steps" in stats:
+            print(f"ponder steps  {stats['mean_ponder_steps']:.2f} per sample on average (test split)")
     return 0
 
 

@@ -5,7 +5,9 @@ A backbone is ``(stem, [stage, ...])``; mechanisms put their machinery
 from a dry run, so any stage list works. Kinds: ``cnn``, ``mlp``, ``resnet``
 (stages of ``ResidualBlock``), ``transformer`` (stages of ``EncoderLayer``
 over sequences of feature vectors) and ``user`` (the stages a user's callable
-returns, after an identity stem).
+returns, after an identity stem). Kind ``recurrent`` (a GRU cell that reads the
+same input each step, ``widths[0]`` wide) belongs to the halting mechanisms
+(dynamic/halting.py), which build it themselves.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-BACKBONE_KINDS = ("cnn", "mlp", "resnet", "transformer")
+BACKBONE_KINDS = ("cnn", "mlp", "resnet", "transformer", "recurrent")
 
 
 def conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -158,6 +160,9 @@ def build_backbone(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module]]:
     shape, widths, depth = config["input_shape"], backbone["widths"], backbone["depth"]
     if backbone["kind"] == "transformer":
         return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)))
+    if backbone["kind"] == "recurrent":
+        raise ValueError("backbone kind 'recurrent' is the halting mechanisms' cell (space: halting); "
+                         "use cnn, mlp, resnet or transformer here")
     builders = {"cnn": build_cnn, "mlp": build_mlp, "resnet": build_resnet}
     return builders[backbone["kind"]](shape, widths, depth)
 

@@ -24,6 +24,7 @@ from dynsearch.bundle import FORMAT, _splits, reproduce
 from dynsearch.dynamic import MECHANISMS, build_model, register_mechanism
 from dynsearch.dynamic.exits import EarlyExitNet
 from dynsearch.dynamic.gates import SkipNet
+from dynsearch.dynamic.halting import PonderNet
 from dynsearch.errors import UserError
 from dynsearch.recipe import builtin_recipes, load_recipe, recipe_dict
 from dynsearch.spaces import default_config
@@ -35,7 +36,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # Models exported in tests besides each built-in recipe's default point (low thresholds: some samples exit early).
 TINY_CONFIGS = [exits_config(stages=(0, 1), threshold=0.6, widths=(4, 8, 8), head_width=16),
                 exits_config(stages=(1,), threshold=0.6, widths=(16, 16, 16), head_width=0, kind="mlp"),
-                SkipNet.tiny_configs()[0]]
+                SkipNet.tiny_configs()[0],
+                {**PonderNet.tiny_configs()[0], "input_shape": [1, 8, 8], "num_classes": 10}]
 
 
 def _first_recipe_per_mechanism() -> list[str]:

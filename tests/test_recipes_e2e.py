@@ -1,4 +1,4 @@
-"""End-to-end searches of the exit-policy, gates and depth-adaptive recipes (real Ray, Lightning, Optuna), kept small."""
+"""End-to-end searches of the exit-policy, gates, depth-adaptive and halting recipes (real Ray, Lightning, Optuna), kept small."""
 import json
 import subprocess
 import sys
@@ -11,7 +11,8 @@ def _cli(*args, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, family", [("digits-exit-policies", "exits"), ("digits-gates", "gates"), ("seq-exits", "exits")])
+@pytest.mark.parametrize("recipe, family", [("digits-exit-policies", "exits"), ("digits-gates", "gates"), ("seq-exits", "exits"),
+                                            ("parity-halting", "halting")])
 def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
     out = tmp_path / "run"
     proc = _cli("search", recipe, "--trials", "2", "--epochs", "1", "--out", str(out))
@@ -28,6 +29,12 @@ def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
             assert stats["gate_blocks"] == config["gates"]["blocks"]
             assert len(stats["gate_rates"]) == len(config["gates"]["blocks"])
             assert all(0.0 <= rate <= 1.0 for rate in stats["gate_rates"])
+        elif family == "halting":
+            assert config["mechanism"] in ("act", "pondernet")
+            steps = config["halting"]["max_steps"]
+            assert stats["ponder_steps"] == list(range(1, steps + 1))
+            assert sum(stats["ponder_histogram"]) == pytest.approx(1.0)
+            assert 1 <= stats["mean_ponder_steps"] <= steps
         else:
             assert config["mechanism"] == ("depth_adaptive" if recipe == "seq-exits" else "exits")
             assert len(stats["exit_histogram"]) == len(config["exits"]["stages"]) + 1

@@ -1,0 +1,47 @@
+"""Halting on a recurrent cell (mechanisms ``act`` and ``pondernet``): the mechanism, maximum
+steps, halting-bias init, hidden width, then ACT's ponder cost tau (log scale) or PonderNet's
+prior lambda_p and KL weight beta, and the learning rate.
+
+Needs ``backbone.kind: recurrent``; the hidden width asked here replaces ``backbone.widths``.
+ACT's epsilon stays at Graves's 0.01 and PonderNet's inference threshold at 0.5: both are
+runtime knobs (``halting_threshold``) that an operating-point sweep varies after training.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dynsearch.spaces import trial_config
+
+DEFAULTS: dict[str, Any] = {
+    "halting_mechanism": "act",
+    "max_steps": 6,
+    "halting_bias_init": -1.0,
+    "hidden_width": 128,
+    "act_tau": 1e-3,
+    "pondernet_lambda_p": 0.2,
+    "pondernet_beta": 0.01,
+    "lr": 0.003,
+}
+
+
+def check_recipe(recipe) -> None:
+    if recipe.backbone.kind != "recurrent":
+        raise ValueError(f"space 'halting' needs backbone.kind: recurrent (got {recipe.backbone.kind}); set it")
+
+
+def define(trial, recipe, data) -> dict[str, Any]:
+    """Ask ``trial`` for a halting model and return its trial config."""
+    mechanism = trial.suggest_categorical("halting_mechanism", ["act", "pondernet"])
+    halting: dict[str, Any] = {
+        "max_steps": trial.suggest_int("max_steps", 2, 12),
+        "bias_init": trial.suggest_float("halting_bias_init", -2.0, 2.0),
+    }
+    hidden = trial.suggest_categorical("hidden_width", [32, 64, 128])
+    if mechanism == "act":
+        halting["tau"] = trial.suggest_float("act_tau", 1e-4, 1e-1, log=True)
+    else:
+        halting["lambda_p"] = trial.suggest_float("pondernet_lambda_p", 0.1, 0.5)
+        halting["beta"] = trial.suggest_float("pondernet_beta", 1e-3, 1.0, log=True)
+    config = trial_config(trial, recipe, data, mechanism, {"halting": halting})
+    config["backbone"]["widths"] = [hidden]
+    return config
