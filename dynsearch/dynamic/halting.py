@@ -104,7 +104,7 @@ class HaltingNet(DynamicModel):
                 KNOB: self.threshold, "max_steps": self.max_steps}
 
     def runtime_knobs(self) -> dict[str, list[float]]:
-        return {KNOB: list(self.knob_values)}
+        return {KNOB: sorted({*self.knob_values, self.threshold})}  # the trained value is a point too
 
     def set_runtime_knobs(self, values: dict[str, float]) -> None:
         unknown = sorted(set(values) - {KNOB})
@@ -114,7 +114,7 @@ class HaltingNet(DynamicModel):
             threshold = float(values[KNOB])
             if not 0.0 < threshold <= 1.0:
                 raise ValueError(f"{KNOB} must be in (0, 1] (got {threshold})")
-            self.threshold = threshold
+            self.threshold = self.config["halting"]["threshold"] = threshold  # an export rebuilds at this point
 
     def timed_components(self, device: torch.device):
         calls = super().timed_components(device)
@@ -182,7 +182,8 @@ class ACTNet(HaltingNet):
 
     def __init__(self, config: dict[str, Any]):
         halting = config["halting"]
-        config = {**config, "halting": {**halting, "threshold": 1.0 - float(halting.get("epsilon", 0.01))}}
+        threshold = float(halting.get("threshold", 1.0 - float(halting.get("epsilon", 0.01))))  # a knob may set it
+        config = {**config, "halting": {**halting, "threshold": threshold}}
         super().__init__(config)
         self.config["halting"] = dict(halting)
         self.tau = float(halting.get("tau", 0.01))
