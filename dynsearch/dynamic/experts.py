@@ -74,20 +74,23 @@ class ExpertMixture(nn.Module):
             groups = chosen.reshape(1, batch * tokens, self.top_k) if self.training else chosen
             capacity = math.ceil(self.capacity_factor * groups.shape[1] * self.top_k / num_experts)
             kept = within_capacity(groups, num_experts, capacity).view(batch, tokens, self.top_k)
-        flat_x = x.reshape(batch * tokens, -1)
-        out, processed = None, x.new_zeros(batch, num_experts)
-        for e, expert in enumerate(self.experts):
-            mask = (chosen == e) & kept  # an expert appears at most once among a token's top-k
-            index = mask.any(dim=-1).flatten().nonzero().flatten()
-            if index.numel() == 0 and not self.training:
-                continue  # never called (in training it runs on no rows, so its parameters get a zero gradient)
-            y = expert(flat_x[index]) * (weights * mask).sum(dim=-1).flatten()[index, None]
-            if out is None:
-                out = y.new_zeros(batch * tokens, y.shape[1])
-            out = out.index_add(0, index, y)
-            processed[:, e] = mask.any(dim=-1).sum(dim=1)
-        if out is None:  # every assignment dropped
-            out = x.new_zeros(batch * tokens, self.out_features)
+        # Kept assignments grouped by expert (token order within each): one gather, one call per expert.
+        assignment = kept.flatten().nonzero().flatten()
+        expert_of = chosen.flatten()[assignment]
+        assignment = assignment[expert_of.argsort(stable=True)]
+        expert_of, token_of = chosen.flatten()[assignment], assignment // self.top_k
+        rows = x.reshape(batch * tokens, -1)[token_of]
+        gate = weights.flatten()[assignment, None]
+        outputs, start = [], 0
+        for expert, count in zip(self.experts, torch.bincount(expert_of, minlength=num_experts).tolist()):
+            if count or self.training:  # in training it runs on no rows too, so its parameters get a zero gradient
+                outputs.append(expert(rows[start : start + count]) * gate[start : start + count])
+            start += count
+        out = x.new_zeros(batch * tokens, self.out_features)
+        if outputs:
+            out = out.index_add(0, token_of, torch.cat(outputs))
+        processed = x.new_zeros(batch, num_experts).index_put_(
+            (token_of // tokens, expert_of), x.new_ones(len(token_of)), accumulate=True)
         dispatch = F.one_hot(chosen, num_experts).sum(dim=2).float().mean(dim=1) / self.top_k
         return out.view(batch, tokens, -1), processed, probs.mean(dim=1), dispatch
 
