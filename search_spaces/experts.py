@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check_recipe(recipe) -> None:
+    if recipe.backbone.kind not in (*MOE_KINDS, "cnn", "resnet"):
+        raise ValueError(f"space 'experts' needs backbone.kind mlp or transformer (MoE), cnn or resnet (CondConv) "
+                         f"(got {recipe.backbone.kind}); set one")
     if len(recipe.backbone.widths) * recipe.backbone.depth > MAX_LAYERS:
         raise ValueError(f"space 'experts' handles at most {MAX_LAYERS} layers; use fewer widths or a smaller depth")
 
