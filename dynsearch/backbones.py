@@ -130,12 +130,19 @@ class EncoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(width, ffn_width), nn.GELU(), nn.Linear(ffn_width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-        attended = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width)
-        x = x + self.proj(attended)
+        x = self_attention(self, x)
         return x + self.ffn(self.norm2(x))
+
+
+def self_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The attention half of an encoder layer, x + proj(attention(norm1(x))), with the
+    ``heads``, ``norm1``, ``qkv`` and ``proj`` of ``layer`` (an ``EncoderLayer`` or a
+    mixture-of-experts layer that replaced its feed-forward block)."""
+    batch, length, width = x.shape
+    q, k, v = layer.qkv(layer.norm1(x)).view(batch, length, 3, layer.heads, -1).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    attended = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width)
+    return x + layer.proj(attended)
 
 
 def build_transformer(input_shape: Sequence[int], widths: Sequence[int], depth: int, heads: int = 2):

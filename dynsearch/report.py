@@ -38,7 +38,9 @@ STAT_VIEWS = {
                                "exit_stages"),
     "gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks"),
     "ponder_histogram": StatView("ponder-step distribution", "ponder steps", "share of samples", "ponder_steps"),
-    "expert_load": StatView("expert load", "expert", "share of routed samples", "expert_ids"),
+    "expert_load": StatView("expert load", "expert (L<layer>e<expert>)", "share of routed tokens", "expert_ids"),
+    "expert_routing": StatView("CondConv routing weight", "expert kernel (L<layer>e<expert>)", "mean r_i",
+                               "expert_ids"),
 }
 
 

@@ -1,4 +1,4 @@
-"""End-to-end searches of the exit-policy, gates, depth-adaptive and halting recipes (real Ray, Lightning, Optuna), kept small."""
+"""End-to-end searches of the exit-policy, gates, depth-adaptive, halting, experts and cross-family recipes (real Ray, Lightning, Optuna), kept small."""
 import json
 import subprocess
 import sys
@@ -12,7 +12,8 @@ def _cli(*args, timeout=600):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, family", [("digits-exit-policies", "exits"), ("digits-gates", "gates"), ("seq-exits", "exits"),
-                                            ("parity-halting", "halting")])
+                                            ("parity-halting", "halting"), ("mnist1d-moe", "experts"),
+                                            ("digits-condconv", "experts"), ("digits-cross-family", "any")])
 def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
     out = tmp_path / "run"
     proc = _cli("search", recipe, "--trials", "2", "--epochs", "1", "--out", str(out))
@@ -24,7 +25,16 @@ def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
     for item in front:
         stats, config = item["stats"], item["config"]
         assert 0 < item["macs"] and 0 <= item["accuracy"] <= 1
-        if family == "gates":
+        if family == "any":
+            assert config["mechanism"] in ("exits", "aig", "skipnet", "condconv")
+        elif config["mechanism"] == "moe":
+            layers, count = config["experts"]["layers"], config["experts"]["count"]
+            assert len(stats["expert_load"]) == len(stats["expert_ids"]) == len(layers) * count
+            for i in range(len(layers)):  # each expert layer's shares sum to 1
+                assert sum(stats["expert_load"][i * count:(i + 1) * count]) == pytest.approx(1.0)
+        elif config["mechanism"] == "condconv":
+            assert all(0.0 < r < 1.0 for r in stats["expert_routing"])
+        elif family == "gates":
             assert config["mechanism"] in ("aig", "skipnet")
             assert stats["gate_blocks"] == config["gates"]["blocks"]
             assert len(stats["gate_rates"]) == len(config["gates"]["blocks"])

@@ -1,5 +1,5 @@
 """Dynamic mechanisms: one module per family, registered through ``base.register_mechanism``."""
-from dynsearch.dynamic import depth, exits, gates, halting  # noqa: F401  (registration side effect)
+from dynsearch.dynamic import depth, exits, experts, gates, halting  # noqa: F401  (registration side effect)
 from dynsearch.dynamic.base import (
     MECHANISMS,
     DynamicModel,

@@ -134,6 +134,9 @@ class DynamicModel(nn.Module):
 
     family: str = ""
     paper: str = ""
+    # False for mechanisms whose input decides weights rather than work (CondConv): every
+    # component runs for every sample, and the decisions are the float ``records["routing"]``.
+    skips_work: bool = True
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()

@@ -115,10 +115,17 @@ def check_batch_matches_batch_one(config: dict[str, Any]) -> None:
     """Eval decisions (what ran, per sample) and logits at batch N equal those at batch 1."""
     model, x, _ = _model(config)
     batch = _eval(model, x)
-    patterns = {tuple(sorted(_decisions(batch.trace, i).items())) for i in range(BATCH)}
-    assert len(patterns) > 1, "the tiny config must make mixed decisions (else this check proves nothing)"
+    if model.skips_work:
+        patterns = {tuple(sorted(_decisions(batch.trace, i).items())) for i in range(BATCH)}
+        assert len(patterns) > 1, "the tiny config must make mixed decisions (else this check proves nothing)"
+    else:  # the decisions are routing weights: they must differ between samples
+        routing = batch.trace.records["routing"]
+        assert (routing - routing[:1]).abs().max() > 1e-3, "every sample got the same routing weights"
     for i in range(BATCH):
         single = _eval(model, x[i : i + 1])
+        if not model.skips_work:
+            routing = single.trace.records["routing"][0]
+            assert torch.allclose(routing, batch.trace.records["routing"][i], atol=1e-5), f"sample {i}: routing differs"
         # Same threads and seed: a flip would need a sample within round-off (~1e-7) of a threshold.
         assert _decisions(single.trace, 0) == _decisions(batch.trace, i), f"sample {i}: decisions differ"
         for name, record in single.trace.records.items():
@@ -161,7 +168,10 @@ def check_real_skipping(config: dict[str, Any]) -> None:
             for name, count in out.trace.counts.items():
                 assert rows[name] == int(count[0]), f"sample {i}: {name} ran {rows[name]}x, trace says {int(count[0])}"
                 skipped_somewhere |= int(count[0]) == 0 or int(count[0]) < static_runs[name]
-        assert skipped_somewhere, "no component was ever skipped: the tiny config shows no dynamic saving"
+        if model.skips_work:
+            assert skipped_somewhere, "no component was ever skipped: the tiny config shows no dynamic saving"
+        else:  # it declares that every component runs for every sample: hold it to that
+            assert not skipped_somewhere, "a mechanism with skips_work = False skipped a component"
         rows.clear()
         out = _eval(model, x)
         for name, count in out.trace.counts.items():

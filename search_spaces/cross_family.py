@@ -1,0 +1,34 @@
+"""One space across families: the mechanism is itself a searched choice (``mechanism_family``:
+``static``, ``exits``, ``gates`` (ConvNet-AIG or SkipNet), ``condconv``), and only the chosen
+family's parameters are asked, by that family's own space (``exits``, ``gates``, ``experts``).
+
+Needs ``backbone.kind: resnet`` (the one backbone every family here runs on).
+``static`` is the plain backbone: an early-exit network without exits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dynsearch.search_spaces import exits, experts, gates
+from dynsearch.spaces import trial_config
+
+FAMILIES = {"exits": exits.define, "gates": gates.define, "condconv": experts.define}
+
+DEFAULTS: dict[str, Any] = {
+    **exits.DEFAULTS, **gates.DEFAULTS, **experts.DEFAULTS,
+    "mechanism_family": "condconv",
+}
+
+
+def check_recipe(recipe) -> None:
+    if recipe.backbone.kind != "resnet":
+        raise ValueError(f"space 'cross_family' needs backbone.kind: resnet (got {recipe.backbone.kind}); set it")
+    gates.check_recipe(recipe)
+
+
+def define(trial, recipe, data) -> dict[str, Any]:
+    """Ask ``trial`` for a mechanism family, then that family's parameters; return the trial config."""
+    family = trial.suggest_categorical("mechanism_family", ["static", *FAMILIES])
+    if family == "static":
+        return trial_config(trial, recipe, data, "exits", {"exits": {"stages": [], "head_width": 0}})
+    return FAMILIES[family](trial, recipe, data)
