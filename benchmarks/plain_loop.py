@@ -1,0 +1,51 @@
+"""The baseline of the overhead benchmark: a trial's training written as a plain PyTorch loop.
+
+Same model, data, seed, batches, optimiser, steps, per-epoch validation and
+final measurement as a dynsearch trial (trial.py: ``train_model`` then
+``evaluate``), without Lightning, Ray, reporting or trial files. What a trial
+takes beyond this loop is the framework's overhead.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dynsearch.dynamic import build_model
+from dynsearch.trial import evaluate
+
+
+def plain_train_seconds(config: dict[str, Any], splits, threads: int = 1) -> float:
+    """Train and measure the model a trial config describes; return the wall seconds it took."""
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    train = config["train"]
+    torch.manual_seed(int(train["seed"]))
+    model = build_model(config)
+    model.component_macs()
+    generator = torch.Generator().manual_seed(int(train["seed"]))
+    train_loader = DataLoader(TensorDataset(splits.train_x, splits.train_y), batch_size=int(train["batch_size"]),
+                              shuffle=True, generator=generator)
+    val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(train["lr"]))
+    epochs = int(train["epochs"])
+    total_steps, step = epochs * len(train_loader), 0
+    for _ in range(epochs):
+        model.train()
+        for x, y in train_loader:
+            model.set_training_progress(step / max(1, total_steps))
+            loss = model.training_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+        model.eval()
+        with torch.no_grad():  # what the trial's validation_step computes
+            for x, y in val_loader:
+                out = model(x)
+                int((out.logits.argmax(1) == y).sum())
+                float(out.trace.macs_per_sample(model.component_macs()).sum())
+    evaluate(model, splits)
+    return time.perf_counter() - started

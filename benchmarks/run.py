@@ -1,0 +1,172 @@
+"""The benchmark suite (issue 13): where dynsearch stands, in one run.
+
+  python benchmarks/run.py                    # all sections; writes the committed results
+  python benchmarks/run.py --sections 3,4     # some sections, merged into the committed summary
+  python benchmarks/run.py --quick            # every section at a tiny budget, into a scratch folder
+
+Sections: 1 dynamic vs static spaces (digits, MNIST-1D), 2 hypervolume of
+NSGA-II / TPE vs random search, 3 framework overhead, 4 parallel scaling,
+5 realised speed-up (read from benchmarks/results/latency.json).
+
+Full mode writes ``benchmarks/results/summary.json`` and replaces the text
+between ``<!-- suite:start -->`` and ``<!-- suite:end -->`` in
+``benchmarks/RESULTS.md``, leaving the rest of the file alone. A partial run
+(``--sections``) replaces only the sections it ran: the others, each with its
+own command and date, are kept from the existing summary. ``--quick`` (or
+``--out DIR``) writes ``summary.json`` and ``RESULTS.md`` to a scratch folder
+and never touches the committed files. Search run directories go to a
+temporary folder (``--work`` to choose it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS, SUMMARY, LATENCY = BENCH / "RESULTS.md", BENCH / "results" / "summary.json", BENCH / "results" / "latency.json"
+SECTIONS = ("1", "2", "3", "4", "5")
+# Budgets: full mode is sized for ~35-40 min on 2 quiet cores, quick mode for ~2 min.
+FULL = {"trials": 24, "epochs": None, "hv_seeds": [0, 1, 2, 3, 4], "timing_trials": 24}
+QUICK = {"trials": 4, "epochs": 1, "hv_seeds": [0, 1], "timing_trials": 4}
+SEED = 0  # sections 1, 3 and 4; section 2 uses hv_seeds
+
+
+def _sections(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: sections are a comma-separated list of {', '.join(SECTIONS)}")
+    return sorted(set(chosen))
+
+
+def machine() -> dict:
+    import numpy
+    import optuna
+    import pytorch_lightning
+    import ray
+    import torch
+
+    import dynsearch
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "versions": {"dynsearch": dynsearch.__version__, "torch": torch.__version__, "ray": ray.__version__,
+                         "optuna": optuna.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+                         "numpy": numpy.__version__}}
+
+
+def realised_speedup() -> dict:
+    """Section 5: the latency benchmark's headline, read (never rerun) from its committed results."""
+    if not LATENCY.is_file():
+        return {"available": False, "note": f"{LATENCY.relative_to(BENCH.parent)} is missing: run benchmarks/latency.py"}
+    latency = json.loads(LATENCY.read_text())
+    headline = latency["headline"]
+    return {"available": True, "source": str(LATENCY.relative_to(BENCH.parent)), "source_command": latency["command"],
+            **{k: headline[k] for k in ("trial", "macs_speedup", "realised_speedup", "ratio")},
+            "target": "realised speed-up at least 0.85 of the MACs speed-up",
+            "pass": bool(latency["targets"]["realised_at_least_0.85_of_macs"])}
+
+
+def run_sections(chosen: list[str], budget: dict, work: Path, command: str) -> dict:
+    """Run the chosen sections; return their results by section number."""
+    import ray
+
+    import suite_overhead
+    import suite_searches
+    from dynsearch.tuner import _init_ray
+
+    done: dict = {}
+
+    def finish(key: str, result: dict, started: float) -> None:
+        done[key] = {**result, "command": command, "budget": budget, "seconds": round(time.perf_counter() - started, 1),
+                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "load_average": os.getloadavg()}
+        print(f"[section {key}] done in {done[key]['seconds']:.0f} s", flush=True)
+
+    if {"1", "2"} & set(chosen):
+        _init_ray(None)  # one local Ray instance for every in-process search of sections 1 and 2
+        try:
+            if "1" in chosen:
+                started = time.perf_counter()
+                print("[section 1] dynamic vs static: digits, mnist1d", flush=True)
+                datasets = {name: suite_searches.dynamic_vs_static(name, work / "s1", budget["trials"],
+                                                                   budget["epochs"], SEED)
+                            for name in ("digits", "mnist1d")}
+                finish("1", {"datasets": datasets}, started)
+            if "2" in chosen:
+                started = time.perf_counter()
+                print(f"[section 2] hypervolume: nsga2, tpe, random x seeds {budget['hv_seeds']}", flush=True)
+                finish("2", suite_searches.sampler_comparison(work / "s2", budget["trials"], budget["epochs"],
+                                                              budget["hv_seeds"]), started)
+        finally:
+            ray.shutdown()
+    if {"3", "4"} & set(chosen):
+        from dynsearch.data import load_splits
+
+        started = time.perf_counter()
+        print("[sections 3, 4] dynsearch search with 1, then 2 concurrent trials", flush=True)
+        (work / "s34").mkdir(parents=True, exist_ok=True)
+        runs = [suite_overhead.timed_search(work / "s34" / f"concurrent-{n}", budget["timing_trials"],
+                                            budget["epochs"], n, SEED) for n in (1, 2)]
+        print(f"  searches: {runs[0]['wall_s']:.0f} s and {runs[1]['wall_s']:.0f} s; plain loops next", flush=True)
+        if "3" in chosen:
+            suite_overhead.plain_times(runs, load_splits("digits", 0))
+            finish("3", suite_overhead.overhead(*runs), started)
+        if "4" in chosen:
+            finish("4", suite_overhead.scaling(*runs), started)
+    if "5" in chosen:
+        finish("5", realised_speedup(), time.perf_counter())
+    return done
+
+
+def write(summary_path: Path, results_path: Path, sections: dict, command: str, mode: str,
+          budget: dict) -> dict:
+    import suite_report
+
+    values = suite_report.headline_values(sections)
+    summary = {"command": command, "mode": mode, "machine": machine(), "budget": budget,
+               "seeds": {"sections_1_3_4": SEED, "section_2": budget["hv_seeds"], "data_split_seed": 0,
+                         "trial_training_seed": "search seed + trial number"},
+               **values, "headlines": suite_report.headlines(values, sections), "sections": sections}
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    text = results_path.read_text() if results_path.is_file() else "# Benchmark results\n"
+    results_path.write_text(suite_report.replace_section(text, suite_report.markdown(summary)))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, results in a scratch folder")
+    parser.add_argument("--sections", type=_sections, default=list(SECTIONS), help="e.g. 1,2 (default: all)")
+    parser.add_argument("--out", help="write summary.json and RESULTS.md here instead of the committed files")
+    parser.add_argument("--work", help="folder for the searches' run directories (default: a temporary one)")
+    args = parser.parse_args()
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+    scratch = Path(args.out).resolve() if args.out else (
+        Path(tempfile.mkdtemp(prefix="dynsearch-bench-")) if args.quick else None)
+    work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="dynsearch-bench-runs-"))
+    budget = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
+    summary_path, results_path = (scratch / "summary.json", scratch / "RESULTS.md") if scratch else (SUMMARY, RESULTS)
+    print(f"{command}: sections {','.join(args.sections)}, {mode} mode, run dirs in {work}, "
+          f"results to {summary_path.parent}", flush=True)
+    sys.path.insert(0, str(BENCH))
+    kept = {}
+    if summary_path.is_file() and set(args.sections) != set(SECTIONS):
+        kept = json.loads(summary_path.read_text()).get("sections", {})  # a partial run keeps the other sections
+    sections = {**kept, **run_sections(args.sections, budget, work, command.strip())}
+    summary = write(summary_path, results_path, dict(sorted(sections.items())), command.strip(), mode, budget)
+    for name, item in summary["headlines"].items():
+        print(f"{name}: {item['value']} (target {item['target']}): {item['pass']}", flush=True)
+    print(f"wrote {summary_path} and {results_path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
