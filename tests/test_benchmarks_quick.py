@@ -53,7 +53,7 @@ def test_quick_mode_runs_every_section_into_scratch(tmp_path):
     assert 0.5 < summary["trial_overhead_ratio"] < 20
     assert 0.0 < summary["search_efficiency"] < 1.5
     assert 0.0 < summary["first_trial_s"] < 300
-    assert 0.3 < summary["scaling_2_vs_1"] < 3.0
+    assert 0.1 < summary["scaling_2_vs_1"] < 4.0
     assert _finite(summary["realised_speedup"])
     for name in ("dyn_static_macs_ratio", "hv", "trial_overhead_ratio", "search_efficiency", "first_trial_s",
                  "scaling_2_vs_1"):
