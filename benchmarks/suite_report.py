@@ -74,7 +74,7 @@ def _verdict(passed) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The suite's section of RESULTS.md, between the START and END markers."""
-    sections = summary["sections"]
+    sections, cpus = summary["sections"], summary["machine"]["cpus"]
     lines = [START, "## Benchmark suite (`python benchmarks/run.py`)", ""]
     lines += [f"Written by `{summary['command']}` ({summary['mode']} mode) on {summary['machine']['cpus']} CPUs; "
               "each section lists its own command and the load average while it ran. "
@@ -91,8 +91,9 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append("Not run yet.")
             continue
         lines += render(section)
+        busy = " (busy machine: timings not representative)" if section["load_average"][0] > cpus else ""
         lines.append(f"\n_`{section['command']}`, {section['finished_at']}, load average "
-                     f"{_fmt(section['load_average'][0], 2)} (1 min) at the end._")
+                     f"{_fmt(section['load_average'][0], 2)} (1 min) at the end{busy}._")
     lines.append(END)
     return "\n".join(lines) + "\n"
 
