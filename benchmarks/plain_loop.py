@@ -17,8 +17,9 @@ from dynsearch.dynamic import build_model
 from dynsearch.trial import evaluate
 
 
-def plain_train_seconds(config: dict[str, Any], splits, threads: int = 1) -> float:
-    """Train and measure the model a trial config describes; return the wall seconds it took."""
+def plain_train(config: dict[str, Any], splits, threads: int = 1) -> tuple[float, dict[str, Any]]:
+    """Train and measure the model a trial config describes; return the wall seconds it took
+    and the measured figures (``evaluate``'s: the trial's own when the training is the same)."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
     train = config["train"]
@@ -47,5 +48,5 @@ def plain_train_seconds(config: dict[str, Any], splits, threads: int = 1) -> flo
                 out = model(x)
                 int((out.logits.argmax(1) == y).sum())
                 float(out.trace.macs_per_sample(model.component_macs()).sum())
-    evaluate(model, splits)
-    return time.perf_counter() - started
+    metrics = evaluate(model, splits)
+    return time.perf_counter() - started, metrics
