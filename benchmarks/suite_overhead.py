@@ -45,13 +45,18 @@ def timed_search(out: Path, trials: int, epochs: int | None, concurrent: int, se
         command += ["--epochs", str(epochs)]
     load_before = os.getloadavg()
     started = time.time()
-    with open(out.parent / f"{out.name}.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    log_path = out.parent / f"{out.name}.log"
+    with open(log_path, "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     wall_s = time.time() - started
+    if code != 0:
+        raise RuntimeError(f"'{' '.join(command)}' exited with {code}; see {log_path}")
     ray_times = _ray_times(out)
     trials_run = []
     for folder in sorted((out / "trials").iterdir(), key=lambda p: int(p.name)):
         metrics_file = folder / "metrics.json"
+        if not metrics_file.is_file():  # a trial whose worker was lost and rerun elsewhere
+            continue
         metrics = json.loads(metrics_file.read_text())
         trials_run.append({
             "trial": int(folder.name),

@@ -50,6 +50,8 @@ def test_quick_mode_runs_every_section_into_scratch(tmp_path):
         histories = summary["sections"]["2"]["hv_history"][name]
         assert all(h == sorted(h) for h in histories)  # a front's hypervolume never shrinks
 
+    overhead = summary["sections"]["3"]
+    assert overhead["plain_same_accuracy"] == overhead["plain_trials"] > 0  # the baseline is the same training
     assert 0.5 < summary["trial_overhead_ratio"] < 20
     assert 0.0 < summary["search_efficiency"] < 1.5
     assert 0.0 < summary["first_trial_s"] < 300
