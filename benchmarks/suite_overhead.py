@@ -37,6 +37,11 @@ def _ray_times(run_dir: Path) -> dict[int, float]:
     return times
 
 
+def _sweep_seconds(folder: Path) -> float | None:
+    points = folder / "operating_points.json"
+    return json.loads(points.read_text()).get("sweep_seconds") if points.is_file() else None
+
+
 def timed_search(out: Path, trials: int, epochs: int | None, concurrent: int, seed: int) -> dict[str, Any]:
     """Run ``dynsearch search`` as a subprocess; return its wall time and each trial's timestamps."""
     command = [*dynsearch_command(), "search", "digits-exits", "--trials", str(trials), "--concurrent",
@@ -65,6 +70,8 @@ def timed_search(out: Path, trials: int, epochs: int | None, concurrent: int, se
             "started": json.loads((folder / "placement.json").read_text())["started"],
             "ended": metrics_file.stat().st_mtime,
             "ray_time_total_s": ray_times.get(int(folder.name)),
+            # The trial's operating-point sweep (operating_points.py) is work beyond the plain loop's.
+            "sweep_s": _sweep_seconds(folder),
             "config": json.loads((folder / "config.json").read_text()),
         })
     return {"command": " ".join(command[1:]), "command_started": started, "wall_s": wall_s,
@@ -104,6 +111,7 @@ def overhead(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
         "trial_overhead_ratio_range": [min(ratios), max(ratios)],
         "trial_ray_seconds_median": statistics.median(t["ray_time_total_s"] for t in _complete(one)),
         "trial_plain_seconds_median": statistics.median(t["plain_s"] for t in _complete(one)),
+        "trial_sweep_seconds_median": statistics.median(t["sweep_s"] or 0.0 for t in _complete(one)),
         "plain_same_accuracy": sum(t["plain_accuracy"] == t["accuracy"] for t in trials),
         "plain_trials": len(trials),
         "search_efficiency": plain_sum / 2 / two["wall_s"],
