@@ -17,19 +17,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from export_default import timed  # the subprocess timer both export benchmarks use
+
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_export.json"
-
-
-def run(args: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, check=True)
-    return time.perf_counter() - start, proc.stdout
 
 
 def batched_first_graph_ms(folder: Path, card: dict, inputs, repeats: int) -> dict[str, float]:
@@ -62,11 +57,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dynsearch-int8-"))
     run_dir, search_seconds = Path(args.run) if args.run else work / "run", None
     if not args.run:
-        search_seconds, _ = run(["dynsearch", "search", "--out", str(run_dir), "--wandb", "off"])
-    _, front_stdout = run(["dynsearch", "pareto", str(run_dir), "--json"])
+        search_seconds, _ = timed(["dynsearch", "search", "--out", str(run_dir), "--wandb", "off"])
+    _, front_stdout = timed(["dynsearch", "pareto", str(run_dir), "--json"])
     best = max(json.loads(front_stdout), key=lambda item: (item["accuracy"], -item["macs"]))
     out = work / "models"
-    export_seconds, export_stdout = run(["dynsearch", "export", str(run_dir), "--trials", str(best["trial"]),
+    export_seconds, export_stdout = timed(["dynsearch", "export", str(run_dir), "--trials", str(best["trial"]),
                                          "--out", str(out), "--quantize", "int8"])
     folder = out / f"trial-{best['trial']}"
     card = json.loads((folder / "card.json").read_text())

@@ -20,6 +20,12 @@ def register_space(name: str, space: Any) -> None:
     _REGISTERED[name] = space
 
 
+def require_backbone_kind(recipe, space: str, kind: str) -> None:
+    """The check a space makes when it builds on one backbone kind (raised as a recipe error)."""
+    if recipe.backbone.kind != kind:
+        raise ValueError(f"space '{space}' needs backbone.kind: {kind} (got {recipe.backbone.kind}); set it")
+
+
 def available_spaces() -> list[str]:
     import dynsearch.search_spaces as package
 

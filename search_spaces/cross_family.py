@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynsearch.search_spaces import exits, experts, gates
-from dynsearch.spaces import trial_config
+from dynsearch.spaces import require_backbone_kind, trial_config
 
 FAMILIES = {"exits": exits.define, "gates": gates.define, "condconv": experts.define}
 
@@ -21,8 +21,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check_recipe(recipe) -> None:
-    if recipe.backbone.kind != "resnet":
-        raise ValueError(f"space 'cross_family' needs backbone.kind: resnet (got {recipe.backbone.kind}); set it")
+    require_backbone_kind(recipe, "cross_family", "resnet")
     gates.check_recipe(recipe)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from dynsearch.search_spaces.exit_policies import DEFAULTS as EXIT_DEFAULTS
 from dynsearch.search_spaces.exit_policies import THRESHOLD_POLICIES, define_exit_rule
-from dynsearch.spaces import suggest_exit_stages, trial_config
+from dynsearch.spaces import require_backbone_kind, suggest_exit_stages, trial_config
 
 MAX_STAGES = 8  # the recipe allows at most 8 widths
 
@@ -25,8 +25,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check_recipe(recipe) -> None:
-    if recipe.backbone.kind != "transformer":
-        raise ValueError(f"space 'depth' needs backbone.kind: transformer (got {recipe.backbone.kind}); set it")
+    require_backbone_kind(recipe, "depth", "transformer")
 
 
 def define(trial, recipe, data) -> dict[str, Any]:

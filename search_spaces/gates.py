@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import trial_config
+from dynsearch.spaces import require_backbone_kind, trial_config
 
 MAX_BLOCKS = 32  # gate_block_<k> / gate_target_rate_<k> exist for k < MAX_BLOCKS
 
@@ -42,8 +42,7 @@ def gateable_blocks(backbone) -> list[int]:
 
 
 def check_recipe(recipe) -> None:
-    if recipe.backbone.kind != "resnet":
-        raise ValueError(f"space 'gates' needs backbone.kind: resnet (got {recipe.backbone.kind}); set it")
+    require_backbone_kind(recipe, "gates", "resnet")
     if len(recipe.backbone.widths) * recipe.backbone.depth > MAX_BLOCKS:
         raise ValueError(f"space 'gates' handles at most {MAX_BLOCKS} blocks; use fewer widths or a smaller depth")
 

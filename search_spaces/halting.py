@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import trial_config
+from dynsearch.spaces import require_backbone_kind, trial_config
 
 DEFAULTS: dict[str, Any] = {
     "halting_mechanism": "act",
@@ -25,8 +25,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check_recipe(recipe) -> None:
-    if recipe.backbone.kind != "recurrent":
-        raise ValueError(f"space 'halting' needs backbone.kind: recurrent (got {recipe.backbone.kind}); set it")
+    require_backbone_kind(recipe, "halting", "recurrent")
 
 
 def define(trial, recipe, data) -> dict[str, Any]:
