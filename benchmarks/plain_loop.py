@@ -2,8 +2,9 @@
 
 Same model, data, seed, batches, optimiser, steps, per-epoch validation and
 final measurement as a dynsearch trial (trial.py: ``train_model`` then
-``evaluate``), without Lightning, Ray, reporting or trial files. What a trial
-takes beyond this loop is the framework's overhead.
+``evaluate``, then the operating-point sweep a trial runs on its model),
+without Lightning, Ray, reporting or trial files. What a trial takes beyond
+this loop is the framework's overhead.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from dynsearch.dynamic import build_model
+from dynsearch.operating_points import sweep
 from dynsearch.trial import evaluate
 
 
 def plain_train(config: dict[str, Any], splits, threads: int = 1) -> tuple[float, dict[str, Any]]:
-    """Train and measure the model a trial config describes; return the wall seconds it took
-    and the measured figures (``evaluate``'s: the trial's own when the training is the same)."""
+    """Train and measure the model a trial config describes, then sweep its operating points
+    (the same work as a trial); return the wall seconds it took and the measured figures
+    (``evaluate``'s: the trial's own when the training is the same), with ``sweep_s``, the
+    seconds of the sweep alone."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
     train = config["train"]
@@ -49,4 +53,7 @@ def plain_train(config: dict[str, Any], splits, threads: int = 1) -> tuple[float
                 int((out.logits.argmax(1) == y).sum())
                 float(out.trace.macs_per_sample(model.component_macs()).sum())
     metrics = evaluate(model, splits)
-    return time.perf_counter() - started, metrics
+    sweep_started = time.perf_counter()
+    sweep(model, splits, metrics["measured_with"]["batch_size"])  # a trial sweeps its knobs too
+    done = time.perf_counter()
+    return done - started, {**metrics, "sweep_s": done - sweep_started}

@@ -2,9 +2,9 @@
 
 Both sections time the same two runs of the ``dynsearch search`` command (a
 subprocess, as a user runs it): the default recipe with 1 and with 2
-concurrent trials, one CPU per trial. Every trial's training is then timed
-again in a plain PyTorch loop (plain_loop.py) in this process, alone, on one
-thread, like the trial.
+concurrent trials, one CPU per trial. Every trial's work (training, final
+measurement, operating-point sweep) is then timed again in a plain PyTorch
+loop (plain_loop.py) in this process, alone, on one thread, like the trial.
 """
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def plain_times(runs: list[dict[str, Any]], splits) -> None:
             if key not in cache:
                 cache[key] = plain_train(trial["config"], splits, threads=1)
             trial["plain_s"], trial["plain_accuracy"] = cache[key][0], cache[key][1]["accuracy"]
+            trial["plain_sweep_s"] = cache[key][1]["sweep_s"]
 
 
 def _complete(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,15 +104,20 @@ def _complete(run: dict[str, Any]) -> list[dict[str, Any]]:
 def overhead(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
     """Section 3 from the 1-concurrent run (a) and the 2-concurrent run (b, c)."""
     ratios = [t["ray_time_total_s"] / t["plain_s"] for t in _complete(one) if t["ray_time_total_s"]]
+    # For comparison with earlier runs, whose plain loop did not sweep: both sides without the sweep.
+    unswept = [(t["ray_time_total_s"] - (t["sweep_s"] or 0.0)) / (t["plain_s"] - t["plain_sweep_s"])
+               for t in _complete(one) if t["ray_time_total_s"]]
     trials = _complete(one) + _complete(two)
     plain_sum = sum(t["plain_s"] for t in _complete(two))
     first_started = min(t["started"] for t in two["trials"])
     return {
         "trial_overhead_ratio": statistics.median(ratios),
         "trial_overhead_ratio_range": [min(ratios), max(ratios)],
+        "trial_overhead_ratio_without_sweep": statistics.median(unswept),
         "trial_ray_seconds_median": statistics.median(t["ray_time_total_s"] for t in _complete(one)),
         "trial_plain_seconds_median": statistics.median(t["plain_s"] for t in _complete(one)),
         "trial_sweep_seconds_median": statistics.median(t["sweep_s"] or 0.0 for t in _complete(one)),
+        "plain_sweep_seconds_median": statistics.median(t["plain_sweep_s"] for t in _complete(one)),
         "plain_same_accuracy": sum(t["plain_accuracy"] == t["accuracy"] for t in trials),
         "plain_trials": len(trials),
         "search_efficiency": plain_sum / 2 / two["wall_s"],

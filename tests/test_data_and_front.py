@@ -15,6 +15,18 @@ def test_parity_labels_count_plus_ones():
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
 
 
+def test_digits_read_from_the_bundled_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from dynsearch.data import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == np.float32
+    assert np.array_equal(images[:, 0] * 16.0, bunch.images.astype(np.float32))
+    assert np.array_equal(labels, bunch.target)
+
+
 def test_mnist1d_is_generated_with_fixed_splits():
     first, second = load_splits("mnist1d", 0), load_splits("mnist1d", 0)
     assert first.input_shape == (40,) and first.num_classes == 10

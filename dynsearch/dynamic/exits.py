@@ -195,7 +195,10 @@ class EarlyExitNet(DynamicModel):
 
     def runtime_knobs(self) -> dict[str, list[float]]:
         """``threshold`` (confidence, entropy, FastBERT's speed) or ``patience`` (PABEE): a grid
-        from always leaving at the first exit to (nearly) never leaving early, plus the trained value."""
+        from always leaving at the first exit to (nearly) never leaving early, plus the trained value.
+        None without exits: every value gives the same model, so there is nothing to sweep."""
+        if not self.exit_stages:
+            return {}
         if self.policy == "patience":  # patience >= number of exits: only the final classifier answers
             return {"patience": list(range(len(self.exit_stages) + 1))}
         scale = math.log(self.config["num_classes"]) if self.policy == "entropy" else 1.0
@@ -203,10 +206,10 @@ class EarlyExitNet(DynamicModel):
         return {"threshold": sorted({*grid, self.threshold})}
 
     def set_runtime_knobs(self, values: dict[str, float]) -> None:
-        knobs = self.runtime_knobs()
+        knob = "patience" if self.policy == "patience" else "threshold"  # settable without exits too (no effect)
         for name, value in values.items():
-            if name not in knobs:
-                raise ValueError(f"{self.policy} exits have the runtime knob {sorted(knobs)}, not {name!r}")
+            if name != knob:
+                raise ValueError(f"{self.policy} exits have the runtime knob {[knob]}, not {name!r}")
             if name == "patience" and (value != int(value) or value < 0):
                 raise ValueError(f"patience must be a whole number >= 0, not {value!r}")
             setattr(self, name, int(value) if name == "patience" else float(value))
