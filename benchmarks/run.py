@@ -35,8 +35,8 @@ SECTIONS = ("1", "2", "3", "4", "5")
 # Budgets: full mode is sized for well under 60 min on 2 quiet cores, quick mode for ~2 min.
 # A quiet 2-core estimate, full: sections 1 ~3 min, 2 ~13 min, 3+4 ~4 min (about 1.3 s per digits trial
 # with 2 at once, 5-10 s to start a search). Quick is dominated by the 9 searches' start-up.
-FULL = {"trials": 24, "epochs": None, "hv_seeds": [0, 1, 2], "timing_trials": 24}
-QUICK = {"trials": 3, "epochs": 3, "hv_seeds": [0], "timing_trials": 3}
+FULL = {"trials": 24, "epochs": None, "hv_seeds": [0, 1, 2], "timing_trials": 24, "long_epochs": 60}
+QUICK = {"trials": 3, "epochs": 3, "hv_seeds": [0], "timing_trials": 3, "long_epochs": None}
 SEED = 0  # sections 1, 3 and 4; section 2 uses hv_seeds
 
 
@@ -118,8 +118,18 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str) -> d
                                             budget["epochs"], n, SEED) for n in (1, 2)]
         print(f"  searches: {runs[0]['wall_s']:.0f} s and {runs[1]['wall_s']:.0f} s; plain loops next", flush=True)
         if "3" in chosen:
-            suite_overhead.plain_times(runs, load_splits("digits", 0))
-            finish("3", suite_overhead.overhead(*runs), started)
+            long_run = None
+            if budget.get("long_epochs"):  # 3(b) again with trials as long as a real search's (full mode only)
+                long_run = suite_overhead.timed_search(work / "s34" / f"concurrent-2-epochs-{budget['long_epochs']}",
+                                                       budget["timing_trials"], budget["long_epochs"], 2, SEED)
+                print(f"  search with {budget['long_epochs']}-epoch trials: {long_run['wall_s']:.0f} s", flush=True)
+            splits = load_splits("digits", 0)
+            suite_overhead.plain_times(runs, splits)
+            result = suite_overhead.overhead(*runs)
+            if long_run is not None:
+                suite_overhead.plain_times([long_run], splits)
+                result["long_trials"] = suite_overhead.efficiency(long_run)
+            finish("3", result, started)
         if "4" in chosen:
             finish("4", suite_overhead.scaling(*runs), started)
     if "5" in chosen:

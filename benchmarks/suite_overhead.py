@@ -129,6 +129,19 @@ def overhead(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def efficiency(run: dict[str, Any]) -> dict[str, Any]:
+    """3(b) for one 2-concurrent run: (sum of its trials' plain-loop seconds / 2) / its wall time."""
+    complete = _complete(run)
+    plain_sum = sum(t["plain_s"] for t in complete)
+    return {"command": run["command"], "search_efficiency": plain_sum / 2 / run["wall_s"],
+            "plain_seconds_sum": plain_sum, "search_wall_s": run["wall_s"], "complete": len(complete),
+            "trial_plain_seconds_median": statistics.median(t["plain_s"] for t in complete),
+            "trial_ray_seconds_median": statistics.median(t["ray_time_total_s"] for t in complete
+                                                          if t["ray_time_total_s"]),
+            "first_trial_s": min(t["started"] for t in run["trials"]) - run["command_started"],
+            "plain_same_accuracy": sum(t["plain_accuracy"] == t["accuracy"] for t in complete)}
+
+
 def throughput(run: dict[str, Any]) -> dict[str, Any]:
     """COMPLETE trials per hour over the trial phase (first trial start to last trial end) and end to end."""
     complete = _complete(run)
