@@ -16,6 +16,8 @@ def headline_values(sections: dict[str, Any]) -> dict[str, Any]:
         "hv": s2["hv"] if s2 else None,
         "trial_overhead_ratio": s3["trial_overhead_ratio"] if s3 else None,
         "search_efficiency": s3["search_efficiency"] if s3 else None,
+        # Context, not a headline: 3(b) again with 60-epoch trials (full mode only).
+        "search_efficiency_long_trials": (s3.get("long_trials") or {}).get("search_efficiency") if s3 else None,
         "first_trial_s": s3["first_trial_s"] if s3 else None,
         "scaling_2_vs_1": s4["scaling_2_vs_1"] if s4 else None,
         "realised_speedup": s5.get("realised_speedup") if s5 else None,
