@@ -41,6 +41,16 @@ def timed(args: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, proc.stdout
 
 
+def default_run(given: str | None, work: Path) -> tuple[Path, float | None]:
+    """The run directory to measure: ``given``, else a default search run now into ``work/run``
+    (with its wall seconds; None when given)."""
+    if given:
+        return Path(given), None
+    run = work / "run"
+    seconds, _ = timed(["dynsearch", "search", "--out", str(run), "--wandb", "off"])
+    return run, seconds
+
+
 def onnx_checks(folder: Path, splits) -> dict:
     """Per-graph parity on the validation split, and staged onnxruntime inference vs PyTorch at batch 1."""
     import numpy as np
@@ -87,9 +97,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS), help="where to write the results JSON")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dynsearch-export-"))
-    run, search_seconds = Path(args.run) if args.run else work / "run", None
-    if not args.run:
-        search_seconds, _ = timed(["dynsearch", "search", "--out", str(run), "--wandb", "off"])
+    run, search_seconds = default_run(args.run, work)
     out = work / "models"
     export_seconds, export_stdout = timed(["dynsearch", "export", str(run), "--pareto", "--out", str(out),
                                            "--format", "onnx"])

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from export_default import timed  # the subprocess timer both export benchmarks use
+from export_default import default_run, timed  # shared by both export benchmarks
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_export.json"
 
@@ -55,9 +55,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS), help="where to write the results JSON")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dynsearch-int8-"))
-    run_dir, search_seconds = Path(args.run) if args.run else work / "run", None
-    if not args.run:
-        search_seconds, _ = timed(["dynsearch", "search", "--out", str(run_dir), "--wandb", "off"])
+    run_dir, search_seconds = default_run(args.run, work)
     _, front_stdout = timed(["dynsearch", "pareto", str(run_dir), "--json"])
     best = max(json.loads(front_stdout), key=lambda item: (item["accuracy"], -item["macs"]))
     out = work / "models"

@@ -123,11 +123,9 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str) -> d
                 long_run = suite_overhead.timed_search(work / "s34" / f"concurrent-2-epochs-{budget['long_epochs']}",
                                                        budget["timing_trials"], budget["long_epochs"], 2, SEED)
                 print(f"  search with {budget['long_epochs']}-epoch trials: {long_run['wall_s']:.0f} s", flush=True)
-            splits = load_splits("digits", 0)
-            suite_overhead.plain_times(runs, splits)
+            suite_overhead.plain_times(runs + ([long_run] if long_run else []), load_splits("digits", 0))
             result = suite_overhead.overhead(*runs)
             if long_run is not None:
-                suite_overhead.plain_times([long_run], splits)
                 result["long_trials"] = suite_overhead.efficiency(long_run)
             finish("3", result, started)
         if "4" in chosen:

@@ -108,8 +108,7 @@ def overhead(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
     unswept = [(t["ray_time_total_s"] - (t["sweep_s"] or 0.0)) / (t["plain_s"] - t["plain_sweep_s"])
                for t in _complete(one) if t["ray_time_total_s"]]
     trials = _complete(one) + _complete(two)
-    plain_sum = sum(t["plain_s"] for t in _complete(two))
-    first_started = min(t["started"] for t in two["trials"])
+    searched = efficiency(two)
     return {
         "trial_overhead_ratio": statistics.median(ratios),
         "trial_overhead_ratio_range": [min(ratios), max(ratios)],
@@ -120,10 +119,7 @@ def overhead(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
         "plain_sweep_seconds_median": statistics.median(t["plain_sweep_s"] for t in _complete(one)),
         "plain_same_accuracy": sum(t["plain_accuracy"] == t["accuracy"] for t in trials),
         "plain_trials": len(trials),
-        "search_efficiency": plain_sum / 2 / two["wall_s"],
-        "plain_seconds_sum": plain_sum,
-        "search_wall_s": two["wall_s"],
-        "first_trial_s": first_started - two["command_started"],
+        **{k: searched[k] for k in ("search_efficiency", "plain_seconds_sum", "search_wall_s", "first_trial_s")},
         "first_trial_s_concurrent_1": min(t["started"] for t in one["trials"]) - one["command_started"],
         "commands": [one["command"], two["command"]],
     }
