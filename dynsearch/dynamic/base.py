@@ -119,6 +119,11 @@ class OnnxForm:
     parts: list[OnnxPart]
 
 
+def tiny_train() -> dict[str, Any]:
+    """The training settings of every mechanism's tiny configs (``tiny_configs``): one short epoch."""
+    return {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0}
+
+
 class DynamicModel(nn.Module):
     """Base of every mechanism.
 

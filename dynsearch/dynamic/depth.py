@@ -28,7 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.backbones import SequenceMean
-from dynsearch.dynamic.base import DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism
+from dynsearch.dynamic.base import (
+    DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism, tiny_train,
+)
 from dynsearch.dynamic.exits import EarlyExitNet
 
 DEPTH_SHIFT_GRID = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the operating-point sweep's values
@@ -41,7 +43,7 @@ def _tiny(policy: str, **exits: Any) -> dict[str, Any]:
         "num_classes": 4,
         "backbone": {"kind": "transformer", "widths": [8, 8, 8], "depth": 1, "heads": 2},
         "exits": {"stages": [0, 1], "head_width": 0, "policy": policy, "loss_weight": 1.0, **exits},
-        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "train": tiny_train(),
         "trial": 0,
     }
 

@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic.base import (
     DynamicModel, DynamicOutput, OnnxForm, OnnxPart, Trace, register_mechanism,
+    tiny_train,
 )
 
 POLICIES = ("confidence", "entropy", "fastbert", "patience")
@@ -83,7 +84,7 @@ def _tiny(policy: str = "confidence", **exits: Any) -> dict[str, Any]:
         "num_classes": 10,
         "backbone": {"kind": exits.pop("kind", "cnn"), "widths": [4, 8, 8], "depth": 1},
         "exits": {"stages": [0, 1], "head_width": 8, "policy": policy, "loss_weight": 0.5, **exits},
-        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "train": tiny_train(),
         "trial": 0,
     }
 

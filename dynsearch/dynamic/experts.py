@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.backbones import build_backbone, make_head, self_attention, stage_output_shapes
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism, tiny_train
 
 
 def within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
@@ -152,7 +152,7 @@ def _moe_tiny(kind: str, **experts: Any) -> dict[str, Any]:
         "num_classes": 4,
         "backbone": {"kind": kind, "widths": [8, 8], "depth": 1, **({"heads": 2} if transformer else {})},
         "experts": {"balance_weight": 0.01, "capacity_factor": 1.0, **experts},
-        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "train": tiny_train(),
         "trial": 0,
     }
 
@@ -335,7 +335,7 @@ def _condconv_tiny(kind: str, layers: list[int], experts: int) -> dict[str, Any]
         "num_classes": 4,
         "backbone": {"kind": kind, "widths": [4, 8], "depth": 1 if kind == "cnn" else 2},
         "condconv": {"layers": layers, "experts": experts},
-        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "train": tiny_train(),
         "trial": 0,
     }
 

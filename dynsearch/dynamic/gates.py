@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic.base import (
     DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism,
+    tiny_train,
 )
 
 OBJECTIVES = ("target_rate", "budget", "rl")
@@ -80,7 +81,7 @@ def _tiny(mechanism: str, **gates: Any) -> dict[str, Any]:
         "num_classes": 10,
         "backbone": {"kind": "resnet", "widths": [4, 8], "depth": 2},
         "gates": {"blocks": [0, 1, 3], "width": 8, "loss_weight": 2.0, **gates},
-        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "train": tiny_train(),
         "trial": 0,
     }
 

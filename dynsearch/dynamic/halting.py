@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism, tiny_train
 
 KNOB = "halting_threshold"
 
@@ -47,7 +47,7 @@ def _tiny(mechanism: str, **halting: Any) -> dict[str, Any]:
         "num_classes": 3,
         "backbone": {"kind": "recurrent", "widths": [8], "depth": 1},
         "halting": {"max_steps": 4, **halting},
-        "train": {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0},
+        "train": tiny_train(),
         "trial": 0,
     }
 
