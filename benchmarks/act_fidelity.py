@@ -25,11 +25,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "act_fidelity.json"
 def train_point(tau: float, seed: int, epochs: int) -> dict:
     import torch
 
-    from dynsearch.cost import measure
+    from dynsearch.measure.evaluate import measure
     from dynsearch.data import load_splits
     from dynsearch.recipe import load_recipe
     from dynsearch.spaces import default_config
-    from dynsearch.trial import train_model
+    from dynsearch.training.trial import train_model
 
     torch.set_num_threads(1)
     recipe = load_recipe("parity-halting").with_overrides(

@@ -29,11 +29,11 @@ def main() -> None:
 
     import torch
 
-    from dynsearch.cost import measure
+    from dynsearch.measure.evaluate import measure
     from dynsearch.data import load_splits
     from dynsearch.recipe import load_recipe
     from dynsearch.spaces import default_config
-    from dynsearch.trial import train_model
+    from dynsearch.training.trial import train_model
 
     torch.set_num_threads(2)
     recipe = load_recipe("digits-gates").with_overrides(epochs=args.epochs)

@@ -35,7 +35,7 @@ def config(training: str, policy: str, loss_weights: str, epochs: int) -> dict:
 
 
 def sweep(model, splits, policy: str, knobs: list) -> list[dict]:
-    from dynsearch.cost import measure
+    from dynsearch.measure.evaluate import measure
 
     model.policy = policy
     curve = []
@@ -69,7 +69,7 @@ def main() -> None:
     import torch
 
     from dynsearch.data import load_splits
-    from dynsearch.trial import train_model
+    from dynsearch.training.trial import train_model
 
     torch.set_num_threads(2)
     splits = load_splits("digits", 0)

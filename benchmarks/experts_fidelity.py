@@ -43,8 +43,8 @@ def condconv_config(layers, experts, epochs, seed):
 
 
 def run_variant(name, make_config, splits, seeds):
-    from dynsearch.cost import measure
-    from dynsearch.trial import train_model
+    from dynsearch.measure.evaluate import measure
+    from dynsearch.training.trial import train_model
 
     runs = []
     for seed in seeds:

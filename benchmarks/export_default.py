@@ -5,7 +5,7 @@ For each model on the front of `dynsearch search` (default recipe):
   - a fresh process loads it with `dynsearch.load` (Ray and Optuna must not be imported)
     and re-measures validation accuracy and macs, which must equal the trial's record;
   - each ONNX graph is checked against the loaded PyTorch model's part on the validation split;
-  - staged inference with onnxruntime (dynsearch.onnx_runtime.StagedRuntime), one image at a
+  - staged inference with onnxruntime (dynsearch.deploy.onnx_runtime.StagedRuntime), one image at a
     time, is compared with PyTorch's batch-1 exits and predictions (and its MACs with the
     recorded ones), and timed against running every graph.
 
@@ -28,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "export_default.json"
 FRESH_PROCESS = """
 import json, sys
 import dynsearch
-from dynsearch.bundle import reproduce
+from dynsearch.deploy.export import reproduce
 results = [reproduce(path) for path in sys.argv[1:]]
 print(json.dumps({"results": results,
                   "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "optuna"))}))
@@ -57,8 +57,8 @@ def onnx_checks(folder: Path, splits) -> dict:
     import torch
 
     import dynsearch
-    from dynsearch.onnx_export import graph_parity
-    from dynsearch.onnx_runtime import StagedRuntime
+    from dynsearch.deploy.onnx_export import graph_parity
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
 
     model = dynsearch.load(folder)
     worst = max(graph_parity(model, folder / "onnx", splits.val_x))

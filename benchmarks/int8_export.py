@@ -34,7 +34,7 @@ def batched_first_graph_ms(folder: Path, card: dict, inputs, repeats: int) -> di
 
     import onnxruntime
 
-    from dynsearch.onnx_runtime import _session_options
+    from dynsearch.deploy.onnx_runtime import _session_options
 
     files = {"float": card["onnx"]["graphs"][0]["file"], "int8": card["int8"]["files"][0]}
     sessions = {k: onnxruntime.InferenceSession(str(folder / f), _session_options(1), providers=["CPUExecutionProvider"])
@@ -66,11 +66,11 @@ def main() -> None:
 
     import torch
 
-    from dynsearch.bundle import _data_splits
-    from dynsearch.quantize import compare
+    from dynsearch.data import cached_splits
+    from dynsearch.deploy.quantize import compare
 
     torch.set_num_threads(1)
-    splits = _data_splits(card["recipe"]["data"])
+    splits = cached_splits(card["recipe"]["data"])
     load_before = os.getloadavg()
     again = compare(folder, card, splits, threads=1, latency_inputs=len(splits.val_x), repeats=args.repeats)
     batched = batched_first_graph_ms(folder, card, splits.val_x.numpy(), args.repeats)

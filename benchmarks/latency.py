@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from dynsearch import pareto
-    from dynsearch.latency import bench
+    from dynsearch.deploy.bench import bench
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="dynsearch-latency-")) / "run"
     search_seconds = None

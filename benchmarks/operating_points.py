@@ -41,16 +41,15 @@ def main() -> None:
         search_seconds = round(time.perf_counter() - start, 1)
 
     import dynsearch
-    from dynsearch.front import hypervolume
-    from dynsearch.operating_points import POINTS_FILE
-    from dynsearch.study import read_trial_metrics
+    from dynsearch.run.front import hypervolume
+    from dynsearch.run.rundir import POINTS_FILE, RunDir
 
     start = time.perf_counter()
     points_front = dynsearch.pareto(run, operating_points=True)
     points_front_seconds = round(time.perf_counter() - start, 2)
     trials_front = dynsearch.pareto(run)
     for item in trials_front:
-        item["test_macs"] = read_trial_metrics(run, item["trial"])["test_macs"]
+        item["test_macs"] = RunDir(run).read_metrics(item["trial"])["test_macs"]
     records = [json.loads(path.read_text()) for path in sorted((run / "trials").glob(f"*/{POINTS_FILE}"))]
 
     def hv(front, accuracy="accuracy", macs="macs"):

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from dynsearch.dynamic import build_model
-from dynsearch.operating_points import sweep
-from dynsearch.trial import evaluate
+from dynsearch.measure.points import sweep
+from dynsearch.training.trial import evaluate
 
 
 def plain_train(config: dict[str, Any], splits, threads: int = 1) -> tuple[float, dict[str, Any]]:

@@ -81,7 +81,7 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str) -> d
 
     import suite_overhead
     import suite_searches
-    from dynsearch.tuner import _init_ray
+    from dynsearch.tuning.tuner import _init_ray
 
     done: dict = {}
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import dynsearch
-from dynsearch.front import hypervolume
+from dynsearch.run.front import hypervolume
 from dynsearch.recipe import load_recipe, parse_recipe
-from dynsearch.study import open_study, read_trial_metrics
+from dynsearch.run.rundir import RunDir
+from dynsearch.run.study import open_study
 
 # Hypervolume reference: (validation accuracy, MACs as a share of the static backbone's).
 HV_REFERENCE = (0.8, 1.0)
@@ -42,7 +43,7 @@ def complete_trials(run_dir: Path) -> list[dict[str, Any]]:
     """COMPLETE trials of a run in trial-number order (the order the sampler asked for them)."""
     trials = []
     for trial in open_study(run_dir).get_trials(deepcopy=False):
-        metrics = read_trial_metrics(run_dir, trial.number)
+        metrics = RunDir(run_dir).read_metrics(trial.number)
         if trial.state.name == "COMPLETE" and metrics.get("status") == "COMPLETE":
             trials.append({"trial": trial.number, **{k: metrics[k] for k in (
                 "accuracy", "macs", "macs_full", "test_accuracy", "test_macs")}})

@@ -1,4 +1,4 @@
-"""The Python API, mirrored by the CLI: train, search, pareto."""
+"""The Python API, mirrored by the CLI: train, search, pareto (export and load live in deploy/)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,28 +31,25 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     e.g. ``exit_histogram``: the fraction of samples leaving at each exit).
     With ``out``, the config, weights and metrics are written there.
     """
-    import torch
-
     from dynsearch.data import load_data
+    from dynsearch.measure.device import pin_threads, resolve_device
     from dynsearch.spaces import default_config
-    from dynsearch.trial import evaluate, save_trial, train_model
+    from dynsearch.training.trial import evaluate, save_trial, train_model
 
     recipe = _recipe(recipe_or_path, overrides)
     if recipe.measures_latency:
-        from dynsearch.latency import resolve_device
-
         resolve_device(recipe.latency.device)
-    torch.set_num_threads(max(1, int(recipe.cpus_per_trial)))
+    pin_threads(recipe.cpus_per_trial)
     splits = load_data(recipe.data)
     if recipe.backbone.kind == "user":
-        from dynsearch.user_code import check_user_backbone
+        from dynsearch.models.user import check_user_backbone
 
         check_user_backbone(recipe.backbone.model_dump(), splits.input_shape)
     config = default_config(recipe, splits)
     model = train_model(config, splits)
     metrics = evaluate(model, splits)
     if recipe.measures_latency:  # a single process: nothing else trains here
-        from dynsearch.latency import measure_latency
+        from dynsearch.measure.latency import measure_latency
 
         spec = recipe.latency
         metrics.update(measure_latency(
@@ -95,15 +92,34 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
     ``out`` defaults to ``runs/<recipe name>``. Resuming a search of another
     recipe is refused unless ``new`` (the old search is moved to ``out/previous/<k>``).
     """
-    from dynsearch.front import pareto, trial_counts
-    from dynsearch.tuner import run_search
+    from dynsearch.run.front import trial_counts
+    from dynsearch.training.trainable import run_trial
+    from dynsearch.tuning.tuner import run_search
 
     recipe = _recipe(recipe_or_path, overrides)
     out = Path(out) if out is not None else Path("runs") / recipe.name
     callback = None
     if progress:
-        from dynsearch.progress import Progress
+        from dynsearch.tuning.progress import Progress
 
         callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names)
-    run_dir = run_search(recipe, out, progress=callback, new=new)
+    run_dir = run_search(recipe, out, run_trial, progress=callback, new=new)
     return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))
+
+
+def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str, Any]]:
+    """The non-dominated COMPLETE trials of a run, most accurate first.
+
+    Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
+    ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
+    mechanism's statistics on the validation split, e.g. ``exit_histogram``).
+    With ``operating_points``: the front over every operating point of every
+    trial, each item also naming its ``point`` and ``knobs`` (deploy/points.py).
+    """
+    if operating_points:
+        from dynsearch.deploy.points import operating_front
+
+        return operating_front(run_dir)
+    from dynsearch.run.front import pareto as trial_front
+
+    return trial_front(run_dir)

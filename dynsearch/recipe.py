@@ -70,7 +70,7 @@ class DataSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, data: Any, info: ValidationInfo) -> Any:
-        from dynsearch.user_data import SOURCES
+        from dynsearch.data.user import SOURCES
 
         if isinstance(data, dict):
             given = [key for key in SOURCES if data.get(key) is not None]
@@ -87,7 +87,7 @@ class DataSpec(_Strict):
     @classmethod
     def _known_dataset(cls, name: Optional[str], info: ValidationInfo) -> Optional[str]:
         from dynsearch.data import DATASETS
-        from dynsearch.user_data import source_of
+        from dynsearch.data.user import source_of
 
         source = source_of(info.data)
         if source is None and name not in DATASETS:

@@ -8,6 +8,8 @@ import pkgutil
 import warnings
 from typing import Any
 
+from dynsearch.plugins import load_plugins
+
 # Spaces registered at run time (a user's own, or a test's), by name.
 _REGISTERED: dict[str, Any] = {}
 
@@ -27,13 +29,18 @@ def require_backbone_kind(recipe, space: str, kind: str) -> None:
 
 
 def available_spaces() -> list[str]:
-    import dynsearch.search_spaces as package
-
+    load_plugins()
+    # The shipped spaces live outside dynsearch/ (search_spaces/, installed as dynsearch.search_spaces)
+    # and are found by name, like a user's registered ones.
+    package = importlib.import_module("dynsearch.search_spaces")
     shipped = {m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")}
     return sorted(shipped | set(_REGISTERED))
 
 
 def get_space(name: str) -> Any:
+    """The space ``name``: registered (a plugin's, a user's) or shipped in dynsearch.search_spaces."""
+    if name not in _REGISTERED:
+        load_plugins()
     if name in _REGISTERED:
         return _REGISTERED[name]
     return importlib.import_module(f"dynsearch.search_spaces.{name}")
@@ -90,7 +97,7 @@ def check_space(recipe, data) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _user_stage_count(backbone_json: str) -> int:
-    from dynsearch.user_code import user_stages
+    from dynsearch.models.user import user_stages
 
     return len(user_stages(json.loads(backbone_json)))
 

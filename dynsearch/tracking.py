@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dynsearch.recipe import is_finite_number, recipe_dict
-
-WANDB_DIR = "wandb"
-LATENCY_KEYS = ("latency_ms", "latency_ms_p90", "latency_ms_mean")  # in a front item when latency was measured
+from dynsearch.run.front import LATENCY_KEYS
+from dynsearch.run.rundir import WANDB_DIR, RunDir
 FRONT_COLUMNS = ["trial", "accuracy", "test_accuracy", "macs", "macs_full", "macs_share", "params", "stats", "config"]
 
 
@@ -147,7 +146,7 @@ class TrialTracker:
 class SearchTracking:
     """Decides the mode once for a search and holds its summary run."""
 
-    def __init__(self, recipe, run_dir: Path):
+    def __init__(self, recipe, run_dir: RunDir | Path):
         spec = recipe.wandb
         self.trials: Tracking | None = None  # what run_trial gets
         self.run = None
@@ -157,12 +156,13 @@ class SearchTracking:
             mode = "off" if env_mode == "disabled" else "offline"
         if mode == "off":
             return
-        where = Path(run_dir) / WANDB_DIR
+        run_dir = RunDir.of(run_dir)
+        where = run_dir.wandb_dir
         offline_help = f"logging offline to {where} (`wandb sync` uploads it later; --wandb off turns W&B off)"
         if mode == "online" and not logged_in():
             notice(f"not logged in (`wandb login` to go online); {offline_help}")
             mode = "offline"
-        wanted = Tracking(mode, spec.project, spec.group or Path(run_dir).name, str(run_dir), spec.init_timeout_s)
+        wanted = Tracking(mode, spec.project, spec.group or run_dir.name, str(run_dir), spec.init_timeout_s)
         self.run, self.trials, reason = start_run(wanted, name="search", job_type="search", config=recipe_dict(recipe))
         if reason is not None:
             notice(f"{base_url()} did not answer within {spec.init_timeout_s:g} s ({reason}); {offline_help}")

@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 from dynsearch.errors import UserError
 
 _CALLABLE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-MAX_STAGES = 8  # the exit spaces have parameters for at most 8 stages
 
 
 def check_callable_syntax(spec: str, field: str) -> None:
@@ -55,7 +54,7 @@ def import_callable(spec: str, module_path: str | None, field: str) -> Callable[
         raise UserError(f"{field} {spec!r}: module {exc.name!r} cannot be imported (not in {where}sys.path); "
                         f"put {module_name.split('.')[0]}.py on PYTHONPATH or in the current directory") from None
     except Exception as exc:
-        raise UserError(f"{field} {spec!r}: importing {module_name} raised {_one_line(exc)}; fix the module") from None
+        raise UserError(f"{field} {spec!r}: importing {module_name} raised {one_line(exc)}; fix the module") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise UserError(f"{field} {spec!r}: module {module_name} has no function {function_name!r}; "
@@ -69,45 +68,9 @@ def call_user(spec: str, module_path: str | None, field: str, kwargs: dict[str, 
     try:
         return function(**(kwargs or {}))
     except Exception as exc:
-        raise UserError(f"{field} {spec!r} raised {_one_line(exc)}; fix the function") from None
+        raise UserError(f"{field} {spec!r} raised {one_line(exc)}; fix the function") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     first = (str(exc).splitlines() or [""])[0][:300]
     return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
-
-
-# -- user backbones ------------------------------------------------------------------
-def user_stages(backbone: dict[str, Any]) -> list:
-    """The stages a user backbone's callable returns (an ``nn.ModuleList``, ``nn.Sequential``
-    or list of modules), checked: 2 to ``MAX_STAGES`` modules."""
-    from torch import nn
-
-    spec, field = backbone["callable"], "backbone.callable"
-    stages = call_user(spec, backbone.get("module_path"), field, backbone.get("kwargs"))
-    if isinstance(stages, (nn.ModuleList, nn.Sequential, list, tuple)):
-        stages = list(stages)
-    else:
-        raise UserError(f"{field} {spec!r}: returned {type(stages).__name__}; return an nn.ModuleList "
-                        "(or nn.Sequential) of the backbone's stages")
-    if not all(isinstance(s, nn.Module) for s in stages):
-        raise UserError(f"{field} {spec!r}: every stage must be an nn.Module; return an nn.ModuleList of stages")
-    if not 2 <= len(stages) <= MAX_STAGES:
-        raise UserError(f"{field} {spec!r}: returned {len(stages)} stage(s); return 2 to {MAX_STAGES} stages "
-                        "(exits go between stages)")
-    return stages
-
-
-def check_user_backbone(backbone: dict[str, Any], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """Dry-run a user backbone on the data's input shape; its stage output shapes, or a UserError."""
-    from torch import nn
-
-    from dynsearch.backbones import stage_output_shapes
-
-    stages = user_stages(backbone)
-    try:
-        return stage_output_shapes(nn.Identity(), stages, input_shape)
-    except Exception as exc:
-        raise UserError(f"backbone.callable {backbone['callable']!r}: its stages fail on inputs of shape "
-                        f"{tuple(input_shape)} (the data's, no batch dim): {_one_line(exc)}; "
-                        "make the first stage take that shape") from None

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-import cli
+from dynsearch import cli
 from conftest import TINY_RECIPE
 
 BASE = yaml.safe_load(TINY_RECIPE)
@@ -144,7 +144,7 @@ def test_bad_input_in_a_real_process(tmp_path):
     recipe.write_text(_recipe(space="nope"))
     (tmp_path / "afile").write_text("")
     for args in ([str(recipe)], [str(tmp_path)], ["--trials", "-1"]):
-        proc = subprocess.run([sys.executable, "-m", "cli", "search", *args, "--out", str(tmp_path / "afile" / "x")],
+        proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "search", *args, "--out", str(tmp_path / "afile" / "x")],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

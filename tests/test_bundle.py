@@ -17,10 +17,12 @@ import pytest
 import torch
 import yaml
 
-import cli
+from dynsearch import cli
 import dynsearch
 from conftest import exits_config
-from dynsearch.bundle import FORMAT, _splits, reproduce
+from dynsearch.data import load_splits
+from dynsearch.deploy.export import reproduce
+from dynsearch.deploy.load import FORMAT
 from dynsearch.dynamic import MECHANISMS, build_model, register_mechanism
 from dynsearch.dynamic.exits import EarlyExitNet
 from dynsearch.dynamic.gates import SkipNet
@@ -28,8 +30,8 @@ from dynsearch.dynamic.halting import PonderNet
 from dynsearch.errors import UserError
 from dynsearch.recipe import builtin_recipes, load_recipe, recipe_dict
 from dynsearch.spaces import default_config
-from dynsearch.study import make_sampler, open_study
-from dynsearch.trial import evaluate, save_trial, train_model
+from dynsearch.run.study import make_sampler, open_study
+from dynsearch.training.trial import evaluate, save_trial, train_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -50,7 +52,7 @@ def _first_recipe_per_mechanism() -> list[str]:
 FRESH_PROCESS = """
 import json, sys
 import dynsearch
-from dynsearch.bundle import reproduce
+from dynsearch.deploy.export import reproduce
 results = [reproduce(path) for path in sys.argv[1:]]
 results.append(sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "optuna")))
 print(json.dumps(results))
@@ -96,7 +98,7 @@ def one_good_one_failed(tmp_path_factory, digits):
 
 def onnx_parity(folder, splits):
     """Max abs difference of every ONNX graph against the loaded PyTorch model's parts, on the validation split."""
-    from dynsearch.onnx_export import graph_parity
+    from dynsearch.deploy.onnx_export import graph_parity
 
     model = dynsearch.load(folder)
     card = json.loads((folder / "card.json").read_text())
@@ -108,7 +110,7 @@ def onnx_parity(folder, splits):
 def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
     """onnxruntime's staged runtime, graph by graph at batch 1, takes the decisions (exits, gates, depth)
     and predictions PyTorch's model takes, and pays the same MACs."""
-    from dynsearch.onnx_runtime import StagedRuntime
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
     from test_onnx_forms import pytorch_decision
 
     model = dynsearch.load(folder)
@@ -123,7 +125,7 @@ def _recipe_default(name):
     """A built-in recipe, its data splits and its default point's trial config."""
     recipe = load_recipe(name).with_overrides(epochs=1)
     data = recipe.data
-    splits = _splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
+    splits = load_splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
     return recipe, splits, default_config(recipe, splits)
 
 
@@ -324,10 +326,10 @@ def _readme_onnx_example() -> str:
 @pytest.mark.slow
 def test_search_export_pareto_onnx_reload_and_readme_example(tmp_path, tiny_recipe, capsys):
     run, out = tmp_path / "run", tmp_path / "models"
-    search = subprocess.run([sys.executable, "-m", "cli", "search", str(tiny_recipe), "--trials", "3",
+    search = subprocess.run([sys.executable, "-m", "dynsearch.cli", "search", str(tiny_recipe), "--trials", "3",
                              "--epochs", "2", "--out", str(run)], capture_output=True, text=True, timeout=600)
     assert search.returncode == 0, search.stderr[-3000:]
-    export = subprocess.run([sys.executable, "-m", "cli", "export", str(run), "--pareto", "--out", str(out),
+    export = subprocess.run([sys.executable, "-m", "dynsearch.cli", "export", str(run), "--pareto", "--out", str(out),
                              "--format", "onnx"], capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
     front = dynsearch.pareto(run)
@@ -335,7 +337,7 @@ def test_search_export_pareto_onnx_reload_and_readme_example(tmp_path, tiny_reci
     assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in folders)
     for item, result in zip(front, reproduce_in_fresh_process(folders)):
         assert result["matches"] and (result["accuracy"], result["macs"]) == (item["accuracy"], item["macs"])
-    splits = _splits("digits", 0, 0.2, 0.2)
+    splits = load_splits("digits", 0, 0.2, 0.2)
     for folder in folders:
         assert onnx_parity(folder, splits) <= 1e-4
         assert_staged_onnx_matches_pytorch(folder, splits, count=50)

@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-import cli
+from dynsearch import cli
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "dynsearch.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_the_commands():

@@ -8,14 +8,14 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from dynsearch.study import open_study
+from dynsearch.run.study import open_study
 
 pytestmark = pytest.mark.slow
 
 
 def _search(recipe, out, address, trials, epochs):
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "search", str(recipe), "--address", address, "--trials", str(trials),
+        [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--address", address, "--trials", str(trials),
          "--epochs", str(epochs), "--concurrent", "2", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -37,7 +37,7 @@ def test_mnist1d_is_generated_with_fixed_splits():
 
 
 def test_hypervolume_of_a_staircase():
-    from dynsearch.front import hypervolume
+    from dynsearch.run.front import hypervolume
 
     # two points, reference (0.5, 100): 0.4*60 + (0.5*... ) computed by hand
     # (0.9, 40) dominates [0.5,0.9]x[40,100] = 0.4*60 = 24; (0.7, 20) adds [0.5,0.7]x[20,40] = 0.2*20 = 4

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynsearch.cost import count_macs
+from dynsearch.dynamic.cost import count_macs
 from dynsearch.dynamic import build_model
 from dynsearch.dynamic.depth import DepthAdaptiveTransformer
 

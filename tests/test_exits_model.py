@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import exits_config
-from dynsearch.cost import count_macs, measure
+from dynsearch.dynamic.cost import count_macs
+from dynsearch.measure.evaluate import measure
 from dynsearch.dynamic import build_model
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import cli
-from dynsearch.cost import count_macs
+from dynsearch import cli
+from dynsearch.dynamic.cost import count_macs
 from dynsearch.dynamic import Trace, build_model
 from dynsearch.dynamic.experts import CondConv2d, CondConvNet, MoENet, within_capacity
 from dynsearch.recipe import load_recipe
@@ -136,7 +136,7 @@ def test_cross_family_asks_only_the_chosen_familys_parameters(family, digits):
 
 
 def test_report_draws_expert_panels_with_their_labels():
-    from dynsearch.report import TrialPoint, stat_panels
+    from dynsearch.run.report import TrialPoint, stat_panels
 
     moe = TrialPoint(1, "COMPLETE", {"macs": 1.0, "macs_full": 1.0,
                                      "stats": {"expert_ids": ["L0e0", "L0e1"], "expert_load": [0.25, 0.75]}})

@@ -7,7 +7,7 @@ from dynsearch.dynamic import build_model
 from dynsearch.dynamic.base import Trace
 from dynsearch.dynamic.halting import _tiny
 from dynsearch.recipe import load_recipe
-from dynsearch.report import TrialPoint, stat_panels
+from dynsearch.run.report import TrialPoint, stat_panels
 from dynsearch.spaces import default_config, get_space
 
 IN, HIDDEN, CLASSES, STEPS = 6, 8, 3, 4

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import TINY_RECIPE, exits_config
 from dynsearch.dynamic import build_model
-from dynsearch.latency import component_latency_table, measure_latency, predict_latency_ms
+from dynsearch.measure.latency import component_latency_table, measure_latency, predict_latency_ms
 
 LATENCY = {"inputs": 20, "repeats": 3, "warmup": 1}
 
@@ -60,14 +60,14 @@ def test_cuda_target_is_a_usage_error_where_absent(tmp_path):
         pytest.skip("this machine has CUDA")
     recipe = _latency_recipe(tmp_path, device="cuda")
     for command in (["search", str(recipe), "--out", str(tmp_path / "run")], ["train", str(recipe)]):
-        proc = subprocess.run([sys.executable, "-m", "cli", *command], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", *command], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_gate_blocks_timing_while_training_and_training_while_timing():
-    from dynsearch.isolation import node_gate
+    from dynsearch.measure.isolation import node_gate
 
     started = not ray.is_initialized()
     if started:
@@ -94,7 +94,7 @@ def test_gate_blocks_timing_while_training_and_training_while_timing():
 def test_latency_objective_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "search", str(_latency_recipe(tmp_path)), "--trials", "2", "--out", str(out)],
+        [sys.executable, "-m", "dynsearch.cli", "search", str(_latency_recipe(tmp_path)), "--trials", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -113,7 +113,7 @@ def test_latency_measured_on_the_node_with_the_target_resource(tmp_path, two_nod
     out = tmp_path / "run"
     recipe = _latency_recipe(tmp_path, resource="target")
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "search", str(recipe), "--trials", "2", "--address", cluster.address,
+        [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--trials", "2", "--address", cluster.address,
          "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
@@ -129,10 +129,10 @@ def test_latency_measured_on_the_node_with_the_target_resource(tmp_path, two_nod
 
 def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
     out = tmp_path / "model"
-    train = subprocess.run([sys.executable, "-m", "cli", "train", "--epochs", "1", "--out", str(out)],
+    train = subprocess.run([sys.executable, "-m", "dynsearch.cli", "train", "--epochs", "1", "--out", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "-m", "cli", "bench", str(out), "--data", "digits", "--inputs", "5",
+    proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "bench", str(out), "--data", "digits", "--inputs", "5",
                            "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -140,7 +140,7 @@ def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
     assert result["dynamic"]["latency_ms"] > 0 and result["static"]["latency_ms"] > 0
     assert result["realised_speedup"] > 0 and result["lut_predicted_ms"] > 0
     (out / "model.safetensors").write_bytes(b"not a safetensors file")
-    bad = subprocess.run([sys.executable, "-m", "cli", "bench", str(out), "--data", "digits"],
+    bad = subprocess.run([sys.executable, "-m", "dynsearch.cli", "bench", str(out), "--data", "digits"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unreadable" in bad.stderr
 
@@ -148,7 +148,7 @@ def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
 def test_folding_batch_norm_keeps_outputs_and_decisions(digits):
     import torch
 
-    from dynsearch.latency import fold_batch_norm
+    from dynsearch.measure.latency import fold_batch_norm
 
     model = build_model(exits_config(widths=(8, 16, 32), depth=2))
     model.train()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dynsearch.dynamic import MECHANISMS, build_model
-from dynsearch.onnx_export import PARITY_TOLERANCE, export_onnx, graph_parity
-from dynsearch.onnx_runtime import StagedRuntime
+from dynsearch.deploy.onnx_export import PARITY_TOLERANCE, export_onnx, graph_parity
+from dynsearch.deploy.onnx_runtime import StagedRuntime
 
 # Mechanisms without a staged ONNX form (their cards say "ONNX not supported"; test_bundle.py checks
 # that): halting loops a cell a data-dependent number of times; CondConv's per-example grouped

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import cli
+from dynsearch import cli
 import dynsearch
 from conftest import exits_config
-from dynsearch.bundle import _measure_val
-from dynsearch.cost import measure
+from dynsearch.measure.evaluate import measure, measure_val
 from dynsearch.dynamic import build_model
 from dynsearch.dynamic.gates import SkipNet
-from dynsearch.operating_points import POINTS_FILE, current_knobs, sweep
+from dynsearch.measure.points import current_knobs, sweep
+from dynsearch.run.rundir import POINTS_FILE
 from dynsearch.testing.conformance import _model, cases
 from test_bundle import make_run
 
@@ -89,7 +89,7 @@ def test_front_holds_or_dominates_every_trial_and_old_runs_get_their_points(run)
 
 
 def test_a_damaged_points_file_is_computed_again(run):
-    from dynsearch.operating_points import trial_points
+    from dynsearch.deploy.points import trial_points
 
     path = run / "trials" / "0" / POINTS_FILE
     before = json.loads(path.read_text())["points"]
@@ -123,7 +123,7 @@ def test_export_at_a_point_round_trip(run, tmp_path, capsys):
         assert config["runtime_policy"][name] == value
     model = dynsearch.load(folder)  # runs at the point: the point's validation accuracy and macs
     assert current_knobs(model) == item["knobs"]
-    measured = _measure_val(model, card["data"], card["measured_with"])
+    measured = measure_val(model, card["data"], card["measured_with"])
     assert (measured["accuracy"], measured["macs"]) == (item["accuracy"], item["macs"])
     assert "## Operating point" in (folder / "card.md").read_text()
 
@@ -135,6 +135,6 @@ def test_bad_point_is_one_line_and_exit_2(run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "--point" in err, err
     assert not out.exists()
-    proc = subprocess.run([sys.executable, "-m", "cli", "export", str(run), "--trials", "0", "--point", "-1",
+    proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "export", str(run), "--trials", "0", "--point", "-1",
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

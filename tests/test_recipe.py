@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-import cli
+from dynsearch import cli
 from dynsearch.errors import UserError
 from dynsearch.recipe import builtin_recipes, load_recipe, parse_recipe
 
@@ -114,7 +114,7 @@ def test_missing_recipe_file(capsys):
 def test_cli_exit_code_and_no_traceback_in_a_real_process(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("trials: 0\n")
-    proc = subprocess.run([sys.executable, "-m", "cli", "train", str(path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "field 'trials'" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,7 +7,7 @@ import pytest
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "dynsearch.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -22,11 +22,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import cli
+from dynsearch import cli
 from conftest import TINY_RECIPE
 from dynsearch.errors import UserError
-from dynsearch.rundir import locked
-from dynsearch.study import count_states, fail_orphans, open_study
+from dynsearch.run.rundir import RunDir
+from dynsearch.run.study import count_states, fail_orphans, open_study
 
 SENTINEL = "wandb-sentinel-7c1f3a9e5b2d"  # a fake WANDB_API_KEY that must never be written anywhere
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -98,7 +98,7 @@ def killed(tmp_path_factory):
     ray_tmp = tempfile.mkdtemp(prefix="dsr", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "WANDB_API_KEY": SENTINEL}
     # 30 epochs: a trial on a warm worker then runs long enough (seconds) to be seen RUNNING and killed.
-    cmd = [sys.executable, "-m", "cli", "search", str(recipe), "--epochs", "30", "--out", str(out)]
+    cmd = [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--epochs", "30", "--out", str(out)]
     first_out, first_err = base / "first.out", base / "first.err"
     with open(first_out, "w") as stdout, open(first_err, "w") as stderr:
         first = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
@@ -190,19 +190,19 @@ def test_a_second_search_on_a_run_dir_in_use_is_refused(killed):
 
 def test_the_lock_of_a_killed_process_is_released(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from dynsearch.rundir import locked\n"
-         "with locked(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from dynsearch.run.rundir import RunDir\n"
+         "with RunDir(Path(sys.argv[1])).locked():\n    print('locked', flush=True); time.sleep(120)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UserError, match=f"another dynsearch search is using it \\(pid {holder.pid}\\)"):
-            with locked(tmp_path):
+            with RunDir(tmp_path).locked():
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with locked(tmp_path):  # released by the kernel with the killed process
+    with RunDir(tmp_path).locked():  # released by the kernel with the killed process
         pass
 
 
@@ -262,7 +262,7 @@ def test_resuming_with_a_changed_recipe_is_refused(killed, tmp_path, capsys, fie
 
 def test_orphans_are_failed_and_retried_once(tmp_path):
     from dynsearch.recipe import load_recipe
-    from dynsearch.study import make_sampler
+    from dynsearch.run.study import make_sampler
 
     recipe = load_recipe(None)
     study = open_study(tmp_path, recipe, make_sampler(recipe))
@@ -284,7 +284,7 @@ def test_searcher_stops_at_the_requested_complete_trials(tmp_path):
     from ray.tune.search import Searcher
 
     from dynsearch.recipe import load_recipe
-    from dynsearch.searcher import StudySearch
+    from dynsearch.tuning.searcher import StudySearch
 
     recipe = load_recipe(None).with_overrides(trials=2)
     searcher = StudySearch(recipe, tmp_path, {"input_shape": (1, 8, 8), "num_classes": 10})

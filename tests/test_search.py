@@ -9,13 +9,13 @@ from optuna.trial import TrialState
 
 import dynsearch
 from dynsearch.recipe import load_recipe
-from dynsearch.study import open_study
+from dynsearch.run.study import open_study
 
 FRONT_KEYS = {"trial", "accuracy", "test_accuracy", "macs", "macs_full", "params", "config", "stats"}
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "dynsearch.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -105,11 +105,12 @@ class FaultySpace:
 
 def _old_search(run_dir, recipe):
     """A run directory holding an earlier search (2 COMPLETE trials) of another recipe."""
-    from dynsearch.rundir import write_recipe
-    from dynsearch.study import make_sampler
+    from dynsearch.recipe import recipe_dict
+    from dynsearch.run.rundir import RunDir
+    from dynsearch.run.study import make_sampler
 
     run_dir.mkdir()
-    write_recipe(run_dir, recipe)
+    RunDir(run_dir).write_recipe(recipe_dict(recipe))
     study = open_study(run_dir, recipe, make_sampler(recipe))
     for values in ([0.5, 1000.0], [0.6, 2000.0]):
         study.tell(study.ask(), values)
@@ -151,8 +152,8 @@ def test_failed_trials_end_fail_are_replaced_and_stay_off_the_front(tmp_path, ti
 
 def test_searcher_fails_nan_inf_and_errored_trials(tmp_path):
     """Ray's OptunaSearch would leave NaN RUNNING and store inf / errored-after-reporting as COMPLETE."""
-    from dynsearch.searcher import StudySearch
-    from dynsearch.trial import write_json
+    from dynsearch.tuning.searcher import StudySearch
+    from dynsearch.run.rundir import write_json
 
     recipe = load_recipe(None).with_overrides(trials=5)
     searcher = StudySearch(recipe, tmp_path, {"input_shape": (1, 8, 8), "num_classes": 10})

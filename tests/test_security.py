@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+from dynsearch import cli
 from conftest import TINY_RECIPE, exits_config
 from dynsearch.dynamic import build_model
 from dynsearch.errors import UserError
-from dynsearch.latency import load_model_folder
-from dynsearch.trial import save_trial
+from dynsearch.deploy.load import load_folder
+from dynsearch.training.trial import save_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def _trial_folder(folder):
 
 def test_a_trial_folder_loads_back_from_safetensors(tmp_path):
     model = _trial_folder(tmp_path).eval()
-    loaded = load_model_folder(tmp_path)
+    loaded, _ = load_folder(tmp_path)
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(loaded(x).logits, model(x).logits)
 
@@ -53,8 +53,8 @@ def test_a_crafted_pickle_checkpoint_is_refused_and_runs_nothing(tmp_path, write
         torch.save({"stem.0.weight": _Payload(marker)}, weights)
     else:
         weights.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
-    with pytest.raises(UserError, match="weights unreadable \\(SafetensorError\\)"):
-        load_model_folder(tmp_path)  # what `dynsearch bench` and every loader of a model folder use
+    with pytest.raises(UserError, match="is a pickle \\(torch.save\\) file, not safetensors"):
+        load_folder(tmp_path)  # what `dynsearch bench` and every loader of a model folder use
     checkpoint = tmp_path / "checkpoint.pt"  # torch 2.13's torch.load reads *.safetensors as safetensors
     checkpoint.write_bytes(weights.read_bytes())
     with pytest.raises(pickle.UnpicklingError):  # torch.load as this code base may use it

@@ -13,7 +13,7 @@ from wandb_records import offline_runs
 
 import dynsearch
 from dynsearch.recipe import load_recipe
-from dynsearch.study import open_study
+from dynsearch.run.study import open_study
 from dynsearch.tracking import FRONT_COLUMNS, SearchTracking, TrialTracker, Tracking
 
 FAKE_API_KEY = "5ec12e7" * 5 + "5ec12"  # 40 characters that must never reach a file
@@ -47,7 +47,7 @@ def logged_out(monkeypatch, tmp_path):
 def test_each_epoch_reports_its_own_validation_metrics(digits):
     """The W&B history takes the per-epoch reports: they must not lag an epoch behind."""
     from conftest import exits_config
-    from dynsearch.trial import evaluate, train_model
+    from dynsearch.training.trial import evaluate, train_model
 
     config = exits_config()
     config["train"]["epochs"] = 2
@@ -167,7 +167,7 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     page = (run_dir / "pareto.html").read_text()
     assert "exit histogram" in page and "Failed trials" in page and "NonFiniteError" in page
     before = (run_dir / "pareto.png").stat().st_mtime_ns
-    proc = subprocess.run([sys.executable, "-m", "cli", "report", str(run_dir)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "report", str(run_dir)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(run_dir / "pareto.png") in proc.stdout and str(run_dir / "pareto.html") in proc.stdout
@@ -176,14 +176,14 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
 
 
 def test_report_of_a_missing_run_dir_is_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cli", "report", str(tmp_path / "none")], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "report", str(tmp_path / "none")], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
 
 
 def test_report_draws_a_panel_for_each_statistic_present(tmp_path):
     """Gates, ponder steps and experts come later; their statistics already get panels."""
-    from dynsearch.report import RunSummary, TrialPoint, draw_html, draw_png, stat_panels
+    from dynsearch.run.report import RunSummary, TrialPoint, draw_html, draw_png, stat_panels
 
     def point(number, macs, accuracy, stats, front=True):
         metrics = {"accuracy": accuracy, "test_accuracy": accuracy, "macs": macs, "macs_full": 100.0,

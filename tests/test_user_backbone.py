@@ -97,7 +97,7 @@ def test_traced_macs_equal_flop_counter_at_batch_one(user_dir, stages):
     ({"callable": "my_net:four_stages", "kwargs": {"features": 7}}, "fail on inputs of shape (12,)"),
 ])
 def test_bad_user_backbones(user_dir, backbone, expected):
-    from dynsearch.user_code import check_user_backbone
+    from dynsearch.models.user import check_user_backbone
 
     recipe = _recipe(user_dir, **backbone)
     with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")):

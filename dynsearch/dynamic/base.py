@@ -211,7 +211,7 @@ class DynamicModel(nn.Module):
     def component_macs(self) -> dict[str, int]:
         """Static per-sample MACs of every component, measured once (see cost.py)."""
         if self._component_macs is None:
-            from dynsearch.cost import measure_component_macs
+            from dynsearch.dynamic.cost import measure_component_macs
 
             self._component_macs = measure_component_macs(self)
         return self._component_macs
@@ -231,7 +231,7 @@ class DynamicModel(nn.Module):
     def timed_components(self, device: torch.device) -> dict[str, Callable[[], Any]]:
         """Per component, a call that runs it alone at batch 1 as it runs in eval
         (mechanisms add their decision to the component that makes it)."""
-        from dynsearch.cost import component_input_shapes
+        from dynsearch.dynamic.cost import component_input_shapes
 
         calls = {}
         for name, module in self.components().items():
@@ -262,17 +262,3 @@ def register_mechanism(name: str, *, family: str, paper: str) -> Callable[[type]
         return cls
 
     return decorate
-
-
-def build_model(config: dict[str, Any]) -> DynamicModel:
-    """Build the DynamicModel a trial config describes."""
-    import dynsearch.dynamic  # noqa: F401  (registers the built-in mechanisms)
-
-    name = config.get("mechanism")
-    if name not in MECHANISMS:
-        from dynsearch.errors import UserError
-
-        raise UserError(
-            f"config field 'mechanism': unknown mechanism {name!r}; use one of {sorted(MECHANISMS)}"
-        )
-    return MECHANISMS[name].cls(config)

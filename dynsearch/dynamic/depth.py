@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.backbones import SequenceMean
+from dynsearch.models.backbones import SequenceMean
 from dynsearch.dynamic.base import (
     DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism, tiny_train,
 )

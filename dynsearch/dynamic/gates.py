@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.backbones import build_backbone, make_head, stage_output_shapes
+from dynsearch.models import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic.base import (
     DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism,
     tiny_train,

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from dynsearch.cost import count_macs
-from dynsearch.dynamic import MECHANISMS, DynamicModel, build_model
+from dynsearch.dynamic.cost import count_macs
+from dynsearch.dynamic import DynamicModel, build_model, mechanisms
 
 BATCH = 16
 TRAIN_STEPS = 20
@@ -28,7 +28,7 @@ TRAIN_STEPS = 20
 
 def cases() -> Iterator[tuple[str, dict[str, Any]]]:
     """``(id, config)`` for every tiny config of every registered mechanism."""
-    for name, info in sorted(MECHANISMS.items()):
+    for name, info in sorted(mechanisms().items()):
         for i, config in enumerate(info.cls.tiny_configs()):
             assert config["mechanism"] == name, f"{name}: tiny config {i} builds {config['mechanism']!r}"
             yield f"{name}[{i}]", config

@@ -23,7 +23,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from dynsearch.recipe import Recipe, is_finite_number
-from dynsearch.study import STUDY_NAME, make_sampler, open_study, read_trial_metrics
+from dynsearch.run.rundir import RunDir
+from dynsearch.run.study import STUDY_NAME, make_sampler, open_study
 
 
 def define_trial(space_name: str, recipe: Recipe, data_shape: dict[str, Any], trial) -> dict[str, Any]:
@@ -37,8 +38,8 @@ def define_trial(space_name: str, recipe: Recipe, data_shape: dict[str, Any], tr
 class StudySearch(OptunaSearch):
     """OptunaSearch over the run directory's study, failing bad trials with a reason."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, data_shape: dict[str, Any]):
-        self._run_dir = Path(run_dir)
+    def __init__(self, recipe: Recipe, run_dir: RunDir | Path, data_shape: dict[str, Any]):
+        self._run_dir = RunDir.of(run_dir)
         self._recipe = recipe
         study = open_study(self._run_dir, recipe, make_sampler(recipe))
         super().__init__(
@@ -86,7 +87,7 @@ class StudySearch(OptunaSearch):
         values = [None if not result else result.get(m) for m in self.metric]
         reason = None
         if error or (result and result.get("failed")):
-            metrics = read_trial_metrics(self._run_dir, ot_trial.number)
+            metrics = self._run_dir.read_metrics(ot_trial.number)
             reason = metrics.get("reason") or "the trial raised an exception (see Ray's error file)"
         elif not result or not result.get("final"):
             reason = "the trial ended without its final report"

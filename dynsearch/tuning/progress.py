@@ -13,7 +13,9 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
-from dynsearch.study import open_study, read_trial_metrics
+from dynsearch.run.front import front_trials
+from dynsearch.run.rundir import RunDir
+from dynsearch.run.study import count_states, open_study
 
 MAX_FRONT_POINTS = 8  # points shown on the front line
 
@@ -30,7 +32,7 @@ def _compact(value: float) -> str:
 
 def front_line(study, objectives: list[str]) -> str:
     """The study's non-dominated trials as 'front (accuracy, macs): 0.992/153k 0.989/51k ...'."""
-    points = sorted((t.values for t in study.best_trials), key=lambda values: [-v for v in values])
+    points = sorted((t.values for t in front_trials(study)), key=lambda values: [-v for v in values])
     shown = " ".join("/".join(_compact(v) for v in values) for values in points[:MAX_FRONT_POINTS])
     more = f" (+{len(points) - MAX_FRONT_POINTS} more)" if len(points) > MAX_FRONT_POINTS else ""
     return f"front ({', '.join(objectives)}): {shown}{more}"
@@ -67,8 +69,6 @@ class Progress(tune.Callback):
         )
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
-        from dynsearch.study import count_states, open_study
-
         counts = count_states(open_study(self.run_dir))
         self.done = counts.get("COMPLETE", 0)  # kept from earlier runs of this search
         if sum(counts.values()):
@@ -87,7 +87,7 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         number = self._number(trial)
-        metrics = read_trial_metrics(self.run_dir, number) if number is not None else {}
+        metrics = RunDir.of(self.run_dir).read_metrics(number) if number is not None else {}
         if metrics.get("status") == "COMPLETE":
             self.done += 1
             accuracy = metrics["accuracy"]
@@ -113,5 +113,5 @@ class Progress(tune.Callback):
         self.running.discard(trial.trial_id)
         self.failed += 1
         number = self._number(trial)
-        reason = read_trial_metrics(self.run_dir, number).get("reason", "see Ray's error file") if number is not None else ""
+        reason = RunDir.of(self.run_dir).read_metrics(number).get("reason", "see Ray's error file") if number is not None else ""
         self._line(f"trial {number} FAIL: {reason}")

@@ -14,36 +14,13 @@ predicts a model's latency from its traces: sum over components of
 """
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from typing import Any, Callable
 
 import torch
 
-from dynsearch.errors import UserError
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda[:N]``; a clear error (exit 2) when it is absent."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"latency device {name!r}: no CUDA device on this machine; use device: cpu")
-        return torch.device(name)
-    raise UserError(f"latency device {name!r}: unknown; use cpu or cuda")
-
-
-@contextlib.contextmanager
-def fixed_threads(threads: int | None):
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from dynsearch.measure.device import pinned_threads, resolve_device
 
 
 def fold_batch_norm(model):
@@ -117,7 +94,7 @@ def measure_latency(
     model = fold_batch_norm(model).to(target)
     forward = model.forward_static if static else model
     batches = [inputs[i : i + batch_size].to(target) for i in range(0, len(inputs), batch_size)]
-    with fixed_threads(threads):
+    with pinned_threads(threads):
         per_input = [_time_call(lambda x=x: forward(x), target, warmup, repeats) for x in batches]
     return _distribution(per_input)
 
@@ -128,7 +105,7 @@ def component_latency_table(model, *, device: str = "cpu", threads: int | None =
     """Milliseconds of each component run alone at batch 1 (decision included, see ``timed_components``)."""
     target = resolve_device(device)
     model = fold_batch_norm(model).to(target)
-    with fixed_threads(threads):
+    with pinned_threads(threads):
         return {name: _time_call(fn, target, warmup, repeats) for name, fn in model.timed_components(target).items()}
 
 
@@ -145,7 +122,7 @@ def _measure_with_isolation(model, inputs: torch.Tensor, spec: dict[str, Any]) -
     """Time ``model`` here, holding this node's CPU gate (see isolation.py)."""
     import ray
 
-    from dynsearch.isolation import exclusive_timing
+    from dynsearch.measure.isolation import exclusive_timing
 
     with exclusive_timing(spec["isolation_timeout_s"]) as isolated:
         result = measure_latency(
@@ -183,78 +160,3 @@ def measure_trial_latency(config: dict[str, Any], model, inputs: torch.Tensor, s
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     )
     return ray.get(task.remote(config, weights, inputs, spec))
-
-
-def _bench_data_section(folder, data: str | None) -> dict:
-    """The data to time on: --data NAME, else the run's recipe (trial folder) or the card (export)."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    if data:
-        return {"name": data}
-    folder = Path(folder)
-    recipe = folder.parent.parent / "recipe.yaml"
-    if recipe.is_file():
-        return yaml.safe_load(recipe.read_text())["data"]
-    card = folder / "card.json"
-    if card.is_file():
-        return json.loads(card.read_text())["data"]
-    raise UserError(f"{folder}: no recipe.yaml two levels up and no card.json; pass --data NAME")
-
-
-def load_model_folder(folder):
-    """A DynamicModel from a folder holding config.json and model.safetensors (never unpickles)."""
-    import json
-    from pathlib import Path
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from dynsearch.dynamic import build_model
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise UserError(f"{folder}: needs config.json and model.safetensors; pass a trial or exported model folder")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        model = build_model(config)
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    except (ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        raise UserError(f"{folder}: config or weights unreadable ({exc.__class__.__name__}); re-export the model") from None
-    return model.eval()
-
-
-def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: int = 1, threads: int = 1,
-          inputs: int = 100, repeats: int = 15, warmup: int = 3) -> dict[str, Any]:
-    """Latency of a saved model and of its static full-depth path, side by side, with MACs
-    and the latency table's prediction (and its error against the measurement)."""
-    from dynsearch.cost import count_params, measure
-    from dynsearch.data import DATASETS, load_data, load_splits
-    from dynsearch.user_data import source_of
-
-    model = load_model_folder(folder)
-    section = _bench_data_section(folder, data)
-    name = section.get("name")
-    if source_of(section) is None and name not in DATASETS:
-        raise UserError(f"--data {name}: unknown dataset; use one of {sorted(DATASETS)}")
-    resolve_device(device)
-    splits = load_data({**section, "split_seed": 0}) if source_of(section) else load_splits(name, 0)
-    x = splits.val_x[: inputs * batch_size]
-    costs = measure(model, x, splits.val_y[: len(x)])
-    kwargs = dict(device=device, batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
-    dynamic = measure_latency(model, x, **kwargs)
-    static = measure_latency(model, x, static=True, **kwargs)
-    table = component_latency_table(model, device=device, threads=threads)
-    predicted = predict_latency_ms(model, x, table)
-    return {
-        "path": str(folder), "data": name, "device": device, "batch_size": batch_size, "threads": threads,
-        "dynamic": {**dynamic, "macs": costs["macs"]},
-        "static": {**static, "macs": costs["macs_full"]},
-        "params": count_params(model),
-        "macs_speedup": costs["macs_full"] / costs["macs"],
-        "realised_speedup": static["latency_ms_mean"] / dynamic["latency_ms_mean"],
-        "lut_predicted_ms": predicted,
-        "lut_error": abs(predicted - dynamic["latency_ms_mean"]) / dynamic["latency_ms_mean"],
-    }

@@ -1,8 +1,9 @@
-"""Cost accounting: per-component MACs, measured once, summed over what each trace says ran.
+"""Static per-component MACs of a DynamicModel: each component counted once, alone, at batch 1.
 
 Convention (DESIGN.md): MACs of convolutions, linear layers and matrix
 products, i.e. ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 (bias,
-normalisation, activations and pooling not counted).
+normalisation, activations and pooling not counted). A sample's MACs are the
+sum over the components its Trace says ran (``Trace.macs_per_sample``).
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-from dynsearch.dynamic.base import Trace
 
 
 def count_macs(fn: Callable[[], Any]) -> int:
@@ -63,37 +62,3 @@ def measure_component_macs(model) -> dict[str, int]:
         macs[name] = count_macs(lambda: module(x))
         module.train(was_training)
     return macs
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-@torch.no_grad()
-def measure(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
-    """Accuracy and mean per-sample MACs of ``model`` in eval mode on a split.
-
-    MACs come from the traces of what actually ran (the model really skips).
-    Returns ``accuracy``, ``macs``, ``macs_full``, ``stats`` (the mechanism's
-    per-point statistics, e.g. its exit histogram) and ``per_sample_macs``.
-    """
-    was_training = model.training
-    model.eval()
-    component_macs = model.component_macs()
-    correct, traces = 0, []
-    for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-        out = model(x)
-        correct += int((out.logits.argmax(dim=1) == y).sum())
-        traces.append(out.trace)
-    model.train(was_training)
-    trace = Trace.cat(traces)
-    macs = trace.macs_per_sample(component_macs)
-    result: dict[str, Any] = {
-        "accuracy": correct / len(inputs),
-        "macs": float(macs.mean()),
-        "macs_full": model.macs_full(),
-        "stats": model.trace_stats(trace),
-        "per_sample_macs": macs.tolist(),
-    }
-    return result

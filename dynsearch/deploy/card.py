@@ -28,11 +28,11 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
     """
     from dynsearch.data import DATASETS
     from dynsearch.dynamic import MECHANISMS
-    from dynsearch.onnx_export import onnx_support
+    from dynsearch.deploy.onnx_export import onnx_support
 
     mechanism = MECHANISMS[config["mechanism"]]
     data = recipe["data"]
-    from dynsearch.user_data import describe, source_of
+    from dynsearch.data.user import describe, source_of
 
     info = DATASETS.get(data.get("name"))
     description = describe(data) if source_of(data) else info.description if info else None

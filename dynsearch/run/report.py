@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from dynsearch.errors import UserError
+from dynsearch.run.front import pareto
+from dynsearch.run.rundir import RunDir
+from dynsearch.run.study import open_existing
 
-PNG_FILE = "pareto.png"
-HTML_FILE = "pareto.html"
 MAX_STAT_TRIALS = 6  # front points drawn in a statistics panel
 
 
@@ -74,30 +75,23 @@ class RunSummary:
 
 def collect(run_dir: str | Path) -> RunSummary:
     """Every trial of a run with its state, metrics, config and front membership."""
-    import yaml
-
-    from dynsearch.front import pareto
-    from dynsearch.study import open_study, read_trial_metrics, trial_dir
-
     front = {item["trial"] for item in pareto(run_dir)}  # checks the run directory
-    path = Path(run_dir).expanduser().resolve()
-    recipe_path = path / "recipe.yaml"
-    recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else None
+    run = RunDir.existing(run_dir)
+    recipe = run.read_recipe_data() if run.recipe_path.is_file() else None
     objectives = [o["name"] for o in (recipe or {}).get("objectives", [])] or ["accuracy", "macs"]
     trials = []
-    for trial in open_study(path).get_trials(deepcopy=False):
-        config_path = trial_dir(path, trial.number) / "config.json"
+    for trial in open_existing(run).get_trials(deepcopy=False):
         trials.append(TrialPoint(
             number=trial.number,
             state=trial.state.name,
-            metrics=read_trial_metrics(path, trial.number),
-            config=json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {},
+            metrics=run.read_metrics(trial.number),
+            config=run.read_config(trial.number) or {},
             fail_reason=str(trial.user_attrs.get("fail_reason", "")),
             on_front=trial.number in front,
         ))
     if not trials:
         raise UserError(f"run directory {run_dir}: holds no trials yet; run `dynsearch search --out {run_dir}` first")
-    return RunSummary(path, objectives, trials)
+    return RunSummary(run.path, objectives, trials)
 
 
 def stat_panels(points: list[TrialPoint]) -> list[tuple[str, StatView, list[Any], dict[int, dict[Any, float]]]]:
@@ -292,7 +286,7 @@ def draw_html(run: RunSummary, path: Path) -> None:
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``pareto.png`` and ``pareto.html`` into the run directory; return their paths."""
     run = collect(run_dir)
-    png, page = run.run_dir / PNG_FILE, run.run_dir / HTML_FILE
+    png, page = RunDir(run.run_dir).report_png, RunDir(run.run_dir).report_html
     draw_png(run, png)
     draw_html(run, page)
     return png, page

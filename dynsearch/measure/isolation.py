@@ -1,8 +1,8 @@
 """Timing isolation: no trial trains on a node while a model is being timed there.
 
 One ``CpuGate`` actor per node (named after the node, created on first use,
-pinned to it). Training holds the gate shared for each epoch (a Lightning
-callback); a latency measurement holds it exclusively: it waits for the
+pinned to it). Training holds the gate shared for each epoch (training/lightning.py:
+``GateCallback``); a latency measurement holds it exclusively: it waits for the
 epochs in progress on that node to end, and new epochs wait for it. A trainer
 that died inside an epoch cannot block timing forever: ``acquire`` gives up
 after ``timeout_s`` and the measurement is recorded as not isolated.
@@ -84,23 +84,3 @@ def exclusive_timing(timeout_s: float = 120.0):
         yield isolated
     finally:
         ray.get(gate.release_timing.remote())
-
-
-def gate_callback(trial: str):
-    """A Lightning callback holding this node's gate shared during each training epoch."""
-    from dynsearch.trial import _lightning
-
-    pl = _lightning()
-    gate = node_gate()
-
-    class GateCallback(pl.Callback):
-        def on_train_epoch_start(self, trainer, module):
-            ray.get(gate.enter_training.remote(trial))
-
-        def on_train_epoch_end(self, trainer, module):
-            ray.get(gate.leave_training.remote(trial))
-
-        def on_exception(self, trainer, module, exception):
-            ray.get(gate.leave_training.remote(trial))
-
-    return GateCallback()

@@ -5,7 +5,7 @@ A backbone is ``(stem, [stage, ...])``; mechanisms put their machinery
 from a dry run, so any stage list works. Kinds: ``cnn``, ``mlp``, ``resnet``
 (stages of ``ResidualBlock``), ``transformer`` (stages of ``EncoderLayer``
 over sequences of feature vectors) and ``user`` (the stages a user's callable
-returns, after an identity stem). Kind ``recurrent`` (a GRU cell that reads the
+returns, after an identity stem; models/user.py). Kind ``recurrent`` (a GRU cell that reads the
 same input each step, ``widths[0]`` wide) belongs to the halting mechanisms
 (dynamic/halting.py), which build it themselves.
 """
@@ -156,22 +156,6 @@ def build_transformer(input_shape: Sequence[int], widths: Sequence[int], depth: 
     stem = SequenceStem(length, in_features, width)
     stages = [nn.Sequential(*(EncoderLayer(width, heads, 2 * width) for _ in range(depth))) for _ in widths]
     return stem, stages
-
-
-def build_backbone(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module]]:
-    backbone = config["backbone"]
-    if backbone["kind"] == "user":  # the user's stages as given; no stem (see user_code.py)
-        from dynsearch.user_code import user_stages
-
-        return nn.Identity(), user_stages(backbone)
-    shape, widths, depth = config["input_shape"], backbone["widths"], backbone["depth"]
-    if backbone["kind"] == "transformer":
-        return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)))
-    if backbone["kind"] == "recurrent":
-        raise ValueError("backbone kind 'recurrent' is the halting mechanisms' cell (space: halting); "
-                         "use cnn, mlp, resnet or transformer here")
-    builders = {"cnn": build_cnn, "mlp": build_mlp, "resnet": build_resnet}
-    return builders[backbone["kind"]](shape, widths, depth)
 
 
 class SequenceMean(nn.Module):

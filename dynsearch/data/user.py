@@ -122,7 +122,7 @@ def _tensor(value: Any, name: str, where: str) -> torch.Tensor:
 
 
 def _split(x, y, data: dict[str, Any], where: str) -> dict[str, Any]:
-    from dynsearch.data import split_arrays
+    from dynsearch.data.splits import split_arrays
 
     x, y = _check_pair(x, y, "x", where), _tensor(y, "y", where)
     _check_labels(y, "y", len(x), where)
@@ -164,7 +164,7 @@ def _check_labels(y: torch.Tensor, name: str, count: int, where: str) -> None:
 
 
 def _checked_splits(arrays: dict[str, Any], where: str):
-    from dynsearch.data import Splits
+    from dynsearch.data.splits import Splits
 
     tensors: dict[str, torch.Tensor] = {}
     for split in ("train", "val", "test"):

@@ -6,10 +6,12 @@ generated on the fly (for Transformer backbones); ``mnist1d`` is MNIST-1D
 (Greydanus 2020) generated locally with ``mnist1d.data.make_dataset`` (its
 ``get_dataset`` downloads, so it is never called); ``parity`` is the parity
 task of ACT (Graves 2016), seeded. A user's own data (a callable, an .npz / .pt
-file, torchvision) is read by user_data.py through ``load_data``. Splits into train / validation / test are stratified and fixed by the seed.
+file, torchvision) is read by data/user.py through ``load_data``. Splits into train / validation / test are stratified and fixed by the seed.
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,19 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-
-@dataclass
-class Splits:
-    """Tensors of the three splits, with what a model needs to know about them."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    input_shape: tuple[int, ...]
-    num_classes: int
+from dynsearch.data.splits import Splits, split_arrays
+from dynsearch.data.user import load_user_splits, source_of
 
 
 @dataclass(frozen=True)
@@ -175,23 +166,6 @@ register_dataset(
 )
 
 
-def split_arrays(x, y, split_seed: int, val_fraction: float, test_fraction: float):
-    """``(train_x, train_y, val_x, val_y, test_x, test_y)``: stratified, fixed by ``split_seed``."""
-    from sklearn.model_selection import train_test_split
-
-    rest_x, test_x, rest_y, test_y = train_test_split(
-        x, y, test_size=test_fraction, random_state=split_seed, stratify=y
-    )
-    train_x, val_x, train_y, val_y = train_test_split(
-        rest_x,
-        rest_y,
-        test_size=val_fraction / (1.0 - test_fraction),
-        random_state=split_seed,
-        stratify=rest_y,
-    )
-    return train_x, train_y, val_x, val_y, test_x, test_y
-
-
 def load_splits(name: str, split_seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
     """Load dataset ``name`` and split it deterministically from ``split_seed``."""
     info = DATASETS[name]
@@ -205,8 +179,24 @@ def load_data(data: dict[str, Any] | Any) -> Splits:
     dataset by ``name``, or the user's own (callable, file, torchvision; see user_data.py)."""
     if not isinstance(data, dict):
         data = data.model_dump()
-    from dynsearch.user_data import load_user_splits, source_of
-
     if source_of(data) is not None:
         return load_user_splits(data)
     return load_splits(data["name"], int(data["split_seed"]), float(data["val_fraction"]), float(data["test_fraction"]))
+
+
+# Keys a model card adds to a recipe's data section (card.py): not part of what the data is.
+_CARD_KEYS = ("description", "input_shape", "num_classes")
+
+
+def cached_splits(data: dict[str, Any]) -> Splits:
+    """``load_data`` for a recipe's (or a card's) data section, cached: exports and operating
+    points measure several models on the same data."""
+    key = {k: v for k, v in data.items() if k not in _CARD_KEYS}
+    if source_of(key) is None:
+        key = {k: key.get(k) for k in ("name", "split_seed", "val_fraction", "test_fraction")}
+    return _cached_splits(json.dumps(key, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_splits(data_json: str) -> Splits:
+    return load_data(json.loads(data_json))

@@ -56,10 +56,10 @@ def quantize_graphs(model, folder: Path, calibration) -> list[str]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from dynsearch.onnx_export import _chain
+    from dynsearch.deploy.onnx_export import chain_outputs
 
     form = model.onnx_form()
-    chain = _chain(form, calibration)
+    chain = chain_outputs(form, calibration)
     (folder / INT8_DIR).mkdir()
     files = []
     root = logging.getLogger()
@@ -97,7 +97,7 @@ def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latenc
     ``test_macs`` and ``latency_ms`` (median over ``repeats`` alternating passes of
     the mean per-input time over the first ``latency_inputs`` validation inputs).
     """
-    from dynsearch.onnx_runtime import StagedRuntime
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
 
     runtimes = {name: StagedRuntime(folder, int8=name == "int8", threads=threads, card=card)
                 for name in ("float", "int8")}

@@ -22,7 +22,7 @@ INPUT_NAME = "input"
 
 
 @torch.no_grad()
-def _chain(form, sample: torch.Tensor) -> dict[str, tuple[torch.Tensor, tuple]]:
+def chain_outputs(form, sample: torch.Tensor) -> dict[str, tuple[torch.Tensor, tuple]]:
     """Per part (by name): its PyTorch input and outputs, each part fed what the parts before it computed."""
     values: dict[str, torch.Tensor] = {INPUT_NAME: sample}
     chain = {}
@@ -51,7 +51,7 @@ def graph_parity(model, folder: Path, inputs: torch.Tensor, form=None, chain=Non
 
     model.eval()
     form = form or model.onnx_form()
-    chain = chain or _chain(form, inputs)
+    chain = chain or chain_outputs(form, inputs)
     diffs = []
     for part in form.parts:
         x, expected = chain[part.name]
@@ -73,7 +73,7 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
     form = model.onnx_form()
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
-    chain = _chain(form, sample)
+    chain = chain_outputs(form, sample)
     for part in form.parts:
         # A part is a fresh wrapper module (training mode by default); torch.onnx.export
         # restores the wrapper's mode on exit, which would put the shared stages in training mode.

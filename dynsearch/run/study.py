@@ -1,30 +1,27 @@
-"""The run's Optuna study and trial folders: the search's durable state.
+"""The run's Optuna study: opened from the run directory, its sampler, orphaned trials.
 
 Imports neither Ray nor any mechanism, so reading a run stays light.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
-from typing import Any
 
 from dynsearch.errors import UserError
 from dynsearch.recipe import Recipe
+from dynsearch.run.rundir import RunDir
 
 STUDY_NAME = "dynsearch"
-STUDY_FILE = "study.journal"
-TRIALS_DIR = "trials"
 
 
-def open_study(run_dir: Path, recipe: Recipe | None = None, sampler=None):
+def open_study(run_dir: RunDir | Path, recipe: Recipe | None = None, sampler=None):
     """The run's Optuna study (created when ``recipe`` is given and none exists)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
+    storage = JournalStorage(JournalFileBackend(str(RunDir.of(run_dir).study_path)))
     if recipe is None:
         return optuna.load_study(study_name=STUDY_NAME, storage=storage)
     study = optuna.create_study(
@@ -84,17 +81,11 @@ def count_states(study) -> dict[str, int]:
     return counts
 
 
-def trial_dir(run_dir: Path, number: int) -> Path:
-    return run_dir / TRIALS_DIR / str(number)
-
-
-def read_trial_metrics(run_dir: Path, number: int) -> dict[str, Any]:
-    path = trial_dir(run_dir, number) / "metrics.json"
+def open_existing(run_dir: RunDir | str | Path):
+    """The study of a search's run directory, checked; a one-line UserError when it cannot be read."""
+    run = RunDir.existing(run_dir)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable or corrupt ({exc.__class__.__name__}); remove the trial folder") from None
-
-
+        return open_study(run)
+    except Exception as exc:  # a journal that optuna cannot replay
+        raise UserError(f"run directory {run_dir}: the study cannot be read ({exc.__class__.__name__}); "
+                        "the journal is corrupt") from None

@@ -1,0 +1,332 @@
+"""The ``dynsearch`` command: thin argument handling over the library.
+
+Exit codes: 0 success; 2 for anything the user can fix (one line, no
+traceback); 1 for an internal failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  dynsearch train                          train the default recipe's default point
+  dynsearch search                         multi-objective search, default recipe
+  dynsearch search digits-exits --trials 16 --out runs/demo
+  dynsearch pareto runs/demo --json
+  dynsearch bench runs/demo/trials/3      latency of one trial's model vs its static path
+  dynsearch report runs/demo               pareto.png and pareto.html in the run directory
+  dynsearch export runs/demo --pareto --out models --format onnx
+  dynsearch list
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _trial_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of trial numbers") from None
+    if any(n < 0 for n in numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: trial numbers start at 0")
+    return numbers
+
+
+def _point_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an operating point number (0, 1, ...)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dynsearch",
+        description="Search dynamic neural networks (early exits, gates, experts, adaptive "
+        "computation) for the best accuracy / cost trade-off.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from dynsearch.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"dynsearch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    recipe_help = "a YAML recipe path or a built-in recipe name (default: digits-exits; see 'dynsearch list')"
+
+    train = commands.add_parser("train", help="train the recipe's default point once and measure it",
+                                description="Train the recipe's default configuration once and print "
+                                "test accuracy, macs (test split mean of what ran), macs_full and params.")
+    train.add_argument("recipe", nargs="?", help=recipe_help)
+    train.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
+    train.add_argument("--out", help="also save config.json, model.safetensors and metrics.json here")
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+
+    search = commands.add_parser("search", help="run or resume a multi-objective search",
+                                 description="Run a multi-objective search (Ray Tune trials, Optuna "
+                                 "sampler) and print its Pareto front. Re-running on the same --out resumes.")
+    search.add_argument("recipe", nargs="?", help=recipe_help)
+    search.add_argument("--trials", type=_positive_int, help="number of COMPLETE trials wanted")
+    search.add_argument("--epochs", type=_positive_int, help="epochs per trial")
+    search.add_argument("--concurrent", type=_positive_int, help="trials running at once")
+    search.add_argument("--sampler", choices=["nsga2", "tpe", "random"], help="Optuna sampler")
+    search.add_argument("--seed", type=int, help="search seed")
+    search.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    search.add_argument("--address", help="join an existing Ray cluster (HOST:PORT); default: a local instance")
+    search.add_argument("--new", action="store_true",
+                        help="start a new search in --out even if it holds one of another recipe "
+                        "(the old search is moved to <out>/previous/<k>)")
+    search.add_argument("--json", action="store_true", help="print the front as JSON when done")
+    search.add_argument("--wandb", choices=["online", "offline", "off"],
+                        help="W&B tracking (default online: offline with a notice when not logged in or unreachable)")
+    search.add_argument("--wandb-project", help="W&B project (default: the recipe's wandb.project)")
+    search.add_argument("--wandb-group", help="W&B group naming this search (default: the run directory's name)")
+
+    front = commands.add_parser("pareto", help="print the Pareto front of a run",
+                                description="Print the non-dominated trials of a run directory.")
+    front.add_argument("run_dir", help="a search's run directory")
+    front.add_argument("--json", action="store_true", help="print a JSON list")
+    front.add_argument("--operating-points", action="store_true",
+                       help="the front over every operating point (runtime knob values) of every trial")
+
+    bench = commands.add_parser("bench", help="time a saved model and its static full-depth path",
+                                description="Latency (batch-1 by default, eval mode, real exits) of a trial "
+                                "folder (RUN_DIR/trials/N) or an exported model folder, next to its static "
+                                "full-depth path, with MACs, params and the latency table's prediction.")
+    bench.add_argument("path", help="a folder with config.json and model.safetensors")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bench.add_argument("--batch-size", type=_positive_int, default=1, help="inputs per timed call (default: 1)")
+    bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: 1)")
+    bench.add_argument("--inputs", type=_positive_int, default=100, help="validation batches timed (default: 100)")
+    bench.add_argument("--data", help="dataset to time on (default: the run's or the card's)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+
+    report = commands.add_parser("report", help="draw the front and the mechanisms' statistics of a run",
+                                 description="Write pareto.png and an interactive pareto.html into a run directory.")
+    report.add_argument("run_dir", help="a search's run directory")
+
+    export = commands.add_parser("export", help="export trials as model folders (weights, config, card, ONNX)",
+                                 description="Write DIR/trial-<N>/ per trial: config.json, model.safetensors, "
+                                 "card.md, card.json and, with --format onnx, the staged ONNX graphs. Each "
+                                 "model is re-measured first; nothing is written unless every trial checks out.")
+    export.add_argument("run_dir", help="a search's run directory")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trials", type=_trial_numbers, help="comma-separated trial numbers, e.g. 3,7")
+    which.add_argument("--pareto", action="store_true", help="every trial on the Pareto front (the default)")
+    export.add_argument("--out", required=True, help="folder to write the model folders into")
+    export.add_argument("--format", choices=["onnx"], help="also write the staged ONNX graphs (onnx/)")
+    export.add_argument("--point", type=_point_number,
+                        help="export the one --trials N at its operating point K (see 'pareto --operating-points')")
+    export.add_argument("--quantize", choices=["int8"], help="also write int8 copies of the ONNX graphs "
+                        "(onnx_int8/; implies --format onnx), measured again; the card has both figures")
+
+    listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _print_front(front: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Pareto front (validation accuracy vs MACs)")
+    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits / gates at"):
+        table.add_column(column, justify="right")
+    for item in front:
+        config = item["config"]
+        exits = config.get("exits", {}).get("stages") or config.get("gates", {}).get("blocks", [])
+        table.add_row(
+            str(item["trial"]),
+            f"{item['accuracy']:.4f}",
+            f"{item['test_accuracy']:.4f}",
+            f"{item['macs']:,.0f}",
+            f"{item['macs'] / item['macs_full']:.0%}",
+            f"{item['params']:,}",
+            ",".join(map(str, exits)) or "-",
+        )
+    Console().print(table)
+
+
+def _cmd_train(args) -> int:
+    from dynsearch.api import train
+
+    result = train(args.recipe, out=args.out, epochs=args.epochs)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        share = result["macs"] / result["macs_full"]
+        print(f"test accuracy {result['test_accuracy']:.4f}")
+        print(f"macs          {result['macs']:,.0f} per sample ({share:.1%} of macs_full)")
+        print(f"macs_full     {result['macs_full']:,}")
+        print(f"params        {result['params']:,}")
+        stats = result["stats"]
+        if "exit_histogram" in stats:
+            shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
+            print(f"exits taken   {shares} (test split)")
+        if "gate_rates" in stats:
+            rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gate_blocks"], stats["gate_rates"]))
+            print(f"gates on      {rates} (test split)")
+        if "mean_ponder_steps" in stats:
+            print(f"ponder steps  {stats['mean_ponder_steps']:.2f} per sample on average (test split)")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from dynsearch.api import search
+
+    wandb = {k: v for k, v in (("mode", args.wandb), ("project", args.wandb_project), ("group", args.wandb_group)) if v}
+    result = search(
+        args.recipe, out=args.out, address=args.address, progress=True, new=args.new,
+        trials=args.trials, epochs=args.epochs, concurrent_trials=args.concurrent,
+        seed=args.seed, wandb=wandb or None, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
+    )
+    if args.json:
+        print(json.dumps(result.front))
+    else:
+        _print_front(result.front)
+        print(f"run directory: {result.run_dir}")
+    if result.complete < result.trials:
+        print(f"dynsearch: warning: {result.complete} of {result.trials} trials COMPLETE, "
+              f"{result.counts.get('FAIL', 0)} FAIL (reasons: 'fail_reason' in the study); "
+              "re-run the same command to try again", file=sys.stderr)
+    return 0
+
+
+def _cmd_pareto(args) -> int:
+    from dynsearch.api import pareto
+
+    front = pareto(args.run_dir, operating_points=args.operating_points)
+    if args.json:
+        print(json.dumps(front))
+    elif args.operating_points:
+        _print_points(front)
+    else:
+        _print_front(front)
+    return 0
+
+
+def _print_points(front: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Operating-point front (validation accuracy vs MACs)")
+    for column in ("trial", "point", "knobs", "val acc", "test acc", "macs", "% of full"):
+        table.add_column(column, justify="right")
+    for item in front:
+        knobs = " ".join(f"{k}={v:g}" for k, v in item["knobs"].items()) or "-"
+        table.add_row(str(item["trial"]), str(item["point"]) + ("*" if item["trained"] else ""), knobs,
+                      f"{item['accuracy']:.4f}", f"{item['test_accuracy']:.4f}", f"{item['macs']:,.0f}",
+                      f"{item['macs'] / item['macs_full']:.0%}")
+    Console().print(table)
+    print("* the trial's own (trained) point; export one: dynsearch export RUN_DIR --trials N --point K --out DIR")
+
+
+def _cmd_bench(args) -> int:
+    from dynsearch.deploy.bench import bench
+
+    result = bench(args.path, data=args.data, device=args.device, batch_size=args.batch_size,
+                   threads=args.threads, inputs=args.inputs)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['path']} on {result['device']}, batch {result['batch_size']}, {result['threads']} thread(s)")
+    for kind in ("dynamic", "static"):
+        r = result[kind]
+        print(f"  {kind:<8} p50 {r['latency_ms']:.4f} ms  mean {r['latency_ms_mean']:.4f} ms  "
+              f"p90 {r['latency_ms_p90']:.4f} ms  macs {r['macs']:,.0f}")
+    print(f"  speed-up: MACs {result['macs_speedup']:.2f}x, measured {result['realised_speedup']:.2f}x; "
+          f"params {result['params']:,}")
+    print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms (error {result['lut_error']:.1%})")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from dynsearch.run.report import write_report
+
+    png, page = write_report(args.run_dir)
+    print(f"wrote {png}")
+    print(f"wrote {page}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from dynsearch.deploy.export import export
+
+    paths = export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx",
+                             point=args.point, quantize=args.quantize)
+    for path in paths:
+        card = json.loads((path / "card.json").read_text(encoding="utf-8"))
+        m, repro = card["measured"], card["reproduced_at_export"]
+        same = "reproduced" if repro["matches_recorded"] else "NOT reproduced exactly (see card.md)"
+        onnx = f", onnx: {len(card['onnx']['graphs'])} graph(s)" if card["onnx"] else ""
+        point = card.get("operating_point")
+        at_point = f", operating point {point['point']} {json.dumps(point['knobs'])}" if point else ""
+        if card.get("int8"):
+            f, q = card["int8"]["float"], card["int8"]["int8"]
+            onnx += (f", int8: test acc {q['test_accuracy']:.4f} (float {f['test_accuracy']:.4f}), "
+                     f"{q['latency_ms']:.3f} ms (float {f['latency_ms']:.3f} ms) at batch 1")
+        print(f"{path}: val acc {m['accuracy']:.4f}, macs {m['macs']:,.0f} "
+              f"({m['macs'] / m['macs_full']:.0%} of full), {same}{onnx}{at_point}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from dynsearch.dynamic import mechanisms
+    from dynsearch.recipe import builtin_recipes
+    from dynsearch.spaces import available_spaces
+
+    listing = {
+        "recipes": sorted(builtin_recipes()),
+        "spaces": available_spaces(),
+        "mechanisms": [
+            {"name": m.name, "family": m.family, "paper": m.paper} for m in mechanisms().values()
+        ],
+    }
+    if args.json:
+        print(json.dumps(listing))
+        return 0
+    print("recipes:    " + ", ".join(listing["recipes"]))
+    print("spaces:     " + ", ".join(listing["spaces"]))
+    print("mechanisms:")
+    for m in listing["mechanisms"]:
+        print(f"  {m['name']:<15} {m['family']:<6} {m['paper']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from dynsearch.errors import UserError
+
+    handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "bench": _cmd_bench,
+                "report": _cmd_report, "export": _cmd_export, "list": _cmd_list}
+    try:
+        return handlers[args.command](args)
+    except UserError as exc:
+        print(f"dynsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dynsearch: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

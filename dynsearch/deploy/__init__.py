@@ -1,0 +1,1 @@
+"""Deployment: model folders (export, load), model cards, staged ONNX, int8, benchmarking a folder."""

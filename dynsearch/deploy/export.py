@@ -1,0 +1,175 @@
+"""Export trials of a run as self-contained model folders (``load.py`` loads them back).
+
+A model folder ``DIR/trial-<N>/`` holds:
+
+  config.json        the trial config (architecture, mechanism; ``build_model`` takes it as it is)
+                     plus ``runtime_policy`` (the decision rule and its thresholds) and ``export``
+                     (format, the weights' sha256)
+  model.safetensors  the weights, byte for byte those the trial wrote
+  card.json, card.md the objectives as measured, data, recipe, library versions, supported forms
+  onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
+  onnx_int8/         with ``quantize="int8"``: the same graphs quantized (see quantize.py)
+
+Nothing in it is a pickle. ``load`` needs torch and dynsearch only (it imports
+neither Ray nor Optuna) and never unpickles. Before anything is written, every
+trial's weights are checked against the sha256 the trial recorded and the model
+is measured again under the trial's settings; the card says whether the figures
+came out identical (runs older than the checksum must reproduce them exactly).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dynsearch.data import cached_splits
+from dynsearch.deploy.load import FORMAT, REEXPORT, load
+from dynsearch.deploy.trials import CheckedTrial, check_trial
+from dynsearch.errors import UserError
+from dynsearch.measure.evaluate import measure_val, same_figures
+from dynsearch.run.front import pareto
+from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, read_json, write_json
+from dynsearch.run.study import open_existing
+
+CARD_JSON, CARD_MD = "card.json", "card.md"
+
+
+def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,
+           point: int | None = None, quantize: str | None = None) -> list[Path]:
+    """Export trials of a run as model folders ``out/trial-<N>/``; return their paths.
+
+    Args:
+        trials: trial numbers; None exports the Pareto front.
+        onnx: also write the staged ONNX graphs (an error for a mechanism without an ONNX form).
+        point: export the one trial in ``trials`` at this operating point (its knob values in
+            the config, runtime policy and card; see ``pareto(run_dir, operating_points=True)``).
+        quantize: ``"int8"``: also write int8 copies of the graphs (implies ``onnx``), measured
+            again with onnxruntime; the card records the float and int8 figures.
+
+    Every trial is checked (COMPLETE, weights intact, figures reproduced) before
+    anything is written; the folders are built in a temporary folder and renamed
+    into place, so a failed export leaves nothing behind.
+    """
+    from dynsearch.deploy.quantize import check_quantize
+
+    check_quantize(quantize)
+    onnx = onnx or quantize is not None
+    run = RunDir.existing(run_dir)
+    recipe = run.read_recipe_data()
+    numbers = _trial_numbers(run, trials)
+    out_dir = Path(out).expanduser()
+    _check_targets(out_dir, numbers)
+    if point is not None and (trials is None or len(numbers) != 1):
+        raise UserError("--point: pass exactly one trial with --trials N (operating points are per trial)")
+    checked = [check_trial(run, number, recipe) for number in numbers]
+    if point is not None:
+        from dynsearch.deploy.points import at_point
+
+        checked = [at_point(run, checked[0], point, recipe)]
+    if onnx:
+        for item in checked:
+            if item.model.onnx_form() is None:
+                raise UserError(f"trial {item.number}: ONNX not supported for mechanism "
+                                f"{item.config.get('mechanism')!r}; export it without --format onnx")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    except OSError as exc:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror}); choose another folder") from None
+    try:
+        for item in checked:
+            _write_model_folder(staging / f"trial-{item.number}", item, run, recipe, onnx, quantize)
+        for item in checked:
+            os.rename(staging / f"trial-{item.number}", out_dir / f"trial-{item.number}")
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [(out_dir / f"trial-{item.number}").resolve() for item in checked]
+
+
+def _trial_numbers(run: Path, trials: list[int] | None) -> list[int]:
+    """The Pareto front's trials, or the given ones after checking each is a COMPLETE trial of the study."""
+    if trials is None:
+        numbers = [item["trial"] for item in pareto(run)]
+        if not numbers:
+            raise UserError(f"run directory {run}: no COMPLETE trial to export; run or resume the search first")
+        return numbers
+    study = open_existing(run)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in trials:
+        if number not in by_number:
+            known = f"0-{max(by_number)}" if by_number else "none"
+            raise UserError(f"run directory {run}: no trial {number} (trials: {known}); "
+                            f"pick one from 'dynsearch pareto {run}'")
+        state = by_number[number].state.name
+        if state != "COMPLETE":
+            reason = by_number[number].user_attrs.get("fail_reason", "")
+            because = f" ({reason.splitlines()[0][:200]})" if reason else ""
+            raise UserError(f"trial {number}: is {state}{because}, not COMPLETE; "
+                            f"export a COMPLETE trial (see 'dynsearch pareto {run}')")
+    return list(dict.fromkeys(trials))
+
+
+def _check_targets(out_dir: Path, numbers: list[int]) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a folder; choose another path")
+    for number in numbers:
+        if (out_dir / f"trial-{number}").exists():
+            raise UserError(f"--out {out_dir}: trial-{number} already exists; remove it or choose another --out")
+
+
+def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: dict[str, Any], onnx: bool,
+                        quantize: str | None = None) -> None:
+    from dynsearch.deploy.card import card_markdown, make_card
+
+    folder.mkdir()
+    (folder / WEIGHTS_FILE).write_bytes(item.weights)
+    model = item.model
+    write_json(folder / CONFIG_FILE, {
+        **item.config,
+        "runtime_policy": model.runtime_policy(),
+        "export": {"format": FORMAT, "weights_sha256": hashlib.sha256(item.weights).hexdigest()},
+    })
+    onnx_manifest = int8 = None
+    if onnx:
+        from dynsearch.deploy.onnx_export import export_onnx
+
+        splits = cached_splits(recipe["data"])
+        onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
+    if quantize:
+        from dynsearch.deploy.quantize import compare, quantize_graphs
+
+        files = quantize_graphs(model, folder, splits.val_x)
+        int8 = compare(folder, {"runtime_policy": model.runtime_policy(), "onnx": onnx_manifest, "int8": {"files": files}},
+                       splits, threads=int(item.measured["measured_with"]["threads"]))
+        int8["files"] = files
+    card = make_card(item.number, item.config, item.metrics, model, run, recipe, onnx_manifest,
+                     reproduced={**item.measured, "matches_recorded": same_figures(item.measured, item.metrics)},
+                     int8=int8)
+    if item.point is not None:
+        card["operating_point"] = item.point
+    write_json(folder / CARD_JSON, card)
+    (folder / CARD_MD).write_text(card_markdown(card), encoding="utf-8")
+
+
+def reproduce(path: str | Path) -> dict[str, Any]:
+    """Load a model folder and measure it again on the validation split, as its trial was measured.
+
+    Returns ``accuracy``, ``macs`` (measured now), ``recorded`` (the trial's
+    figures from card.json) and ``matches`` (exactly equal).
+    """
+    folder = Path(path).expanduser()
+    model = load(folder)
+    card = read_json(folder / CARD_JSON, REEXPORT)
+    measured = measure_val(model, card["data"], card["measured_with"])
+    recorded = {k: card["objectives"][k] for k in ("accuracy", "macs")}
+    return {**measured, "recorded": recorded, "matches": same_figures(measured, recorded)}

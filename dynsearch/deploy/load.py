@@ -1,0 +1,101 @@
+"""Load an exported model folder (or a trial folder) back as a DynamicModel: the one model-folder loader.
+
+A model folder holds ``config.json`` (the trial config; an export adds
+``runtime_policy`` and ``export``: format and the weights' sha256) and
+``model.safetensors``. Loading never unpickles: weights are parsed from
+safetensors and checked against the recorded sha256 before the model is built.
+Needs torch and dynsearch only: this module imports neither Ray nor Optuna
+(an import contract in pyproject.toml holds it to that).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from dynsearch.errors import UserError
+from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json
+
+FORMAT = "dynsearch-model/1"
+REEXPORT = "export it again with 'dynsearch export'"
+EXPORT_KEYS = ("export", "runtime_policy")  # added to the trial config in an exported config.json
+
+
+def load(path: str | Path):
+    """The DynamicModel of an exported model folder, in eval mode, weights checked against config.json."""
+    model, _ = load_folder(path, exported=True)
+    return model
+
+
+def load_folder(path: str | Path, exported: bool = False):
+    """``(model, config)`` of a model folder: an export (its config records the weights' sha256)
+    or, unless ``exported``, a trial folder (its metrics.json records it). Eval mode."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"model folder {path}: not found; pass a DIR/trial-<N> folder written by 'dynsearch export'"
+                        + ("" if exported else " or a RUN_DIR/trials/<N> folder"))
+    config = read_json(folder / CONFIG_FILE, REEXPORT)
+    export_info = config.get("export") if isinstance(config, dict) else None
+    if exported or export_info is not None:
+        if not isinstance(export_info, dict) or export_info.get("format") != FORMAT:
+            raise UserError(f"{folder / CONFIG_FILE}: not a {FORMAT} model config; {REEXPORT}")
+        sha256 = export_info.get("weights_sha256")
+        if not isinstance(sha256, str):
+            raise UserError(f"{folder / CONFIG_FILE}: no weights checksum (export.weights_sha256); {REEXPORT}")
+        fix = REEXPORT
+    else:  # a trial folder: the checksum the trial recorded with its metrics, if any
+        fix = "re-run the trial or pass an exported model folder"
+        metrics = read_json(folder / METRICS_FILE, fix) if (folder / METRICS_FILE).is_file() else {}
+        sha256 = metrics.get("weights_sha256") if isinstance(metrics, dict) else None
+        if not isinstance(config, dict):
+            raise UserError(f"{folder / CONFIG_FILE}: not a model config (a JSON object); {fix}")
+    state = parse_weights(folder / WEIGHTS_FILE, read_bytes(folder / WEIGHTS_FILE, fix), sha256, fix)
+    model_config = {k: v for k, v in config.items() if k not in EXPORT_KEYS}
+    return build_checked(model_config, state, folder), config
+
+
+def read_bytes(path: Path, fix: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; {fix}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror}); {fix}") from None
+
+
+def parse_weights(path: Path, data: bytes, sha256: str | None, fix: str):
+    """Tensors from safetensors bytes (parsing them runs no code), checked against ``sha256``."""
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        state = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":  # torch.save zip archive, or a raw pickle
+            raise UserError(f"{path}: is a pickle (torch.save) file, not safetensors; "
+                            f"dynsearch never unpickles weights; {fix}") from None
+        raise UserError(f"{path}: not a valid safetensors file, truncated or corrupt "
+                        f"({exc.__class__.__name__}); {fix}") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{path}: sha256 differs from the one recorded with it (tampered or truncated); {fix}")
+    return state
+
+
+def build_checked(config: Any, state: dict, where: Path):
+    from dynsearch.dynamic import build_model
+
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: no model config; {REEXPORT}")
+    try:
+        model = build_model(config)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise UserError(f"{where}: the config does not describe a model ({exc.__class__.__name__}: {exc}); "
+                        f"restore the {CONFIG_FILE} written with it") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise UserError(f"{where}: the weights do not fit the model the config describes ({first}); "
+                        "restore the matching weights") from None
+    return model.eval()

@@ -1,0 +1,53 @@
+"""A trial of a run read back for export or operating points: weights verified, model re-measured."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynsearch.deploy.load import build_checked, parse_weights, read_bytes
+from dynsearch.errors import UserError
+from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure_val, same_figures
+from dynsearch.run.rundir import RunDir, read_json
+
+
+# -- export --------------------------------------------------------------------
+@dataclass
+class CheckedTrial:
+    """A trial read from a run directory whose weights were verified and re-measured."""
+
+    number: int
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    weights: bytes
+    model: Any
+    measured: dict[str, Any]
+    point: dict[str, Any] | None = None  # the operating point it is exported at (operating_points.py)
+
+
+def check_trial(run: Path, number: int, recipe: dict[str, Any]) -> CheckedTrial:
+    """Read a trial folder, verify its weights and re-measure the model under the trial's settings."""
+    run = RunDir.of(run)
+    folder = run.trial_dir(number)
+    fix = f"the trial's folder {folder} is damaged; re-run the search in a new run directory"
+    config = read_json(run.config_path(number), fix)
+    metrics = read_json(run.metrics_path(number), fix)
+    if metrics.get("status") != "COMPLETE":
+        raise UserError(f"trial {number}: its metrics.json says {metrics.get('status')!r}, not COMPLETE; "
+                        "export a COMPLETE trial")
+    recorded_sha = metrics.get("weights_sha256")
+    weights = read_bytes(run.weights_path(number), fix)
+    model = build_checked(config, parse_weights(run.weights_path(number), weights, recorded_sha, fix), folder)
+    measured_with = metrics.get("measured_with") or settings_from_recipe(recipe)
+    measured = measure_val(model, recipe["data"], measured_with)
+    if recorded_sha is None and not same_figures(measured, metrics):
+        # No checksum (an older run): the figures are the only evidence these are the trial's weights.
+        raise UserError(f"trial {number}: its weights give accuracy {measured['accuracy']} and macs "
+                        f"{measured['macs']}, not the recorded {metrics['accuracy']} and {metrics['macs']}: "
+                        f"tampered or from another trial; {fix}")
+    return CheckedTrial(number, config, metrics, weights, model, measured)
+
+
+def settings_from_recipe(recipe: dict[str, Any]) -> dict[str, int]:
+    return {"batch_size": MEASURE_BATCH_SIZE, "threads": max(1, math.ceil(float(recipe.get("cpus_per_trial", 1))))}

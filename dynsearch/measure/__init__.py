@@ -1,0 +1,1 @@
+"""Measurement: accuracy and traced MACs over a split, latency, operating-point sweeps, timing isolation."""

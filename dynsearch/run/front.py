@@ -1,0 +1,112 @@
+"""The Pareto front of a run, read from its Optuna study and trial folders, and the one Pareto filter.
+
+Reading a front imports neither Ray nor any mechanism.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from dynsearch.errors import UserError
+from dynsearch.run.rundir import RunDir
+from dynsearch.run.study import count_states, open_existing
+
+# Every objective a recipe may name, with its direction (recipe.OBJECTIVE_DIRECTIONS agrees).
+LATENCY_KEYS = ("latency_ms", "latency_ms_p90", "latency_ms_mean")
+
+
+def non_dominated(items: list[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Items no other item dominates on ``objectives`` = (key, "max" | "min") pairs; ties are all kept.
+
+    The one Pareto filter: the front of trials and the front of operating points
+    both use it, with the recipe's objectives (``latency_ms`` included).
+    """
+    signs = [(key, 1.0 if direction == "max" else -1.0) for key, direction in objectives]
+    gains = [[sign * float(item[key]) for key, sign in signs] for item in items]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [item for item, b in zip(items, gains) if not any(dominates(a, b) for a in gains)]
+
+
+def front_trials(study, names: Sequence[str] | None = None) -> list:
+    """The study's non-dominated COMPLETE trials (FrozenTrials) on its objectives and directions.
+
+    ``names``: the objectives' names when the study has none recorded (runs older than that).
+    """
+    from optuna.trial import TrialState
+
+    names = list(study.metric_names or names or [f"objective{i}" for i in range(len(study.directions))])
+    directions = ["max" if d.name == "MAXIMIZE" else "min" for d in study.directions]
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    items = [{"index": i, **dict(zip(names, t.values))} for i, t in enumerate(trials)]
+    return [trials[item["index"]] for item in non_dominated(items, list(zip(names, directions)))]
+
+
+def incomplete_trial(run_dir: str | Path, number: int, folder: Path) -> UserError:
+    return UserError(f"run directory {run_dir}: trial {number} is COMPLETE in the study but its "
+                     f"folder {folder} is missing or incomplete; restore it or start a new run")
+
+
+def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The non-dominated COMPLETE trials of a run (on the study's objectives), most accurate first.
+
+    Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
+    ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
+    mechanism's statistics on the validation split, e.g. ``exit_histogram``),
+    plus the latency figures when they were measured.
+    """
+    run = RunDir.existing(run_dir)
+    study = open_existing(run)
+    names = None if study.metric_names else [o["name"] for o in run.read_recipe_data()["objectives"]]
+    front = []
+    for trial in front_trials(study, names):
+        number = trial.number
+        metrics, config = run.read_metrics(number), run.read_config(number)
+        if metrics.get("status") != "COMPLETE" or config is None:
+            raise incomplete_trial(run_dir, number, run.trial_dir(number))
+        front.append(
+            {
+                "trial": number,
+                "accuracy": float(metrics["accuracy"]),
+                "test_accuracy": float(metrics["test_accuracy"]),
+                "macs": float(metrics["macs"]),
+                "macs_full": int(metrics["macs_full"]),
+                "params": int(metrics["params"]),
+                "config": config,
+                "stats": metrics.get("stats", {}),
+            }
+        )
+        for key in LATENCY_KEYS:
+            if key in metrics:
+                front[-1][key] = float(metrics[key])
+    front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"]))
+    return front
+
+
+def write_front(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Compute the front and store it in the run directory (``pareto.json``)."""
+    front = pareto(run_dir)
+    RunDir.of(run_dir).write_front(front)
+    return front
+
+
+def trial_counts(run_dir: str | Path) -> dict[str, int]:
+    """How many trials of the study are in each state."""
+    return count_states(open_existing(run_dir))
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area dominated by ``points`` = (accuracy, cost) pairs — accuracy
+    maximised, cost (MACs, latency) minimised — up to ``reference`` = (lowest
+    accuracy, highest cost). Points outside the reference box add nothing.
+    Uses Optuna's WFG implementation (the one behind ``plot_hypervolume_history``)."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    low_accuracy, high_cost = reference
+    inside = [(-acc, cost) for acc, cost in points if acc > low_accuracy and cost < high_cost]
+    if not inside:
+        return 0.0
+    return float(compute_hypervolume(np.asarray(inside, dtype=float), np.asarray([-low_accuracy, high_cost], dtype=float)))

@@ -1,0 +1,314 @@
+"""The run directory: the one module that knows its file and folder names and reads and writes them.
+
+A search's run directory holds::
+
+    recipe.yaml          the resolved recipe (resume compares it with the new one)
+    study.journal        the Optuna study (journal file storage)
+    trials/<N>/          per trial: config.json, model.safetensors, metrics.json (written last),
+                         placement.json, operating_points.json
+    pareto.json          the front, pareto.png and pareto.html the report
+    ray/  wandb/         Ray Tune's experiment folder, W&B's files
+    .dynsearch.lock      held (flock) while a search runs
+    previous/<k>/        earlier searches moved aside by --new
+
+Every write is atomic (a temporary name, then a rename). An exported model
+folder reuses the trial folder's names for its config and weights
+(``CONFIG_FILE``, ``WEIGHTS_FILE``). Imports neither the recipe model, Ray,
+Optuna nor any mechanism: the recipe is handled here as its plain dict.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from dynsearch.errors import UserError
+
+RECIPE_FILE = "recipe.yaml"
+STUDY_FILE = "study.journal"
+TRIALS_DIR = "trials"
+FRONT_FILE = "pareto.json"
+REPORT_PNG = "pareto.png"
+REPORT_HTML = "pareto.html"
+RAY_DIR = "ray"
+WANDB_DIR = "wandb"
+LOCK_FILE = ".dynsearch.lock"
+PREVIOUS_DIR = "previous"
+# A trial folder's files (an exported model folder uses the first two too).
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+PLACEMENT_FILE = "placement.json"
+POINTS_FILE = "operating_points.json"
+
+# What makes two searches' trials comparable; the trial budget, sampler and
+# resources may change between runs of the same search.
+RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "latency")
+# What --new moves aside (everything a search writes, see README "Run directory").
+SEARCH_STATE = (RECIPE_FILE, STUDY_FILE, TRIALS_DIR, FRONT_FILE, RAY_DIR, REPORT_PNG, REPORT_HTML, WANDB_DIR)
+
+
+# -- atomic files ------------------------------------------------------------------
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Write each file atomically (temporary name, then rename), in the order given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = folder / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_files(path.parent, {path.name: json_bytes(data)})
+
+
+def trial_files(config: dict[str, Any], model, metrics: dict[str, Any]) -> dict[str, bytes]:
+    """A trial folder's files as bytes, in write order: config, weights (safetensors), metrics last.
+
+    ``model`` is any torch module (None: no weights); the metrics record the
+    weights' sha256, which exports and operating points check (tampering, truncation).
+    """
+    files = {CONFIG_FILE: json_bytes(config)}
+    if model is not None:
+        from safetensors.torch import save
+
+        weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        files[WEIGHTS_FILE] = weights
+        metrics = {**metrics, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    files[METRICS_FILE] = json_bytes(metrics)
+    return files
+
+
+def config_and_placement_files(config: dict[str, Any], placement: dict[str, Any]) -> dict[str, bytes]:
+    """What a trial writes when it starts: its config and where it runs."""
+    return {CONFIG_FILE: json_bytes(config), PLACEMENT_FILE: json_bytes(placement)}
+
+
+def metrics_file(metrics: dict[str, Any]) -> dict[str, bytes]:
+    return {METRICS_FILE: json_bytes(metrics)}
+
+
+def points_file(record: dict[str, Any]) -> dict[str, bytes]:
+    return {POINTS_FILE: json_bytes(record)}
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file's content; a one-line UserError naming ``fix`` when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable or not JSON ({exc.__class__.__name__}); {fix}") from None
+
+
+class RunDir:
+    """A search's run directory (see the module docstring); ``path`` is absolute."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().resolve()
+
+    @classmethod
+    def of(cls, run_dir: "RunDir | str | Path") -> "RunDir":
+        return run_dir if isinstance(run_dir, RunDir) else cls(run_dir)
+
+    @classmethod
+    def create(cls, out: str | Path) -> "RunDir":
+        """Create the run directory (and its parents); one-line UserError if impossible."""
+        run_dir = Path(out).expanduser().resolve()
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--out {out}: exists and is not a directory; choose another path")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot create the run directory ({exc.strerror}); choose another path") from None
+        if not os.access(run_dir, os.W_OK):
+            raise UserError(f"--out {out}: the run directory is not writable; choose another path")
+        return cls(run_dir)
+
+    @classmethod
+    def existing(cls, run_dir: "RunDir | str | Path") -> "RunDir":
+        """The run directory of a search that has started; a one-line UserError otherwise."""
+        if isinstance(run_dir, RunDir):
+            run_dir = run_dir.path
+        path = Path(run_dir).expanduser()
+        if not path.is_dir():
+            raise UserError(f"run directory {run_dir}: not found; pass the --out folder of a search")
+        if not (path / STUDY_FILE).is_file():
+            raise UserError(f"run directory {run_dir}: holds no {STUDY_FILE}; pass the --out folder of a search")
+        return cls(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- paths ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def study_path(self) -> Path:
+        return self.path / STUDY_FILE
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.path / RECIPE_FILE
+
+    @property
+    def front_path(self) -> Path:
+        return self.path / FRONT_FILE
+
+    @property
+    def report_png(self) -> Path:
+        return self.path / REPORT_PNG
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / REPORT_HTML
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.path / RAY_DIR
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / WANDB_DIR
+
+    def has_study(self) -> bool:
+        return self.study_path.exists()
+
+    def trial_dir(self, number: int) -> Path:
+        return self.path / TRIALS_DIR / str(number)
+
+    def config_path(self, number: int) -> Path:
+        return self.trial_dir(number) / CONFIG_FILE
+
+    def weights_path(self, number: int) -> Path:
+        return self.trial_dir(number) / WEIGHTS_FILE
+
+    def metrics_path(self, number: int) -> Path:
+        return self.trial_dir(number) / METRICS_FILE
+
+    def points_path(self, number: int) -> Path:
+        return self.trial_dir(number) / POINTS_FILE
+
+    # -- trial folders ---------------------------------------------------------------
+    def read_metrics(self, number: int) -> dict[str, Any]:
+        """A trial's metrics.json ({} while it has none); a UserError when it is corrupt."""
+        path = self.metrics_path(number)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: unreadable or corrupt ({exc.__class__.__name__}); remove the trial folder") from None
+
+    def read_config(self, number: int) -> dict[str, Any] | None:
+        """A trial's config.json, or None while it has none."""
+        path = self.config_path(number)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def write_trial(self, number: int, files: dict[str, bytes]) -> None:
+        """Write files (``trial_files`` and friends) into trial ``number``'s folder, atomically, in order."""
+        write_files(self.trial_dir(number), files)
+
+    def write_front(self, front: list[dict[str, Any]]) -> None:
+        write_json(self.front_path, front)
+
+    # -- the recipe ------------------------------------------------------------------
+    def read_recipe_data(self) -> dict[str, Any]:
+        """The resolved recipe a search wrote, as a dict; a one-line UserError when it is missing or not one."""
+        path = self.recipe_path
+        try:
+            recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"{path}: missing or unreadable ({exc.__class__.__name__}); "
+                            f"restore the run's {RECIPE_FILE}") from None
+        if not isinstance(recipe, dict) or not isinstance(recipe.get("data"), dict):
+            raise UserError(f"{path}: not a resolved recipe (no 'data' mapping); restore the run's {RECIPE_FILE}")
+        return recipe
+
+    def write_recipe(self, recipe_data: dict[str, Any]) -> None:
+        """Write the resolved recipe (a dict) atomically."""
+        write_files(self.path, {RECIPE_FILE: yaml.safe_dump(recipe_data, sort_keys=False).encode("utf-8")})
+
+    # -- guards ----------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock; refuse if another search holds it.
+
+        An ``flock`` is released by the kernel when its process dies, so a killed
+        search never leaves the directory locked.
+        """
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(
+                    f"run directory {self.path}: another dynsearch search is using it (pid {holder}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def check_resume(self, recipe_data: dict[str, Any], normalise: Callable[[Any], dict[str, Any]],
+                     new: bool = False) -> Path | None:
+        """Refuse to resume a search of another recipe; with ``new``, move the old search aside.
+
+        ``recipe_data`` is the new search's resolved recipe; ``normalise`` turns the
+        stored recipe into the same form (and raises for one that is not a valid
+        recipe). Returns where the old search was moved, or None.
+        """
+        if not self.has_study():
+            return None
+        if new:
+            return self.move_aside()
+        unchecked = (f"so resuming cannot be checked; pass --new to start a new search there "
+                     "(the old one is kept)")
+        if not self.recipe_path.is_file():
+            raise UserError(f"run directory {self.path}: holds a study but no {RECIPE_FILE}, {unchecked}")
+        try:
+            old = normalise(yaml.safe_load(self.recipe_path.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError, UserError):
+            raise UserError(f"run directory {self.path}: its {RECIPE_FILE} is unreadable or invalid, {unchecked}") from None
+        changed = [field for field in RESUME_FIELDS if old[field] != recipe_data[field]]
+        if changed:
+            raise UserError(
+                f"run directory {self.path}: holds a search with a different recipe (changed: {', '.join(changed)}); "
+                "re-run with the same recipe to resume, or pass --new to start a new search there (the old one is kept)"
+            )
+        return None
+
+    def move_aside(self) -> Path:
+        """Move an earlier search's files into ``previous/<k>`` (k = 1, 2, ...) and return that folder."""
+        previous = self.path / PREVIOUS_DIR
+        k = 1
+        while (previous / str(k)).exists():
+            k += 1
+        target = previous / str(k)
+        target.mkdir(parents=True)
+        for name in SEARCH_STATE:
+            if (self.path / name).exists():
+                os.replace(self.path / name, target / name)
+        return target

@@ -1,0 +1,90 @@
+"""The Ray Tune trainable: one trial in a Ray worker (train, measure, sweep, report, write its files).
+
+The search layer (tuning/) hands this function to Ray Tune without importing
+it: ``dynsearch.api.search`` passes it in, so the search never imports a
+mechanism. The trial's files travel to the driver's node through the
+``files`` actor handle (tuning/tuner.py: ``TrialFiles``).
+"""
+from __future__ import annotations
+
+import socket
+import time
+import traceback
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from dynsearch.data import load_data
+from dynsearch.measure.device import pin_threads
+from dynsearch.measure.latency import measure_trial_latency
+from dynsearch.measure.points import points_record, sweep
+from dynsearch.run.rundir import WEIGHTS_FILE, config_and_placement_files, metrics_file, points_file, trial_files
+from dynsearch.tracking import TrialTracker
+from dynsearch.training.lightning import GateCallback
+from dynsearch.training.trial import evaluate, train_model
+
+
+# -- the trainable (runs in a Ray worker) ----------------------------------
+def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int, tracking=None,
+              splits=None) -> None:
+    """Ray Tune function trainable: one Lightning fit, then the final report (and its W&B run).
+
+    ``splits``: the data, loaded once by the driver and shipped through Ray's object store
+    (a user's data module need not be importable on the workers)."""
+    pin_threads(cpus)
+    trial_config = config["dynsearch"]
+    number = int(trial_config["trial"])
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+    ray.get(files.write.remote(number, config_and_placement_files(trial_config, {**placement, "started": time.time()})))
+    started = time.time()
+    tracker = None
+    try:
+        tracker = TrialTracker(tracking, trial_config)
+        splits = splits if splits is not None else load_data(recipe_data["data"])
+        accelerator = "gpu" if recipe_data["gpus_per_trial"] > 0 else "cpu"
+        latency = recipe_data["latency"] if measures_latency(recipe_data) else None
+        callbacks = [GateCallback(str(number))] if latency else []
+        model = train_model(trial_config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
+                            callbacks=callbacks, objectives=[o["name"] for o in recipe_data["objectives"]])
+        metrics = evaluate(model, splits)
+        if latency:
+            metrics.update(measure_trial_latency(trial_config, model, splits.val_x, latency))
+        sweep_started = time.perf_counter()
+        points = sweep(model, splits, metrics["measured_with"]["batch_size"])  # the model is in memory here
+        sweep_seconds = time.perf_counter() - sweep_started
+    except Exception as caught:
+        # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
+        # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.
+        exc = as_out_of_memory(caught)
+        reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
+        failure = {"status": "FAIL", "reason": reason, "traceback": traceback.format_exc()[-4000:], **placement}
+        ray.get(files.write.remote(number, metrics_file(failure)))
+        if tracker is not None:
+            tracker.finish(fail_reason=reason)
+        # Ray checks every result names the objectives; the searcher tells the study FAIL, never NaN.
+        objectives = {o["name"]: float("nan") for o in recipe_data["objectives"]}
+        tune.report({**objectives, "final": True, "failed": True})
+        return
+    metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
+    written = trial_files(trial_config, model, metrics)
+    record = points_record(number, model, points, written[WEIGHTS_FILE], metrics["measured_with"], sweep_seconds)
+    ray.get(files.write.remote(number, {**points_file(record), **written}))  # metrics last
+    tracker.finish(metrics)
+    tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
+
+
+def measures_latency(recipe_data: dict[str, Any]) -> bool:
+    return recipe_data["latency"]["measure"] or any(o["name"] == "latency_ms" for o in recipe_data["objectives"])
+
+
+def as_out_of_memory(exc: Exception) -> Exception:
+    """CPU allocation failures as ``torch.OutOfMemoryError`` (what a GPU raises), with the fix.
+
+    torch's CPU allocator raises a plain RuntimeError ("can't allocate memory").
+    """
+    if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+        return exc
+    first_line = (str(exc).splitlines() or ["out of memory"])[0][:400]
+    return torch.OutOfMemoryError(f"{first_line}; make the model or batch_size smaller, or run fewer concurrent_trials")

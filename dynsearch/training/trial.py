@@ -1,0 +1,84 @@
+"""One trial: Lightning training of a DynamicModel, then measurement.
+
+Used by ``dynsearch train`` directly and by the Ray Tune trainable
+(trainable.py), which passes a ``report`` function.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dynsearch.dynamic import DynamicModel, build_model
+from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, count_params, measure
+from dynsearch.run.rundir import trial_files, write_files
+from dynsearch.training.lightning import DynamicModule, NonFiniteError, Report, ReportCallback
+
+
+def train_model(config: dict[str, Any], splits, report: Report | None = None, accelerator: str = "cpu",
+                callbacks: list | None = None, objectives: list[str] = ()) -> DynamicModel:
+    """Train the model a trial config describes on ``splits`` with Lightning.
+
+    ``accelerator`` is Lightning's ("cpu" or "gpu"); the trained model is
+    returned on the CPU, where it is measured.
+    """
+    import pytorch_lightning as pl
+
+    train = config["train"]
+    torch.manual_seed(int(train["seed"]))
+    model = build_model(config)
+    model.component_macs()  # measured once, before training
+    generator = torch.Generator().manual_seed(int(train["seed"]))
+    train_loader = DataLoader(
+        TensorDataset(splits.train_x, splits.train_y),
+        batch_size=int(train["batch_size"]),
+        shuffle=True,
+        generator=generator,
+    )
+    val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
+    callbacks = [*(callbacks or []), *([ReportCallback(report, objectives)] if report else [])]
+    trainer = pl.Trainer(
+        max_epochs=int(train["epochs"]),
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        deterministic=False,
+    )
+    trainer.fit(DynamicModule(model, float(train["lr"])), train_loader, val_loader)
+    model.cpu().eval()
+    return model
+
+
+def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
+    """The objectives of a trained model: validation for selection, test for reporting only."""
+    val = measure(model, splits.val_x, splits.val_y, batch_size=MEASURE_BATCH_SIZE)
+    test = measure(model, splits.test_x, splits.test_y, batch_size=MEASURE_BATCH_SIZE)
+    metrics = {
+        "accuracy": val["accuracy"],
+        "macs": val["macs"],
+        "macs_full": val["macs_full"],
+        "params": count_params(model),
+        "test_accuracy": test["accuracy"],
+        "test_macs": test["macs"],
+        "stats": val["stats"],
+        "test_stats": test["stats"],
+        # Decisions at a threshold can flip with round-off: exports re-measure under these settings.
+        "measured_with": {"batch_size": MEASURE_BATCH_SIZE, "threads": torch.get_num_threads()},
+    }
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"non-finite metric(s) {bad}: {[metrics[k] for k in bad]}")
+    return metrics
+
+
+def save_trial(folder: Path, config: dict[str, Any], model: DynamicModel | None, metrics: dict[str, Any]) -> None:
+    """Write config.json, model.safetensors and metrics.json into ``folder``."""
+    write_files(folder, trial_files(config, model, metrics))

@@ -1,0 +1,1 @@
+"""The search: Ray Tune runs trials, a Searcher over Optuna's ask/tell proposes them; run-time progress."""
