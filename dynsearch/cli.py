@@ -10,13 +10,15 @@ import json
 import sys
 from pathlib import Path
 
+from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, REPORT_HTML, REPORT_PNG, WEIGHTS_FILE
+
 EPILOG = """examples:
   dynsearch train                          train the default recipe's default point
   dynsearch search                         multi-objective search, default recipe
   dynsearch search digits-exits --trials 16 --out runs/demo
   dynsearch pareto runs/demo --json
   dynsearch bench runs/demo/trials/3      latency of one trial's model vs its static path
-  dynsearch report runs/demo               pareto.png and pareto.html in the run directory
+  dynsearch report runs/demo               the front drawn: PNG and interactive HTML in the run directory
   dynsearch export runs/demo --pareto --out models --format onnx
   dynsearch list
 """
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "test accuracy, macs (test split mean of what ran), macs_full and params.")
     train.add_argument("recipe", nargs="?", help=recipe_help)
     train.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
-    train.add_argument("--out", help="also save config.json, model.safetensors and metrics.json here")
+    train.add_argument("--out", help=f"also save {CONFIG_FILE}, {WEIGHTS_FILE} and {METRICS_FILE} here")
     train.add_argument("--json", action="store_true", help="print one JSON object")
 
     search = commands.add_parser("search", help="run or resume a multi-objective search",
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Latency (batch-1 by default, eval mode, real exits) of a trial "
                                 "folder (RUN_DIR/trials/N) or an exported model folder, next to its static "
                                 "full-depth path, with MACs, params and the latency table's prediction.")
-    bench.add_argument("path", help="a folder with config.json and model.safetensors")
+    bench.add_argument("path", help=f"a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     bench.add_argument("--batch-size", type=_positive_int, default=1, help="inputs per timed call (default: 1)")
     bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: 1)")
@@ -117,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     report = commands.add_parser("report", help="draw the front and the mechanisms' statistics of a run",
-                                 description="Write pareto.png and an interactive pareto.html into a run directory.")
+                                 description=f"Write {REPORT_PNG} and an interactive {REPORT_HTML} into a run directory.")
     report.add_argument("run_dir", help="a search's run directory")
 
     export = commands.add_parser("export", help="export trials as model folders (weights, config, card, ONNX)",
-                                 description="Write DIR/trial-<N>/ per trial: config.json, model.safetensors, "
+                                 description=f"Write DIR/trial-<N>/ per trial: {CONFIG_FILE}, {WEIGHTS_FILE}, "
                                  "card.md, card.json and, with --format onnx, the staged ONNX graphs. Each "
                                  "model is re-measured first; nothing is written unless every trial checks out.")
     export.add_argument("run_dir", help="a search's run directory")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynsearch.errors import UserError
+from dynsearch.models.backbones import BACKBONE_KINDS
 
 OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"
@@ -102,7 +103,7 @@ class DataSpec(_Strict):
 class BackboneSpec(_Strict):
     """A built-in backbone, or ``kind: user`` with ``callable`` returning the stages (user_code.py)."""
 
-    kind: Literal["cnn", "mlp", "resnet", "transformer", "user", "recurrent"] = "cnn"
+    kind: Literal[BACKBONE_KINDS] = "cnn"
     widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8)
     depth: int = Field(1, ge=1, le=8)
     heads: int = Field(2, ge=1, le=64, description="attention heads (transformer only)")

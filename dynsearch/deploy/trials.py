@@ -9,7 +9,7 @@ from typing import Any
 from dynsearch.deploy.load import build_checked, parse_weights, read_bytes
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure_val, same_figures
-from dynsearch.run.rundir import RunDir, read_json
+from dynsearch.run.rundir import METRICS_FILE, RunDir, read_json
 
 
 # -- export --------------------------------------------------------------------
@@ -34,7 +34,7 @@ def check_trial(run: Path, number: int, recipe: dict[str, Any]) -> CheckedTrial:
     config = read_json(run.config_path(number), fix)
     metrics = read_json(run.metrics_path(number), fix)
     if metrics.get("status") != "COMPLETE":
-        raise UserError(f"trial {number}: its metrics.json says {metrics.get('status')!r}, not COMPLETE; "
+        raise UserError(f"trial {number}: its {METRICS_FILE} says {metrics.get('status')!r}, not COMPLETE; "
                         "export a COMPLETE trial")
     recorded_sha = metrics.get("weights_sha256")
     weights = read_bytes(run.weights_path(number), fix)
