@@ -142,7 +142,8 @@ def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
     (out / "model.safetensors").write_bytes(b"not a safetensors file")
     bad = subprocess.run([sys.executable, "-m", "dynsearch.cli", "bench", str(out), "--data", "digits"],
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unreadable" in bad.stderr
+    # One loader for every model folder (deploy/load.py): the same one-line refusal as dynsearch.load's.
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a valid safetensors file" in bad.stderr
 
 
 def test_folding_batch_norm_keeps_outputs_and_decisions(digits):

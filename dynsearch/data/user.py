@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynsearch.data.splits import Splits, split_arrays
 from dynsearch.errors import UserError
+from dynsearch.user_code import call_user
 
 SOURCES = ("callable", "file", "torchvision", "image_folder")
 _SPLIT_KEYS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
@@ -47,8 +49,6 @@ def load_user_splits(data: dict[str, Any]):
     source = source_of(data)
     where = f"data.{source} {data[source]!r}"
     if source == "callable":
-        from dynsearch.user_code import call_user
-
         raw = call_user(data["callable"], data.get("module_path"), "data.callable")
     elif source == "file":
         raw = _read_file(Path(data["file"]), where)
@@ -122,8 +122,6 @@ def _tensor(value: Any, name: str, where: str) -> torch.Tensor:
 
 
 def _split(x, y, data: dict[str, Any], where: str) -> dict[str, Any]:
-    from dynsearch.data.splits import split_arrays
-
     x, y = _check_pair(x, y, "x", where), _tensor(y, "y", where)
     _check_labels(y, "y", len(x), where)
     try:
@@ -164,8 +162,6 @@ def _check_labels(y: torch.Tensor, name: str, count: int, where: str) -> None:
 
 
 def _checked_splits(arrays: dict[str, Any], where: str):
-    from dynsearch.data.splits import Splits
-
     tensors: dict[str, torch.Tensor] = {}
     for split in ("train", "val", "test"):
         x = _check_pair(arrays[f"{split}_x"], arrays[f"{split}_y"], f"{split}_x", where)

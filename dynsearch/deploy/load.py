@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from dynsearch.dynamic import build_model
 from dynsearch.errors import UserError
 from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json
 
@@ -81,8 +82,6 @@ def parse_weights(path: Path, data: bytes, sha256: str | None, fix: str):
 
 
 def build_checked(config: Any, state: dict, where: Path):
-    from dynsearch.dynamic import build_model
-
     if not isinstance(config, dict):
         raise UserError(f"{where}: no model config; {REEXPORT}")
     try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from dynsearch.data import cached_splits
 from dynsearch.dynamic.base import Trace
 from dynsearch.measure.device import pinned_threads
 
@@ -51,8 +52,6 @@ def measure(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int 
 
 def measure_val(model, data: dict[str, Any], measured_with: dict[str, int]) -> dict[str, Any]:
     """Validation accuracy and macs at the batch size and thread count the trial was measured with."""
-    from dynsearch.data import cached_splits
-
     splits = cached_splits(data)
     with pinned_threads(int(measured_with["threads"])):
         result = measure(model, splits.val_x, splits.val_y, batch_size=int(measured_with["batch_size"]))

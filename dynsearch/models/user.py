@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from dynsearch.errors import UserError
+from dynsearch.models.backbones import stage_output_shapes
 from dynsearch.user_code import call_user, one_line
 
 MAX_STAGES = 8  # the exit spaces have parameters for at most 8 stages
@@ -37,8 +38,6 @@ def user_stages(backbone: dict[str, Any]) -> list:
 def check_user_backbone(backbone: dict[str, Any], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
     """Dry-run a user backbone on the data's input shape; its stage output shapes, or a UserError."""
     from torch import nn
-
-    from dynsearch.models.backbones import stage_output_shapes
 
     stages = user_stages(backbone)
     try:
