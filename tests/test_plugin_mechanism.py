@@ -235,7 +235,7 @@ def test_the_plugin_is_searched_exported_and_loaded_in_a_fresh_process(plugin, t
     with torch.no_grad():
         trial_out = trial_model(digits.val_x)
     metrics = json.loads((run.trial_dir(number) / "metrics.json").read_text())
-    measured = measure_val(trial_model, recipe["data"], metrics["measured_with"])  # as its Ray worker measured it
+    measured = measure_val(trial_model, run.read_recipe_data()["data"], metrics["measured_with"])  # as its worker did
     assert (measured["accuracy"], measured["macs"]) == (metrics["accuracy"], metrics["macs"])
 
     [folder] = dynsearch.export(result.run_dir, tmp_path / "models", trials=[number], onnx=True)

@@ -1,8 +1,14 @@
 """The DynamicModel conformance suite: the checks every registered mechanism must pass.
 
 ``tests/test_conformance.py`` runs every check on every tiny config of every
-entry of ``MECHANISMS`` (``cases()``), so registering a mechanism is what gets
-it tested. A mechanism author can run it alone:
+registered mechanism, built-in or from a plugin (``cases()``), so registering a
+mechanism is what gets it tested. The checks cover the contract end to end:
+shapes, finite outputs, batch-N decisions equal batch-1 ones, traced MACs equal
+FlopCounterMode's, real skipping, gradients to the decision units, the aux
+loss, the config rebuilding the model, every runtime knob value reproducing a
+model rebuilt with it, the export/load round trip, and (with an ONNX form)
+graph parity and the staged runtime's decisions, also at other knob values.
+A mechanism author can run it alone:
 
     from dynsearch.testing.conformance import CHECKS
     for check in CHECKS: check(config)
