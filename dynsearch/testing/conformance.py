@@ -292,7 +292,7 @@ def check_onnx_graph_parity_and_staged_decisions(config: dict[str, Any]) -> None
 
     model, x = _onnx_model(config)
     form = model.onnx_form()
-    if "threshold" in model.runtime_policy():  # a threshold that splits the inputs: a wrong exit would show
+    if "threshold" in model.runtime_knobs():  # a threshold that splits the inputs: a wrong exit would show
         with torch.no_grad():  # halfway between the two middle scores of the first exit: no input sits on it
             middle = form.parts[0].module.eval()(x)[2].sort().values[BATCH // 2 - 1 : BATCH // 2 + 1]
         model.set_runtime_knobs({"threshold": float(middle.mean())})
