@@ -111,13 +111,13 @@ def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
     """onnxruntime's staged runtime, graph by graph at batch 1, takes the decisions (exits, gates, depth)
     and predictions PyTorch's model takes, and pays the same MACs."""
     from dynsearch.deploy.onnx_runtime import StagedRuntime
-    from test_onnx_forms import pytorch_decision
+    from dynsearch.testing.conformance import staged_decision
 
     model = dynsearch.load(folder)
     staged = StagedRuntime(folder).run(splits.val_x[:count].numpy())
     with torch.no_grad():
         for x, got in zip(splits.val_x[:count], staged):
-            assert (got.prediction, got.exit_stage, got.gates, got.macs) == pytorch_decision(model, x)
+            assert (got.prediction, got.exit_stage, got.gates, got.macs) == staged_decision(model, x)
     return staged
 
 

@@ -27,10 +27,10 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         int8: float and int8 figures of the staged graphs under onnxruntime (quantize.compare), if quantized.
     """
     from dynsearch.data import DATASETS
-    from dynsearch.dynamic import MECHANISMS
+    from dynsearch.dynamic import mechanisms
     from dynsearch.deploy.onnx_export import onnx_support
 
-    mechanism = MECHANISMS[config["mechanism"]]
+    mechanism = mechanisms()[config["mechanism"]]  # a plugin's too, even before any model was built
     data = recipe["data"]
     from dynsearch.data.user import describe, source_of
 

@@ -127,18 +127,25 @@ def _check_targets(out_dir: Path, numbers: list[int]) -> None:
             raise UserError(f"--out {out_dir}: trial-{number} already exists; remove it or choose another --out")
 
 
+def write_model_files(folder: Path, config: dict[str, Any], model, weights: bytes) -> None:
+    """Write the two files ``load`` reads into ``folder``: ``model.safetensors`` (``weights``, as
+    they are) and ``config.json`` (``config`` plus the model's ``runtime_policy`` and ``export``:
+    format and the weights' sha256)."""
+    (folder / WEIGHTS_FILE).write_bytes(weights)
+    write_json(folder / CONFIG_FILE, {
+        **config,
+        "runtime_policy": model.runtime_policy(),
+        "export": {"format": FORMAT, "weights_sha256": hashlib.sha256(weights).hexdigest()},
+    })
+
+
 def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: dict[str, Any], onnx: bool,
                         quantize: str | None = None) -> None:
     from dynsearch.deploy.card import card_markdown, make_card
 
     folder.mkdir()
-    (folder / WEIGHTS_FILE).write_bytes(item.weights)
     model = item.model
-    write_json(folder / CONFIG_FILE, {
-        **item.config,
-        "runtime_policy": model.runtime_policy(),
-        "export": {"format": FORMAT, "weights_sha256": hashlib.sha256(item.weights).hexdigest()},
-    })
+    write_model_files(folder, item.config, model, item.weights)
     onnx_manifest = int8 = None
     if onnx:
         from dynsearch.deploy.onnx_export import export_onnx

@@ -1,20 +1,34 @@
 """The DynamicModel conformance suite: the checks every registered mechanism must pass.
 
 ``tests/test_conformance.py`` runs every check on every tiny config of every
-entry of ``MECHANISMS`` (``cases()``), so registering a mechanism is what gets
-it tested. A mechanism author can run it alone:
+registered mechanism, built-in or from a plugin (``cases()``), so registering a
+mechanism is what gets it tested. The checks cover the contract end to end:
+shapes, finite outputs, batch-N decisions equal batch-1 ones, traced MACs equal
+FlopCounterMode's, real skipping, gradients to the decision units, the aux
+loss, the config rebuilding the model, every runtime knob value reproducing a
+model rebuilt with it, the export/load round trip, and (with an ONNX form)
+graph parity and the staged runtime's decisions, also at other knob values.
+A mechanism author can run it alone:
 
     from dynsearch.testing.conformance import CHECKS
     for check in CHECKS: check(config)
 
 Each check builds the model from ``config`` with a fixed seed and raises
-``AssertionError`` on a violation of the contract (dynamic/base.py).
+``AssertionError`` on a violation of the contract (dynamic/base.py), or
+``NotApplicable`` (a ``unittest.SkipTest``, which pytest reports as a skip) with
+the reason when the part of the contract it checks does not apply to the model
+(no ONNX form, no runtime knob).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import tempfile
+import unittest
 from collections import Counter, defaultdict
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -24,6 +38,10 @@ from dynsearch.dynamic import DynamicModel, build_model, mechanisms
 
 BATCH = 16
 TRAIN_STEPS = 20
+
+
+class NotApplicable(unittest.SkipTest):
+    """A check's part of the contract does not apply to this model (e.g. it has no ONNX form)."""
 
 
 def cases() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -241,6 +259,154 @@ def check_config_rebuilds_model(config: dict[str, Any]) -> None:
         assert torch.equal(count, second.trace.counts[name]), f"rebuilt model decides {name} otherwise"
 
 
+def staged_decision(model: DynamicModel, x: torch.Tensor) -> tuple[int, int | None, list[bool], int]:
+    """(prediction, exit stage or None, gate decisions, MACs) of the PyTorch model on one input
+    (no batch axis) at batch size 1: what ``onnx_runtime.Decision`` reports for it."""
+    with torch.no_grad():
+        out = model.eval()(x[None])
+    records = out.trace.records
+    exit_stage = int(records["exit_index"][0]) if "exit_index" in records else None
+    gates = [bool(g) for g in records["gates"][0]] if "gates" in records else []
+    macs = int(out.trace.macs_per_sample(model.component_macs())[0])
+    return int(out.logits.argmax()), exit_stage, gates, macs
+
+
+def _runtime_decisions(runtime, x: torch.Tensor) -> list[tuple[int, int | None, list[bool], int]]:
+    return [(d.prediction, d.exit_stage, d.gates, d.macs) for d in runtime.run(x.numpy())]
+
+
+def _onnx_model(config: dict[str, Any]) -> tuple[DynamicModel, torch.Tensor]:
+    model, x, _ = _model(config)
+    model.eval()
+    if model.onnx_form() is None:
+        raise NotApplicable(f"mechanism {config['mechanism']!r} has no staged ONNX form (onnx_form() is None)")
+    return model, x
+
+
+def check_onnx_graph_parity_and_staged_decisions(config: dict[str, Any]) -> None:
+    """Every graph of the staged ONNX form matches PyTorch within ``PARITY_TOLERANCE``, and
+    ``StagedRuntime`` over them takes PyTorch's batch-1 decisions (class, exit, gates, MACs)
+    on every input, with some inputs leaving early or some gated blocks skipped."""
+    from dynsearch.deploy.onnx_export import PARITY_TOLERANCE, export_onnx, graph_parity
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
+
+    model, x = _onnx_model(config)
+    form = model.onnx_form()
+    if "threshold" in model.runtime_knobs():  # a threshold that splits the inputs: a wrong exit would show
+        with torch.no_grad():  # halfway between the two middle scores of the first exit: no input sits on it
+            middle = form.parts[0].module.eval()(x)[2].sort().values[BATCH // 2 - 1 : BATCH // 2 + 1]
+        model.set_runtime_knobs({"threshold": float(middle.mean())})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        manifest = export_onnx(model, folder / "onnx", x)
+        diffs = graph_parity(model, folder / "onnx", x)
+        assert max(diffs) <= PARITY_TOLERANCE, f"onnxruntime differs from PyTorch by {max(diffs):.3g}"
+        runtime = StagedRuntime(folder, card={"runtime_policy": model.runtime_policy(), "onnx": manifest})
+        got = _runtime_decisions(runtime, x)
+    expected = [staged_decision(model, sample) for sample in x]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g == e, f"sample {i}: the staged runtime decided {g}, PyTorch {e} (class, exit, gates, MACs)"
+    # The decisions are really taken: some inputs leave early / some gated blocks are skipped.
+    if any(g["role"] == "gate" for g in manifest["graphs"]):
+        gates = {on for _, _, decided, _ in got for on in decided}
+        assert gates == {True, False}, f"every gated block decided {gates}: a wrong gate would not show"
+    else:
+        exits = {stage for _, stage, _, _ in got}
+        assert len(exits) > 1, f"every input left at {exits}: the check would not see a wrong exit"
+
+
+def check_staged_runtime_follows_runtime_knobs(config: dict[str, Any]) -> None:
+    """A model exported at another operating point (gate bias, depth shift, threshold, patience)
+    runs the same graphs: at every other value of each knob's grid the staged runtime decides
+    as PyTorch does with that value set."""
+    from dynsearch.deploy.onnx_export import export_onnx
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
+    from dynsearch.measure.points import current_knobs
+
+    model, x = _onnx_model(config)
+    knobs = model.runtime_knobs()
+    if not knobs:
+        raise NotApplicable(f"mechanism {config['mechanism']!r}: this config has no runtime knob")
+    baseline = [staged_decision(model, sample) for sample in x]
+    trained = current_knobs(model)
+    changed_decisions = False
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = export_onnx(model, Path(tmp) / "onnx", x)
+        for name, grid in knobs.items():
+            for value in grid[::2]:
+                model.set_runtime_knobs({name: value})
+                runtime = StagedRuntime(tmp, card={"runtime_policy": model.runtime_policy(), "onnx": manifest})
+                expected = [staged_decision(model, sample) for sample in x]
+                assert _runtime_decisions(runtime, x) == expected, \
+                    f"{name}={value}: the staged runtime decided otherwise than PyTorch"
+                changed_decisions |= expected != baseline
+            model.set_runtime_knobs(trained)
+    if set(knobs) & {"gate_bias", "depth_shift"}:  # (exit heads' scores rarely split at the grid's values:
+        # the threshold rule is checked at a splitting value by check_onnx_graph_parity_and_staged_decisions)
+        assert changed_decisions, "no knob value changed any decision: the check could not see a knob ignored"
+
+
+def check_sweep_matches_rebuilt_model_at_each_knob_value(config: dict[str, Any]) -> None:
+    """The operating-point sweep at each knob value gives the figures of a model rebuilt from the
+    config written with those knob values, measured by its own eval forward; knobs are restored."""
+    from dynsearch.measure.evaluate import measure
+    from dynsearch.measure.points import current_knobs, sweep
+
+    model, x, y = _model(config)
+    model.eval()
+    if not model.runtime_knobs():
+        raise NotApplicable(f"mechanism {config['mechanism']!r}: this config has no runtime knob")
+    before = model.runtime_policy()
+    splits = SimpleNamespace(val_x=x, val_y=y, test_x=x[:7], test_y=y[:7])
+    points = sweep(model, splits, batch_size=5)  # 16 = 5 + 5 + 5 + 1: the batch-1 path runs too
+    assert model.runtime_policy() == before, "the sweep did not restore the knobs"
+    assert [p["point"] for p in points] == list(range(len(points)))
+    assert sum(p["trained"] for p in points) == 1, "exactly one point is the model as trained"
+    state = model.state_dict()
+    for p in points:
+        probe = build_model(config)
+        probe.load_state_dict(state)
+        probe.set_runtime_knobs(p["knobs"])
+        again = build_model(json.loads(json.dumps(probe.config)))  # the knob values written in the config
+        again.load_state_dict(state)
+        assert current_knobs(again) == p["knobs"], "the config does not carry the knob values"
+        val = measure(again, x, y, batch_size=5)
+        test = measure(again, x[:7], y[:7], batch_size=5)
+        assert (p["accuracy"], p["macs"], p["stats"]) == (val["accuracy"], val["macs"], val["stats"]), p["knobs"]
+        assert (p["test_accuracy"], p["test_macs"]) == (test["accuracy"], test["macs"]), p["knobs"]
+    trained = next(p for p in points if p["trained"])
+    assert trained["macs"] == measure(model, x, y, batch_size=5)["macs"]
+    assert len({p["macs"] for p in points}) > 1, "the knob changes nothing"
+
+
+def check_export_load_round_trip(config: dict[str, Any]) -> None:
+    """The files an export writes (``export.write_model_files``: config.json with the runtime policy
+    and the weights' sha256, model.safetensors), loaded back with ``load``, give the same
+    logits, decisions and runtime policy."""
+    from safetensors.torch import save
+
+    from dynsearch.deploy.export import write_model_files
+    from dynsearch.deploy.load import load
+    from dynsearch.run.rundir import CONFIG_FILE
+
+    model, x, _ = _model(config)
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_files(Path(tmp), json.loads(json.dumps(model.config)), model, weights)
+        written = json.loads((Path(tmp) / CONFIG_FILE).read_text(encoding="utf-8"))
+        loaded = load(tmp)
+    assert written["export"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert not loaded.training, "load returns the model in eval mode"
+    assert loaded.runtime_policy() == written["runtime_policy"] == model.runtime_policy(), "runtime policy differs"
+    first, second = _eval(model, x), _eval(loaded, x)
+    assert torch.equal(first.logits, second.logits), "the loaded model gives other logits"
+    assert set(first.trace.counts) == set(second.trace.counts)
+    for name, count in first.trace.counts.items():
+        assert torch.equal(count, second.trace.counts[name]), f"the loaded model decides {name} otherwise"
+    for name, record in first.trace.records.items():
+        assert torch.equal(record, second.trace.records[name]), f"the loaded model records {name} otherwise"
+
+
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_output_shapes,
     check_no_nan,
@@ -250,4 +416,8 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_gradients_reach_decisions,
     check_aux_loss_finite,
     check_config_rebuilds_model,
+    check_sweep_matches_rebuilt_model_at_each_knob_value,
+    check_export_load_round_trip,
+    check_onnx_graph_parity_and_staged_decisions,
+    check_staged_runtime_follows_runtime_knobs,
 ]
