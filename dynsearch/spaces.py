@@ -68,12 +68,32 @@ def default_config(recipe, data) -> dict[str, Any]:
     except ValueError as exc:  # a categorical value outside its choices
         raise UserError(f"recipe field 'defaults': {exc}; pick one of the space's choices") from None
     for name, distribution in trial.distributions.items():
-        if not distribution._contains(distribution.to_internal_repr(params[name])):
+        if not _inside(distribution, params[name]):
             raise UserError(
                 f"recipe field 'defaults.{name}': {params[name]!r} is outside the space ({distribution}); "
                 "pick a value inside it"
             )
     return config
+
+
+def _inside(distribution, value) -> bool:
+    """Whether ``value`` lies in an Optuna distribution: its public ``choices``, or ``low``/``high``/``step``.
+
+    The same test as the distributions' own (private) ``_contains``, tolerance of float steps included.
+    """
+    import optuna
+
+    number = distribution.to_internal_repr(value)  # raises ValueError for a value of the wrong type
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return True  # to_internal_repr found it among the choices
+    if not distribution.low <= number <= distribution.high:
+        return False
+    if distribution.step is None:
+        return True
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return (number - distribution.low) % distribution.step == 0
+    steps = (number - distribution.low) / distribution.step
+    return abs(steps - round(steps)) < 1.0e-8
 
 
 def check_space(recipe, data) -> None:

@@ -55,16 +55,30 @@ def base_url() -> str:
     return os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
 
 
+def netrc_path() -> Path:
+    """The .netrc file W&B reads and ``wandb login`` writes: ``$NETRC``, else ~/.netrc (or ~/_netrc)."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    for name in ("~/.netrc", "~/_netrc"):
+        if Path(name).expanduser().exists():
+            return Path(name).expanduser()
+    return Path("~/_netrc" if sys.platform == "win32" else "~/.netrc").expanduser()
+
+
 def logged_in() -> bool:
-    """Whether W&B credentials exist for the server: in the environment or in .netrc (W&B's own reader)."""
+    """Whether W&B credentials exist for the server: in the environment, or an API key in
+    .netrc for the host of W&B's base URL (the entry ``wandb login`` writes)."""
+    import netrc
+    from urllib.parse import urlsplit
+
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     try:
-        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
-
-        return bool(read_netrc_auth(host=base_url()))
-    except Exception:  # an unreadable .netrc, or wandb moved its reader: not logged in
+        host = urlsplit(base_url()).netloc
+        entry = netrc.netrc(str(netrc_path())).authenticators(host) if host else None
+    except (OSError, netrc.NetrcParseError, ValueError):  # no .netrc, an unreadable one, a malformed URL
         return False
+    return bool(entry and entry[2])
 
 
 def _settings(tracking: Tracking):

@@ -67,11 +67,12 @@ def test_cuda_target_is_a_usage_error_where_absent(tmp_path):
 
 
 def test_gate_blocks_timing_while_training_and_training_while_timing():
+    from dynsearch.compat import init_ray_on_loopback
     from dynsearch.measure.isolation import node_gate
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
+        init_ray_on_loopback(num_cpus=1, include_dashboard=False)
     try:
         gate = node_gate()
         ray.get(gate.enter_training.remote("a"))

@@ -177,3 +177,61 @@ def test_searcher_fails_nan_inf_and_errored_trials(tmp_path):
     assert "non-finite" in reasons[0] and "non-finite" in reasons[1]
     assert "exception" in reasons[2] and "final report" in reasons[3]
     assert [item["trial"] for item in dynsearch.pareto(tmp_path)] == [good]
+
+
+def _drive(searcher, steps: int) -> list:
+    """Two trials in flight; the older one reports (made-up, deterministic objectives) as each new one starts."""
+    configs, live = [], []
+    for step in range(steps):
+        while len(live) < 2:
+            trial_id = f"t{len(configs)}"
+            configs.append(searcher.suggest(trial_id))
+            live.append((trial_id, configs[-1]))
+        trial_id, config = live.pop(0)
+        lr = config["dynsearch"]["train"]["lr"]
+        searcher.on_trial_complete(trial_id, {"accuracy": lr * 1e4 % 1, "macs": float(len(str(config))), "final": True})
+    return configs
+
+
+def test_searcher_proposes_what_rays_optuna_search_proposed(tmp_path):
+    """Same seed, same results: the same configs (key order included) as OptunaSearch, the searcher it replaced."""
+    import functools
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dynsearch.run.study import STUDY_NAME, make_sampler
+    from dynsearch.tuning.searcher import StudySearch, define_trial
+
+    recipe = load_recipe(None)
+    recipe = recipe.with_overrides(trials=30, sampler={**recipe.sampler.model_dump(), "population_size": 4})
+    shape = {"input_shape": (1, 8, 8), "num_classes": 10}
+    (tmp_path / "ours").mkdir()
+    ours = _drive(StudySearch(recipe, tmp_path / "ours", shape), steps=12)
+    theirs = _drive(OptunaSearch(
+        space=functools.partial(define_trial, recipe.space, recipe, shape), metric=recipe.metric_names,
+        mode=recipe.metric_modes, sampler=make_sampler(recipe), study_name=STUDY_NAME,
+        storage=JournalStorage(JournalFileBackend(str(tmp_path / "theirs.journal"))),
+    ), steps=12)
+    # 13 trials of a population of 4: NSGA-II's later generations (crossover, mutation) included.
+    assert len(ours) == 13 and [list(c) for c in ours] == [list(c) for c in theirs] and ours == theirs
+
+
+def test_searcher_pickles_without_its_study(tmp_path):
+    import pickle
+
+    from dynsearch.tuning.searcher import StudySearch
+
+    recipe = load_recipe(None).with_overrides(trials=3)
+    searcher = StudySearch(recipe, tmp_path, {"input_shape": (1, 8, 8), "num_classes": 10})
+    first = searcher.suggest("a")
+    data = pickle.dumps(searcher)
+    assert b"JournalStorage" not in data and b"NSGAIISampler" not in data
+    restored = pickle.loads(data)  # reopens the study from the run directory
+    second = restored.suggest("b")
+    assert second["dynsearch"]["trial"] == first["dynsearch"]["trial"] + 1
+    restored.on_trial_complete("b", {"accuracy": 0.5, "macs": 1.0, "final": True})
+    restored.on_trial_complete("a", {"accuracy": 0.5, "macs": 1.0, "final": True})  # not asked by this one: ignored
+    [told] = open_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))
+    assert told.number == second["dynsearch"]["trial"] and told.user_attrs == {"ray_trial_id": "b"}

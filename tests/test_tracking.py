@@ -72,6 +72,25 @@ def test_not_logged_in_goes_offline_with_a_one_line_notice(tmp_path, logged_out,
     assert run["config"]["name"] == recipe.name and run["exit_code"] == 0
 
 
+def test_logged_in_reads_the_netrc_entry_of_the_servers_host(tmp_path, logged_out, monkeypatch):
+    """The .netrc entry ``wandb login`` writes (machine = host of the base URL, key as password), at $NETRC."""
+    from dynsearch.tracking import logged_in
+
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:8123")
+    assert not logged_in()  # the empty file of the fixture
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_API_KEY}\n")
+    assert not logged_in()  # another server's key
+    netrc.write_text(f"machine 127.0.0.1:8123\n  login user\n  password {FAKE_API_KEY}\n")
+    assert logged_in()
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert not logged_in()  # W&B's default server has no entry
+    netrc.write_text("machine api.wandb.ai login user password\n")  # a key-less, unparsable entry
+    assert not logged_in()
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    assert not logged_in()
+
+
 def test_off_logs_nothing(tmp_path, logged_out, capfd):
     tracking = SearchTracking(load_recipe(None).with_overrides(wandb={"mode": "off"}), tmp_path)
     assert tracking.trials is None

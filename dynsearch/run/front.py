@@ -102,11 +102,10 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     maximised, cost (MACs, latency) minimised — up to ``reference`` = (lowest
     accuracy, highest cost). Points outside the reference box add nothing.
     Uses Optuna's WFG implementation (the one behind ``plot_hypervolume_history``)."""
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume
+    from dynsearch.compat import compute_hypervolume
 
     low_accuracy, high_cost = reference
     inside = [(-acc, cost) for acc, cost in points if acc > low_accuracy and cost < high_cost]
     if not inside:
         return 0.0
-    return float(compute_hypervolume(np.asarray(inside, dtype=float), np.asarray([-low_accuracy, high_cost], dtype=float)))
+    return compute_hypervolume(inside, [-low_accuracy, high_cost])

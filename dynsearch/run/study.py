@@ -62,12 +62,14 @@ def fail_orphans(study, reason: str = INTERRUPTED, retry: bool = True) -> list[i
     """
     from optuna.trial import TrialState
 
+    from dynsearch.compat import set_trial_user_attr
+
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in orphans:
         retried = retry and bool(trial.params) and "retry_of" not in trial.user_attrs
         why = f"{reason}; its parameters are queued for one retry" if retried else reason
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", why)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        set_trial_user_attr(study, trial.number, "fail_reason", why)  # before FAIL: a finished trial is read-only
+        study.tell(trial.number, state=TrialState.FAIL)
         if retried:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return [trial.number for trial in orphans]

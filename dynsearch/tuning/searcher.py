@@ -1,15 +1,25 @@
-"""Ray Tune's OptunaSearch, made strict about what reaches the study.
+"""A Ray Tune searcher over the run directory's Optuna study, strict about what reaches it.
 
-Ray's OptunaSearch tells an errored trial COMPLETE when it reported anything
-before failing, leaves a NaN trial RUNNING and stores an infinite one COMPLETE
-(PITFALLS.md). ``StudySearch`` makes a trial COMPLETE only when its last
-result is the final one and every objective is finite; otherwise it is FAIL
-with the reason as the trial's ``fail_reason`` user attribute.
+``StudySearch`` is a ``ray.tune.search.Searcher`` written over Optuna's
+public ask-and-tell interface. It proposes what Ray's ``OptunaSearch`` with a
+define-by-run space proposed (one ``study.ask()`` per Ray trial, the space
+defined on that trial, the config: every suggested parameter by name beside
+the one key ``dynsearch``), so a seeded search proposes the same configs in the
+same order; but Ray's OptunaSearch tells an errored trial COMPLETE when it
+reported anything before failing, leaves a NaN trial RUNNING and stores an
+infinite one COMPLETE (PITFALLS.md). ``StudySearch`` makes a trial COMPLETE
+only when its last result is the final one and every objective is finite;
+otherwise it is FAIL with the reason as the trial's ``fail_reason`` user
+attribute. Each told trial records its Ray trial id as ``ray_trial_id``.
 
 It also stops proposing once the study holds ``recipe.trials`` COMPLETE trials
 (earlier runs' included) and never has more in flight than are still needed,
 so failed trials are replaced and a search ends with the COMPLETE trials it
 asked for (Ray's ``num_samples`` bounds the attempts).
+
+The study holds locks and lives in the run directory: a pickled searcher
+leaves it out and reopens it from the run directory, and ``save`` / ``restore``
+have nothing to do (the study is the durable state).
 """
 from __future__ import annotations
 
@@ -20,11 +30,10 @@ from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import STUDY_NAME, make_sampler, open_study
+from dynsearch.run.study import make_sampler, open_study
 
 
 def define_trial(space_name: str, recipe: Recipe, data_shape: dict[str, Any], trial) -> dict[str, Any]:
@@ -35,68 +44,80 @@ def define_trial(space_name: str, recipe: Recipe, data_shape: dict[str, Any], tr
     return {"dynsearch": config}
 
 
-class StudySearch(OptunaSearch):
-    """OptunaSearch over the run directory's study, failing bad trials with a reason."""
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a/b": 1}`` as ``{"a": {"b": 1}}``: Tune's reading of ``/`` in parameter names."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise TypeError(f"parameter {key!r}: {parent!r} is a parameter itself; rename one of them")
+        node[leaf] = value
+    return nested
+
+
+class StudySearch(Searcher):
+    """Proposes trials from the run directory's study and tells it each result, failing bad trials with a reason."""
 
     def __init__(self, recipe: Recipe, run_dir: RunDir | Path, data_shape: dict[str, Any]):
+        super().__init__(metric=recipe.metric_names, mode=recipe.metric_modes)
         self._run_dir = RunDir.of(run_dir)
         self._recipe = recipe
-        study = open_study(self._run_dir, recipe, make_sampler(recipe))
-        super().__init__(
-            space=functools.partial(define_trial, recipe.space, recipe, data_shape),
-            metric=recipe.metric_names,
-            mode=recipe.metric_modes,
-            sampler=study.sampler,
-            storage=study._storage,
-            study_name=STUDY_NAME,
-        )
+        self._define = functools.partial(define_trial, recipe.space, recipe, data_shape)
+        self._open()
+
+    def _open(self) -> None:
+        self._study = open_study(self._run_dir, self._recipe, make_sampler(self._recipe))
+        self._asked: dict[str, Any] = {}  # Ray trial id -> its optuna.Trial
+        self._told: set[str] = set()
 
     # The study and its storage hold locks and live in the run directory:
     # pickle the rest and reopen the study from the run directory.
-    _UNPICKLED = ("_ot_study", "_storage", "_sampler", "_ot_trials")
-
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_study", "_asked", "_told")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        study = open_study(self._run_dir, self._recipe, make_sampler(self._recipe))
-        self._ot_study, self._storage, self._sampler = study, study._storage, study.sampler
-        self._ot_trials, self._completed_trials = {}, set()
+        self._open()
 
     def save(self, checkpoint_path: str):
-        # The study in the run directory is the durable state; nothing else to save.
-        pass
+        pass  # the study in the run directory is the durable state; nothing else to save
 
     def restore(self, checkpoint_path: str):
         pass
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        complete = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        complete = len(self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         if complete >= self._recipe.trials:
             return Searcher.FINISHED
-        in_flight = len(self._ot_trials.keys() - self._completed_trials)
+        in_flight = len(self._asked.keys() - self._told)
         if complete + in_flight >= self._recipe.trials:
             return None  # wait: the trials running may be enough
-        return super().suggest(trial_id)
+        if trial_id not in self._asked:
+            self._asked[trial_id] = self._study.ask()
+        trial = self._asked[trial_id]
+        defined = self._define(trial)
+        return nest({**trial.params, **defined})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._told or trial_id not in self._asked:
             return
-        ot_trial = self._ot_trials[trial_id]
+        trial = self._asked[trial_id]
         values = [None if not result else result.get(m) for m in self.metric]
         reason = None
         if error or (result and result.get("failed")):
-            metrics = self._run_dir.read_metrics(ot_trial.number)
+            metrics = self._run_dir.read_metrics(trial.number)
             reason = metrics.get("reason") or "the trial raised an exception (see Ray's error file)"
         elif not result or not result.get("final"):
             reason = "the trial ended without its final report"
         elif not all(is_finite_number(v) for v in values):
             reason = f"non-finite objective(s) {dict(zip(self.metric, values))}"
-        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr("ray_trial_id", trial_id)
         if reason is None:
-            self._ot_study.tell(ot_trial, [float(v) for v in values], state=TrialState.COMPLETE)
+            self._study.tell(trial, [float(v) for v in values], state=TrialState.COMPLETE)
         else:
-            ot_trial.set_user_attr("fail_reason", reason)
-            self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
-        self._completed_trials.add(trial_id)
+            trial.set_user_attr("fail_reason", reason)
+            self._study.tell(trial, None, state=TrialState.FAIL)
+        self._told.add(trial_id)

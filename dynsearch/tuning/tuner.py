@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import ray
 
+from dynsearch.compat import init_ray_on_loopback
 from dynsearch.data import load_data
 from dynsearch.measure.device import resolve_device
 from dynsearch.models.user import check_user_backbone
@@ -57,8 +58,6 @@ def _trial_files_actor(run_dir: RunDir):
 
 # -- the driver --------------------------------------------------------------
 def _init_ray(address: str | None, num_cpus: int | None = None):
-    from ray._private import ray_constants
-
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the processes Ray starts
@@ -68,15 +67,8 @@ def _init_ray(address: str | None, num_cpus: int | None = None):
     if address not in (None, "local"):
         ray.init(address=address, **kwargs)
         return True
-    # Held to loopback (PITFALLS.md). Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is
-    # imported, and otherwise resolves 127.0.0.1 to the network interface, where its servers then
-    # listen: so the flag is set for this init only, whatever imported Ray first.
-    enable_cluster = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
+    # Held to loopback (PITFALLS.md): Ray has no public switch for it, see compat.init_ray_on_loopback.
+    init_ray_on_loopback(num_cpus=num_cpus, **kwargs)
     return True
 
 
