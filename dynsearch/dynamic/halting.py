@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism, tiny_train
 
 KNOB = "halting_threshold"
@@ -119,7 +120,7 @@ class HaltingNet(DynamicModel):
     def timed_components(self, device: torch.device):
         calls = super().timed_components(device)
         halting_call = calls["halting"]  # the halting unit's time includes its decision and the sync it needs
-        calls["halting"] = lambda: bool(torch.sigmoid(halting_call())[0, 0] >= self.threshold)
+        calls["halting"] = lambda: bool(rules.halts(torch.sigmoid(halting_call())[0, 0], self.threshold))
         return calls
 
     # -- the loop -------------------------------------------------------------
@@ -195,7 +196,7 @@ class ACTNet(HaltingNet):
 
     def _eval_halt(self, h, summed, n):
         summed = summed + h
-        return summed >= self.threshold, summed
+        return rules.halts(summed, self.threshold), summed
 
     def _eval_weight(self, h, summed, halt):
         remainder = 1.0 - summed
@@ -218,7 +219,7 @@ class ACTNet(HaltingNet):
             state = self.cell(first if n == 0 else rest, state)
             steps = steps + running.float()
             h = self._halting_prob(state)
-            halt = running & ((summed + h >= self.threshold) | (n == self.max_steps - 1))
+            halt = running & (rules.halts(summed + h, self.threshold) | (n == self.max_steps - 1))
             weight = torch.where(halt, 1.0 - summed, torch.where(running, h, torch.zeros_like(h)))
             readout = readout + weight[:, None] * state
             remainder = torch.where(halt, 1.0 - summed, remainder)
@@ -260,7 +261,7 @@ class PonderNet(HaltingNet):
     def _eval_halt(self, h, halted_so_far, n):
         # Carry the probability of having halted: p_n = h_n * (1 - halted_so_far).
         so_far = halted_so_far + h * (1.0 - halted_so_far)
-        return so_far >= self.threshold, so_far
+        return rules.halts(so_far, self.threshold), so_far
 
     def _eval_weight(self, h, halted_so_far, halt):
         return halt.float()  # the classifier reads the state of the halting step
