@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from dynsearch.dynamic.rules import staged_role
+
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch outputs
 INPUT_NAME = "input"
@@ -71,6 +73,11 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
     import onnx
 
     form = model.onnx_form()
+    for part in form.parts:  # the staged runtime must know every role (rules.STAGED_ROLES)
+        try:
+            staged_role(part.info.get("role", ""))
+        except ValueError as exc:
+            raise RuntimeError(f"ONNX graph {part.name}: {exc}; this is a bug in the mechanism's onnx_form") from None
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     chain = chain_outputs(form, sample)
