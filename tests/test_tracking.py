@@ -185,9 +185,14 @@ def test_report_draws_a_panel_for_each_statistic_present(tmp_path):
     """Gates, ponder steps and experts come later; their statistics already get panels."""
     from dynsearch.run.report import RunSummary, TrialPoint, draw_html, draw_png, stat_panels
 
+    from dynsearch.dynamic import MECHANISMS
+
     def point(number, macs, accuracy, stats, front=True):
+        views = {}  # as the trials of the mechanisms reporting these statistics record them
+        for info in MECHANISMS.values():
+            views.update(info.cls.stat_views_record(stats))
         metrics = {"accuracy": accuracy, "test_accuracy": accuracy, "macs": macs, "macs_full": 100.0,
-                   "params": 10, "stats": stats}
+                   "params": 10, "stats": stats, "stat_views": views}
         return TrialPoint(number, "COMPLETE", metrics, {"mechanism": "x"}, on_front=front)
 
     points = [

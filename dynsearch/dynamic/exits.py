@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from dynsearch.models import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
-    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, Trace, register_mechanism,
+    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, StatView, Trace, listed, register_mechanism,
     tiny_train,
 )
 
@@ -150,6 +150,22 @@ class EarlyExitNet(DynamicModel):
             _tiny("fastbert", threshold=0.9, loss_weights="linear", kind="resnet"),
             _tiny("patience", patience=1, loss_weights="linear"),
         ]
+
+    # -- display ------------------------------------------------------------
+    stat_views = {"exit_histogram": StatView("exit histogram", "exit after stage (the last: final classifier)",
+                                             "share of samples", "exit_stages")}
+
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """The stages followed by an exit head."""
+        return listed(config["exits"].get("stages"))
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        if "exit_histogram" not in stats:
+            return []
+        shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
+        return [("exits taken", shares)]
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:

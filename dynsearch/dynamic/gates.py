@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from dynsearch.models import build_backbone, make_head, stage_output_shapes
 from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
-    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism,
+    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, StatView, Trace, listed, register_mechanism,
     tiny_train,
 )
 
@@ -136,6 +136,21 @@ class GatedResNet(DynamicModel):
         self.rl_weight = float(gates.get("rl_weight", 0.01))
         self.gate_bias = float(gates.get("gate_bias", 0.0))  # a runtime knob: eval decisions only
         self._component_names = list(self.components())
+
+    # -- display ------------------------------------------------------------
+    stat_views = {"gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks")}
+
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """The blocks with a gate."""
+        return listed(config["gates"].get("blocks"))
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        if "gate_rates" not in stats:
+            return []
+        rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gate_blocks"], stats["gate_rates"]))
+        return [("gates on", rates)]
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:

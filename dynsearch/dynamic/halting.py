@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.dynamic import rules
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism, tiny_train
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, register_mechanism, tiny_train
 
 KNOB = "halting_threshold"
 
@@ -81,6 +81,16 @@ class HaltingNet(DynamicModel):
         self.classifier = nn.Linear(self.hidden, config["num_classes"])
         self.threshold = float(halting.get("threshold", self.default_threshold))
         self._component_names = list(self.components())
+
+    # -- display ------------------------------------------------------------
+    stat_views = {"ponder_histogram": StatView("ponder-step distribution", "ponder steps", "share of samples",
+                                               "ponder_steps")}
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        if "mean_ponder_steps" not in stats:
+            return []
+        return [("ponder steps", f"{stats['mean_ponder_steps']:.2f} per sample on average")]
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
