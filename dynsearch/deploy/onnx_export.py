@@ -73,11 +73,6 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
     import onnx
 
     form = model.onnx_form()
-    for part in form.parts:  # the staged runtime must know every role (rules.STAGED_ROLES)
-        try:
-            staged_role(part.info.get("role", ""))
-        except ValueError as exc:
-            raise RuntimeError(f"ONNX graph {part.name}: {exc}; this is a bug in the mechanism's onnx_form") from None
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     chain = chain_outputs(form, sample)
@@ -103,6 +98,10 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
         if not diff <= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX graph {part.name}: onnxruntime differs from PyTorch by {diff:.3g} "
                                f"(> {PARITY_TOLERANCE}); this is a bug in the mechanism's onnx_form")
+        try:  # the staged runtime must know the graph's role (rules.STAGED_ROLES)
+            staged_role(part.info.get("role", ""))
+        except ValueError as exc:
+            raise RuntimeError(f"ONNX graph {part.name}: {exc}; this is a bug in the mechanism's onnx_form") from None
         path = folder / f"{part.name}.onnx"
         graphs.append({
             "file": f"{folder.name}/{path.name}",
