@@ -15,12 +15,23 @@ from dynsearch.dynamic import MECHANISMS, build_model, rules
 ROUNDS_TO_F32_POINT_ONE = 0.100000002
 
 
+def _imports(path) -> set[str]:
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return imported | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
 def test_the_rules_module_imports_neither_torch_nor_numpy():
-    tree = ast.parse(Path(rules.__file__).read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported = {name.split(".")[0] for name in _imports(rules.__file__)}
     assert not imported & {"torch", "numpy", "dynsearch"}, imported
+
+
+def test_the_staged_runtime_imports_no_torch_and_takes_its_rules_from_the_rules_module():
+    import dynsearch.deploy.onnx_runtime as runtime
+
+    imported = _imports(runtime.__file__)
+    assert not {name for name in imported if name.split(".")[0] == "torch"}, imported
+    assert {name for name in imported if name.startswith("dynsearch")} == {"dynsearch.dynamic.rules"}
 
 
 @pytest.mark.parametrize("make", [lambda v: torch.tensor([v], dtype=torch.float32),
