@@ -52,8 +52,23 @@ def test_placement_says_where_the_parts_sit():
     assert gates.placement({"gates": {"blocks": [1, 3]}}) == "1,3"
     assert MECHANISMS["moe"].cls.placement({"experts": {"layers": [1]}}) == "1"
     assert MECHANISMS["act"].cls.placement({"halting": {"max_steps": 4}}) == "-"
-    assert cli._placement({"mechanism": "exits", "exits": {"stages": [0, 1]}}) == "0,1"
-    assert cli._placement({"mechanism": "not-installed"}) == "-"
+
+
+def test_the_front_table_asks_the_mechanism_where_its_parts_sit(monkeypatch, capsys):
+    import dynsearch.api
+
+    def item(trial, config):
+        return {"trial": trial, "accuracy": 0.9, "test_accuracy": 0.9, "macs": 50.0, "macs_full": 100, "params": 10,
+                "config": config, "stats": {}}
+
+    front = [item(1, {"mechanism": "moe", "experts": {"layers": [4, 7]}}),
+             item(2, {"mechanism": "aig", "gates": {"blocks": [3, 5]}}),
+             item(3, {"mechanism": "not-installed-here", "exits": {"stages": [0]}})]
+    monkeypatch.setattr(dynsearch.api, "pareto", lambda run_dir, operating_points=False: front)
+    assert cli.main(["pareto", "some-run"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line[:1] == "│"}
+    assert rows["1"].rstrip("│ ").endswith("4,7") and rows["2"].rstrip("│ ").endswith("3,5")
+    assert rows["3"].rstrip("│ ").endswith("-")
 
 
 def test_summaries_read_the_statistics():
