@@ -27,8 +27,9 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
 
     Returns ``test_accuracy``, ``macs`` (mean over the test split of what each
     sample's trace says ran), ``macs_full``, ``params``, plus ``val_accuracy``,
-    ``val_macs`` and ``stats`` (the mechanism's statistics on the test split,
-    e.g. ``exit_histogram``: the fraction of samples leaving at each exit).
+    ``val_macs``, ``stats`` (the mechanism's statistics on the test split,
+    e.g. ``exit_histogram``: the fraction of samples leaving at each exit) and
+    ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean).
     With ``out``, the config, weights and metrics are written there.
     """
     from dynsearch.data import load_data
@@ -64,6 +65,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
         "val_accuracy": metrics["accuracy"],
         "val_macs": metrics["macs"],
         "stats": metrics["test_stats"],
+        "mechanism": config["mechanism"],
         **{k: v for k, v in metrics.items() if k.startswith("latency_ms")},
     }
     if out is not None:

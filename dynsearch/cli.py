@@ -142,16 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mechanism_class(name: str | None):
+    """The registered class of a mechanism name, None when not installed here."""
+    from dynsearch.dynamic import mechanisms
+
+    info = mechanisms().get(name)
+    return info.cls if info is not None else None
+
+
+def _placement(config: dict) -> str:
+    """Where a front item's exits / gates / experts sit, as its mechanism says."""
+    cls = _mechanism_class(config.get("mechanism"))
+    return cls.placement(config) if cls is not None else "-"
+
+
 def _print_front(front: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Pareto front (validation accuracy vs MACs)")
-    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits / gates at"):
+    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits / gates / experts at"):
         table.add_column(column, justify="right")
     for item in front:
-        config = item["config"]
-        exits = config.get("exits", {}).get("stages") or config.get("gates", {}).get("blocks", [])
         table.add_row(
             str(item["trial"]),
             f"{item['accuracy']:.4f}",
@@ -159,7 +171,7 @@ def _print_front(front: list[dict]) -> None:
             f"{item['macs']:,.0f}",
             f"{item['macs'] / item['macs_full']:.0%}",
             f"{item['params']:,}",
-            ",".join(map(str, exits)) or "-",
+            _placement(item["config"]),
         )
     Console().print(table)
 
@@ -176,15 +188,9 @@ def _cmd_train(args) -> int:
         print(f"macs          {result['macs']:,.0f} per sample ({share:.1%} of macs_full)")
         print(f"macs_full     {result['macs_full']:,}")
         print(f"params        {result['params']:,}")
-        stats = result["stats"]
-        if "exit_histogram" in stats:
-            shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
-            print(f"exits taken   {shares} (test split)")
-        if "gate_rates" in stats:
-            rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gate_blocks"], stats["gate_rates"]))
-            print(f"gates on      {rates} (test split)")
-        if "mean_ponder_steps" in stats:
-            print(f"ponder steps  {stats['mean_ponder_steps']:.2f} per sample on average (test split)")
+        cls = _mechanism_class(result.get("mechanism"))
+        for label, text in cls.stat_summary(result["stats"]) if cls is not None else []:
+            print(f"{label:<13} {text} (test split)")
     return 0
 
 
@@ -258,9 +264,13 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from dynsearch.dynamic import mechanisms
     from dynsearch.run.report import write_report
 
-    png, page = write_report(args.run_dir)
+    # Trials record their mechanism's stat views; these draw those of runs recorded before they did.
+    views = {name: {key: view.to_json() for key, view in info.cls.stat_views.items()}
+             for name, info in mechanisms().items()}
+    png, page = write_report(args.run_dir, fallback_views=views)
     print(f"wrote {png}")
     print(f"wrote {page}")
     return 0

@@ -138,10 +138,12 @@ def test_cross_family_asks_only_the_chosen_familys_parameters(family, digits):
 def test_report_draws_expert_panels_with_their_labels():
     from dynsearch.run.report import TrialPoint, stat_panels
 
-    moe = TrialPoint(1, "COMPLETE", {"macs": 1.0, "macs_full": 1.0,
-                                     "stats": {"expert_ids": ["L0e0", "L0e1"], "expert_load": [0.25, 0.75]}})
-    condconv = TrialPoint(2, "COMPLETE", {"macs": 1.0, "macs_full": 1.0,
-                                          "stats": {"expert_ids": ["L0e0"], "expert_routing": [0.5]}})
+    moe_stats = {"expert_ids": ["L0e0", "L0e1"], "expert_load": [0.25, 0.75]}
+    condconv_stats = {"expert_ids": ["L0e0"], "expert_routing": [0.5]}
+    moe = TrialPoint(1, "COMPLETE", {"macs": 1.0, "macs_full": 1.0, "stats": moe_stats,
+                                     "stat_views": MoENet.stat_views_record(moe_stats)})
+    condconv = TrialPoint(2, "COMPLETE", {"macs": 1.0, "macs_full": 1.0, "stats": condconv_stats,
+                                          "stat_views": CondConvNet.stat_views_record(condconv_stats)})
     panels = {key: (view.title, labels, series) for key, view, labels, series in stat_panels([moe, condconv])}
     assert panels["expert_load"] == ("expert load", ["L0e0", "L0e1"], {1: {"L0e0": 0.25, "L0e1": 0.75}})
     assert panels["expert_routing"] == ("CondConv routing weight", ["L0e0"], {2: {"L0e0": 0.5}})

@@ -99,7 +99,8 @@ def test_space_asks_the_mechanism_and_its_own_knobs():
 def test_report_draws_the_ponder_panel():
     model, out = _eval(_tiny("act", bias_init=-1.0), torch.randn(32, IN))
     stats = model.trace_stats(out.trace)
-    points = [TrialPoint(number=0, state="COMPLETE", metrics={"macs": 1.0, "macs_full": 2.0, "stats": stats})]
+    metrics = {"macs": 1.0, "macs_full": 2.0, "stats": stats, "stat_views": model.stat_views_record(stats)}
+    points = [TrialPoint(number=0, state="COMPLETE", metrics=metrics)]
     [(key, view, labels, series)] = stat_panels(points)
     assert key == "ponder_histogram" and view.x_label == "ponder steps"
     assert labels == [1, 2, 3, 4] and sum(series[0].values()) == pytest.approx(1.0)

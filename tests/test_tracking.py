@@ -185,6 +185,7 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     # The report the search wrote, then `dynsearch report` on the same run directory.
     page = (run_dir / "pareto.html").read_text()
     assert "exit histogram" in page and "Failed trials" in page and "NonFiniteError" in page
+    assert "exit after stage" in page and "exit stages" not in page  # the view the trials recorded, not a generic one
     before = (run_dir / "pareto.png").stat().st_mtime_ns
     proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "report", str(run_dir)], capture_output=True, text=True,
                           timeout=300)
@@ -204,9 +205,14 @@ def test_report_draws_a_panel_for_each_statistic_present(tmp_path):
     """Gates, ponder steps and experts come later; their statistics already get panels."""
     from dynsearch.run.report import RunSummary, TrialPoint, draw_html, draw_png, stat_panels
 
+    from dynsearch.dynamic import MECHANISMS
+
     def point(number, macs, accuracy, stats, front=True):
+        views = {}  # as the trials of the mechanisms reporting these statistics record them
+        for info in MECHANISMS.values():
+            views.update(info.cls.stat_views_record(stats))
         metrics = {"accuracy": accuracy, "test_accuracy": accuracy, "macs": macs, "macs_full": 100.0,
-                   "params": 10, "stats": stats}
+                   "params": 10, "stats": stats, "stat_views": views}
         return TrialPoint(number, "COMPLETE", metrics, {"mechanism": "x"}, on_front=front)
 
     points = [

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from dynsearch.dynamic.rules import staged_role
+
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference allowed between onnxruntime and PyTorch outputs
 INPUT_NAME = "input"
@@ -96,6 +98,10 @@ def export_onnx(model, folder: Path, sample: torch.Tensor) -> dict[str, Any]:
         if not diff <= PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX graph {part.name}: onnxruntime differs from PyTorch by {diff:.3g} "
                                f"(> {PARITY_TOLERANCE}); this is a bug in the mechanism's onnx_form")
+        try:  # the staged runtime must know the graph's role (rules.STAGED_ROLES)
+            staged_role(part.info.get("role", ""))
+        except ValueError as exc:
+            raise RuntimeError(f"ONNX graph {part.name}: {exc}; this is a bug in the mechanism's onnx_form") from None
         path = folder / f"{part.name}.onnx"
         graphs.append({
             "file": f"{folder.name}/{path.name}",

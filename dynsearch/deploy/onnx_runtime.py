@@ -5,14 +5,12 @@ check against PyTorch: it reads ``card.json`` (the runtime policy and the graph
 manifest ``onnx.graphs``) and runs the graphs in order, skipping what the policy
 says to skip, as the PyTorch model does at batch size 1 in eval. Every graph
 takes one input, ``input``: the model's input for the first graph, otherwise the
-latest ``features`` a graph returned. Each graph has a ``role``:
+latest ``features`` a graph returned.
 
-- ``exit``: returns features and logits (and the policy's score); answer here if
-  it is the final one or the early-exit rule says leave;
-- ``gate``: returns logits (off, on); the ``block`` graph after it runs only when on > off;
-- ``halting``: returns features and the depth logits; the ``head`` graph of the
-  chosen depth answers (predicted depth), the others never run;
-- ``segment`` / ``block``: return features.
+What a graph's ``role`` means (exit, gate, block, segment, halting, head: whether
+it runs and what its outputs decide) is not written here: ``dynamic.rules``
+holds one handler per role, calling the same rule functions the PyTorch eval
+forward calls (``rules.staged_role``).
 
 It needs numpy and onnxruntime only (no torch).
 """
@@ -23,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from dynsearch.dynamic.rules import StagedRun, staged_role
 
 INPUT_NAME = "input"
 
@@ -66,6 +66,7 @@ class StagedRuntime:
             raise ValueError(f"{folder}: no ONNX graphs in card.json; export with --format onnx")
         self.policy = card["runtime_policy"]
         self.graphs = card["onnx"]["graphs"]
+        self.roles = [staged_role(g["role"]) for g in self.graphs]
         files = card["int8"]["files"] if int8 else [g["file"] for g in self.graphs]
         options = _session_options(threads)
         self.sessions = [onnxruntime.InferenceSession(str(folder / f), options, providers=["CPUExecutionProvider"])
@@ -78,51 +79,16 @@ class StagedRuntime:
     def __call__(self, x: np.ndarray) -> Decision:
         """Staged inference on one input (no batch axis)."""
         features = np.asarray(x, dtype=np.float32)[None]
-        macs, gates, ran = 0, [], []
-        gate_on, depth, streak, previous = True, None, 0, None
-        for graph, session in zip(self.graphs, self.sessions):
-            role = graph["role"]
-            if role == "block" and not gate_on:
-                continue
-            if role == "head" and graph["exit_stage"] != depth:
+        run = StagedRun(self.policy, np)
+        macs, ran = 0, []
+        for graph, session, role in zip(self.graphs, self.sessions, self.roles):
+            if not role.runs(graph, run):
                 continue
             outputs = dict(zip(graph["outputs"], session.run(None, {INPUT_NAME: features})))
             macs += graph["macs"]
             ran.append(graph["file"])
-            if role == "gate":
-                logits = outputs["logits"][0]
-                gate_on = bool(logits[1] + np.float32(self.policy.get("gate_bias", 0.0)) > logits[0])
-                gates.append(gate_on)
-                continue
             features = outputs.get("features", features)
-            if role == "halting":
-                scores = outputs["depth_logits"][0]
-                shift = np.float32(self.policy.get("depth_shift", 0.0))
-                if shift:  # the operating-point knob, as DepthAdaptiveTransformer.halting_depth applies it
-                    scores = scores - shift * np.arange(len(scores), dtype=np.float32)
-                depth = graph["depths"][int(scores.argmax())]
-            elif role == "head":
-                return Decision(int(outputs["logits"][0].argmax()), macs, depth, gates, ran)
-            elif role == "exit":
-                prediction = int(outputs["logits"][0].argmax())
-                if self.policy.get("policy") == "patience":
-                    streak = streak + 1 if prediction == previous else 0
-                    previous = prediction
-                    leave = streak >= self.policy["patience"]
-                else:
-                    leave = graph.get("exit_stage") is not None and self._leave(outputs)
-                if graph["final"] or leave:
-                    return Decision(prediction, macs, graph.get("exit_stage"), gates, ran)
+            role.decide(graph, outputs, run)
+            if run.prediction is not None:
+                return Decision(run.prediction, macs, run.exit_stage, run.gates, ran)
         raise ValueError("the graphs ended without an answer: the manifest is not a staged form")
-
-    def _leave(self, outputs: dict[str, np.ndarray]) -> bool:
-        """The early-exit rule on a graph's score, compared in float32 as PyTorch compares it."""
-        threshold = np.float32(self.policy["threshold"])
-        policy = self.policy["policy"]
-        if policy == "confidence":
-            return bool(outputs["confidence"][0] >= threshold)
-        if policy == "entropy":
-            return bool(outputs["entropy"][0] < threshold)
-        if policy == "fastbert":
-            return bool(outputs["normalized_entropy"][0] < threshold)
-        raise ValueError(f"exit policy {policy!r} has no staged ONNX rule")

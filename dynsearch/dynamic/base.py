@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from dynsearch.display import StatView
 
 
 class Trace:
@@ -119,6 +121,11 @@ class OnnxForm:
     parts: list[OnnxPart]
 
 
+def listed(positions) -> str:
+    """Positions for a display (``"0,1"``), ``"-"`` when there are none."""
+    return ",".join(map(str, positions or [])) or "-"
+
+
 def tiny_train() -> dict[str, Any]:
     """The training settings of every mechanism's tiny configs (``tiny_configs``): one short epoch."""
     return {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0}
@@ -142,6 +149,9 @@ class DynamicModel(nn.Module):
     # False for mechanisms whose input decides weights rather than work (CondConv): every
     # component runs for every sample, and the decisions are the float ``records["routing"]``.
     skips_work: bool = True
+    # How the report draws each list-valued statistic of ``trace_stats`` (key -> StatView);
+    # a statistic without one gets a generic panel.
+    stat_views: ClassVar[dict[str, StatView]] = {}
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -183,6 +193,22 @@ class DynamicModel(nn.Module):
     def trace_stats(self, trace: Trace) -> dict[str, Any]:
         """Per-point statistics over an evaluation split (JSON-serialisable), e.g. exit histogram."""
         return {}
+
+    # -- display (the CLI and the report ask the mechanism, not its config keys) --
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """Where a config's dynamic parts sit, for the front table (e.g. ``"0,1"``); ``"-"`` when nowhere."""
+        return "-"
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        """One-line summaries of ``trace_stats`` output for ``dynsearch train``: (label, text) pairs."""
+        return []
+
+    @classmethod
+    def stat_views_record(cls, stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The views of the statistics in ``stats``, as a trial records them in metrics.json (``stat_views``)."""
+        return {key: view.to_json() for key, view in cls.stat_views.items() if key in stats}
 
     def training_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         return self.task_loss(output, target) + self.aux_loss(output.trace)

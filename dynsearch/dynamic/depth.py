@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.models.backbones import SequenceMean
+from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
     DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism, tiny_train,
 )
@@ -128,10 +129,12 @@ class DepthAdaptiveTransformer(EarlyExitNet):
 
     def halting_depth(self, embedded: torch.Tensor) -> torch.Tensor:
         """Index of the chosen depth per sequence: argmax_n of the halting logits - depth_shift * n."""
-        scores = self.halting(embedded)
-        if self.depth_shift:
-            scores = scores - self.depth_shift * torch.arange(scores.shape[1], dtype=scores.dtype)
-        return scores.argmax(dim=1)
+        return self._pick_depth(self.halting(embedded))
+
+    def _pick_depth(self, scores: torch.Tensor) -> torch.Tensor:
+        """``rules.predicted_depth`` over halting logits [B, depths]."""
+        index = torch.arange(scores.shape[1], dtype=scores.dtype, device=scores.device)
+        return rules.predicted_depth(scores, self.depth_shift, index)
 
 
     def onnx_form(self) -> OnnxForm | None:
@@ -162,8 +165,7 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         calls = super().timed_components(device)
         if self.predicted:  # the halting unit's time includes picking the depth
             halting_call = calls["halting"]
-            shift = self.depth_shift * torch.arange(len(self.depths), dtype=torch.float32, device=device)
-            calls["halting"] = lambda: int((halting_call() - shift).argmax(dim=1))
+            calls["halting"] = lambda: int(self._pick_depth(halting_call()))
             for i in self.exit_stages:  # a chosen exit only classifies: no decision there
                 calls[f"exit{i}"] = super(EarlyExitNet, self).timed_components(device)[f"exit{i}"]
         return calls

@@ -40,8 +40,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.models import build_backbone, make_head, stage_output_shapes
+from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
-    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, Trace, register_mechanism,
+    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, StatView, Trace, listed, register_mechanism,
     tiny_train,
 )
 
@@ -72,9 +73,8 @@ def exit_score(policy: str, logits: torch.Tensor) -> torch.Tensor:
 
 
 def confident(policy: str, logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Bool [B]: does each sample leave at this head under a threshold policy?"""
-    score = exit_score(policy, logits)
-    return score >= threshold if policy == "confidence" else score < threshold
+    """Bool [B]: does each sample leave at this head under a threshold policy (``rules.exit_leaves``)?"""
+    return rules.exit_leaves(policy, exit_score(policy, logits), threshold)
 
 
 def _tiny(policy: str = "confidence", **exits: Any) -> dict[str, Any]:
@@ -151,6 +151,22 @@ class EarlyExitNet(DynamicModel):
             _tiny("patience", patience=1, loss_weights="linear"),
         ]
 
+    # -- display ------------------------------------------------------------
+    stat_views = {"exit_histogram": StatView("exit histogram", "exit after stage (the last: final classifier)",
+                                             "share of samples", "exit_stages")}
+
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """The stages followed by an exit head."""
+        return listed(config["exits"].get("stages"))
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        if "exit_histogram" not in stats:
+            return []
+        shares = ", ".join(f"stage {s}: {f:.0%}" for s, f in zip(stats["exit_stages"], stats["exit_histogram"]))
+        return [("exits taken", shares)]
+
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
         parts = {"stem": self.stem}
@@ -215,17 +231,16 @@ class EarlyExitNet(DynamicModel):
                 raise ValueError(f"patience must be a whole number >= 0, not {value!r}")
             setattr(self, name, int(value) if name == "patience" else float(value))
             self.config["exits"][name] = getattr(self, name)
-    # Per policy: the score an exit graph returns beside its logits, and how the runtime compares it.
-    # PABEE returns no score: the runtime compares the heads' argmaxes.
-    ONNX_SCORES = {"confidence": ("confidence", ">="), "entropy": ("entropy", "<"),
-                   "fastbert": ("normalized_entropy", "<"), "patience": (None, None)}
+    # Per policy: how a card's rule text names its comparison (the comparison itself: rules.EXIT_COMPARISONS).
+    COMPARISON_TEXT = {rules.at_least: ">=", rules.below: "<"}
 
     def onnx_form(self) -> OnnxForm | None:
         """One graph per exit: the stages since the previous exit plus this exit's head
         (the first graph also holds the stem, the last ends in the final classifier).
         Each returns the features (the next graph's input), the logits and the score the
         policy compares with its threshold, computed as the eval forward computes it."""
-        score, compare = self.ONNX_SCORES[self.policy]
+        score = rules.EXIT_SCORES.get(self.policy)  # the score an exit graph returns; PABEE returns none
+        compare = self.COMPARISON_TEXT[rules.EXIT_COMPARISONS[self.policy]] if score else None
         outputs = ("features", "logits", *([score] if score else []))
         parts: list[OnnxPart] = []
         body: list[nn.Module] = [self.stem]
@@ -339,9 +354,9 @@ class EarlyExitNet(DynamicModel):
             ran.append(self._exit_names[i])
             if self.policy == "patience":
                 prediction = int(logits.argmax(dim=1))
-                streak = streak + 1 if prediction == previous else 0
+                streak = rules.patience_streak(streak, prediction, previous)
                 previous = prediction
-                leave = streak >= self.patience
+                leave = rules.patience_leaves(streak, self.patience)
             else:
                 leave = bool(self._leave(logits))
             if leave:
@@ -361,7 +376,11 @@ class EarlyExitNet(DynamicModel):
         for i in self.exit_stages:  # an exit head's time includes its decision and the sync it needs
             head_call = calls[f"exit{i}"]
             if self.policy == "patience":
-                calls[f"exit{i}"] = lambda head_call=head_call: int(head_call().argmax(dim=1))
+                def agree(head_call=head_call):  # one head agreeing with the previous one
+                    prediction = int(head_call().argmax(dim=1))
+                    return rules.patience_leaves(rules.patience_streak(0, prediction, prediction), self.patience)
+
+                calls[f"exit{i}"] = agree
             else:
                 calls[f"exit{i}"] = lambda head_call=head_call: bool(self._leave(head_call()))
         return calls
@@ -389,10 +408,9 @@ class EarlyExitNet(DynamicModel):
             counts[f"exit{i}"][alive] += 1
             if self.policy == "patience":
                 prediction = logits.argmax(dim=1)
-                if previous is not None:
-                    streak = torch.where(prediction == previous, streak + 1, torch.zeros_like(streak))
+                streak = rules.patience_streak(streak, prediction, previous)
                 previous = prediction
-                leave = streak >= self.patience
+                leave = rules.patience_leaves(streak, self.patience)
             else:
                 leave = self._leave(logits)
             if logits_out is None:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.models import build_backbone, make_head, self_attention, stage_output_shapes
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism, tiny_train
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, listed, register_mechanism, tiny_train
 
 
 def within_capacity(chosen: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
@@ -203,6 +203,15 @@ class MoENet(DynamicModel):
             _moe_tiny("mlp", layers=[1], count=3, top_k=2, capacity_factor=1.25),
             _moe_tiny("transformer", layers=[1], count=4, top_k=2),
         ]
+
+    # -- display ------------------------------------------------------------
+    stat_views = {"expert_load": StatView("expert load", "expert (L<layer>e<expert>)", "share of routed tokens",
+                                          "expert_ids")}
+
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """The layers that are expert layers."""
+        return listed(config["experts"].get("layers"))
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
@@ -377,6 +386,14 @@ class CondConvNet(DynamicModel):
     @classmethod
     def tiny_configs(cls) -> list[dict[str, Any]]:
         return [_condconv_tiny("cnn", [0, 1], 3), _condconv_tiny("resnet", [1, 2], 2)]
+
+    stat_views = {"expert_routing": StatView("CondConv routing weight", "expert kernel (L<layer>e<expert>)",
+                                             "mean r_i", "expert_ids")}
+
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """The blocks whose convolutions are CondConv."""
+        return listed(config["condconv"].get("layers"))
 
     def components(self) -> dict[str, nn.Module]:
         return {"stem": self.stem, **{f"block{k}": b for k, b in enumerate(self.blocks)}, "classifier": self.classifier}

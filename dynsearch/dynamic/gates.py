@@ -29,8 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.models import build_backbone, make_head, stage_output_shapes
+from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
-    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, Trace, register_mechanism,
+    DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, StatView, Trace, listed, register_mechanism,
     tiny_train,
 )
 
@@ -135,6 +136,21 @@ class GatedResNet(DynamicModel):
         self.rl_weight = float(gates.get("rl_weight", 0.01))
         self.gate_bias = float(gates.get("gate_bias", 0.0))  # a runtime knob: eval decisions only
         self._component_names = list(self.components())
+
+    # -- display ------------------------------------------------------------
+    stat_views = {"gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks")}
+
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """The blocks with a gate."""
+        return listed(config["gates"].get("blocks"))
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        if "gate_rates" not in stats:
+            return []
+        rates = ", ".join(f"block {b}: {r:.0%}" for b, r in zip(stats["gate_blocks"], stats["gate_rates"]))
+        return [("gates on", rates)]
 
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
@@ -265,8 +281,12 @@ class GatedResNet(DynamicModel):
         calls = super().timed_components(device)
         for k in self.gated:  # a gate's time includes its decision and the sync it needs
             gate_call = calls[f"gate{k}"]
-            calls[f"gate{k}"] = lambda gate_call=gate_call: bool(gate_call().diff(dim=1)[0, 0] > -self.gate_bias)
+            calls[f"gate{k}"] = lambda gate_call=gate_call: bool(self._gate_on(gate_call())[0])
         return calls
+
+    def _gate_on(self, logits: torch.Tensor) -> torch.Tensor:
+        """Bool [B]: does each sample run the block, from its gate's logits (off, on) [B, 2] (``rules.gate_on``)."""
+        return rules.gate_on(logits[:, 1], logits[:, 0], self.gate_bias)
 
     def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
         """Batch size 1: one decision per gate, a single sync each, no index bookkeeping."""
@@ -279,7 +299,7 @@ class GatedResNet(DynamicModel):
                 continue
             logits = self.gates[str(k)](h)
             ran.append(self._gate_names[k])
-            on = bool(logits[0, 1] + self.gate_bias > logits[0, 0])
+            on = bool(self._gate_on(logits))
             decisions.append(on)
             if on:  # h >= 0 (it leaves a ReLU): a skipped block leaves it as it is
                 h = torch.relu(h + block.residual(h))
@@ -302,7 +322,7 @@ class GatedResNet(DynamicModel):
                 continue
             logits = self.gates[str(k)](h)
             counts[f"gate{k}"] += 1
-            on = logits[:, 1] + self.gate_bias > logits[:, 0]  # hard and noise-free
+            on = self._gate_on(logits)  # hard and noise-free
             decisions[:, self.gated.index(k)] = on
             # h >= 0 (it leaves a ReLU), so a skipped block's relu(h + 0) is h itself.
             index = on.nonzero().flatten()

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, Trace, register_mechanism, tiny_train
+from dynsearch.dynamic import rules
+from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, register_mechanism, tiny_train
 
 KNOB = "halting_threshold"
 
@@ -81,6 +82,16 @@ class HaltingNet(DynamicModel):
         self.threshold = float(halting.get("threshold", self.default_threshold))
         self._component_names = list(self.components())
 
+    # -- display ------------------------------------------------------------
+    stat_views = {"ponder_histogram": StatView("ponder-step distribution", "ponder steps", "share of samples",
+                                               "ponder_steps")}
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        if "mean_ponder_steps" not in stats:
+            return []
+        return [("ponder steps", f"{stats['mean_ponder_steps']:.2f} per sample on average")]
+
     # -- contract -----------------------------------------------------------
     def components(self) -> dict[str, nn.Module]:
         return {"cell": self.cell, "halting": self.halting, "classifier": self.classifier}
@@ -119,7 +130,7 @@ class HaltingNet(DynamicModel):
     def timed_components(self, device: torch.device):
         calls = super().timed_components(device)
         halting_call = calls["halting"]  # the halting unit's time includes its decision and the sync it needs
-        calls["halting"] = lambda: bool(torch.sigmoid(halting_call())[0, 0] >= self.threshold)
+        calls["halting"] = lambda: bool(rules.halts(torch.sigmoid(halting_call())[0, 0], self.threshold))
         return calls
 
     # -- the loop -------------------------------------------------------------
@@ -195,7 +206,7 @@ class ACTNet(HaltingNet):
 
     def _eval_halt(self, h, summed, n):
         summed = summed + h
-        return summed >= self.threshold, summed
+        return rules.halts(summed, self.threshold), summed
 
     def _eval_weight(self, h, summed, halt):
         remainder = 1.0 - summed
@@ -218,7 +229,7 @@ class ACTNet(HaltingNet):
             state = self.cell(first if n == 0 else rest, state)
             steps = steps + running.float()
             h = self._halting_prob(state)
-            halt = running & ((summed + h >= self.threshold) | (n == self.max_steps - 1))
+            halt = running & (rules.halts(summed + h, self.threshold) | (n == self.max_steps - 1))
             weight = torch.where(halt, 1.0 - summed, torch.where(running, h, torch.zeros_like(h)))
             readout = readout + weight[:, None] * state
             remainder = torch.where(halt, 1.0 - summed, remainder)
@@ -260,7 +271,7 @@ class PonderNet(HaltingNet):
     def _eval_halt(self, h, halted_so_far, n):
         # Carry the probability of having halted: p_n = h_n * (1 - halted_so_far).
         so_far = halted_so_far + h * (1.0 - halted_so_far)
-        return so_far >= self.threshold, so_far
+        return rules.halts(so_far, self.threshold), so_far
 
     def _eval_weight(self, h, halted_so_far, halt):
         return halt.float()  # the classifier reads the state of the halting step

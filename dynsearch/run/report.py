@@ -4,9 +4,11 @@ The front panel shows validation accuracy against MACs for every COMPLETE
 trial (front and dominated), the trials that ran no dynamic component (static,
 ``macs == macs_full``), the static full-depth cost of each backbone
 (``macs_full``) and which trials failed and why. Below it, one panel per
-statistic the front's mechanisms report (``trace_stats``): exit histogram,
-gate execution rate per block, ponder-step distribution, expert load; any
-other list of numbers gets a generic panel. Reads the run directory only.
+statistic the front's mechanisms report (``trace_stats``), drawn as the
+mechanism declared it (``DynamicModel.stat_views``, recorded by each trial in
+its metrics.json as ``stat_views``): exit histogram, gate execution rate per
+block, ponder-step distribution, expert load; any other list of numbers gets a
+generic panel. Reads the run directory only, and imports no mechanism.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynsearch.display import StatView
 from dynsearch.errors import UserError
 from dynsearch.run.front import pareto
 from dynsearch.run.rundir import RunDir
@@ -25,24 +28,7 @@ from dynsearch.run.study import open_existing
 MAX_STAT_TRIALS = 6  # front points drawn in a statistics panel
 
 
-@dataclass(frozen=True)
-class StatView:
-    title: str
-    x_label: str
-    y_label: str
-    labels_key: str | None = None  # the stats key naming each bar (else: bar index)
-
-
-# How to draw the per-point statistics mechanisms report; unknown keys get a generic panel.
-STAT_VIEWS = {
-    "exit_histogram": StatView("exit histogram", "exit after stage (the last: final classifier)", "share of samples",
-                               "exit_stages"),
-    "gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks"),
-    "ponder_histogram": StatView("ponder-step distribution", "ponder steps", "share of samples", "ponder_steps"),
-    "expert_load": StatView("expert load", "expert (L<layer>e<expert>)", "share of routed tokens", "expert_ids"),
-    "expert_routing": StatView("CondConv routing weight", "expert kernel (L<layer>e<expert>)", "mean r_i",
-                               "expert_ids"),
-}
+ViewsByMechanism = dict[str, dict[str, dict[str, Any]]]  # mechanism -> stats key -> StatView.to_json()
 
 
 @dataclass
@@ -64,6 +50,8 @@ class RunSummary:
     run_dir: Path
     objectives: list[str]
     trials: list[TrialPoint]
+    # Views for trials whose metrics.json records none (written before trials recorded them).
+    fallback_views: ViewsByMechanism = field(default_factory=dict)
 
     def where(self, state: str) -> list[TrialPoint]:
         return [t for t in self.trials if t.state == state]
@@ -73,7 +61,7 @@ class RunSummary:
         return sorted((t for t in self.trials if t.on_front), key=lambda t: (t.metrics["macs"], t.number))
 
 
-def collect(run_dir: str | Path) -> RunSummary:
+def collect(run_dir: str | Path, fallback_views: ViewsByMechanism | None = None) -> RunSummary:
     """Every trial of a run with its state, metrics, config and front membership."""
     front = {item["trial"] for item in pareto(run_dir)}  # checks the run directory
     run = RunDir.existing(run_dir)
@@ -91,12 +79,26 @@ def collect(run_dir: str | Path) -> RunSummary:
         ))
     if not trials:
         raise UserError(f"run directory {run_dir}: holds no trials yet; run `dynsearch search --out {run_dir}` first")
-    return RunSummary(run.path, objectives, trials)
+    return RunSummary(run.path, objectives, trials, fallback_views or {})
 
 
-def stat_panels(points: list[TrialPoint]) -> list[tuple[str, StatView, list[Any], dict[int, dict[Any, float]]]]:
+def stat_views(points: list[TrialPoint], fallback_views: ViewsByMechanism | None = None) -> dict[str, StatView]:
+    """The views the points' trials recorded (metrics ``stat_views``; else ``fallback_views`` of their mechanism)."""
+    views: dict[str, StatView] = {}
+    for point in points:
+        recorded = point.metrics.get("stat_views")
+        if not isinstance(recorded, dict):
+            recorded = (fallback_views or {}).get(point.config.get("mechanism"), {})
+        for key, view in recorded.items():
+            views.setdefault(key, StatView.from_json(view))
+    return views
+
+
+def stat_panels(points: list[TrialPoint], fallback_views: ViewsByMechanism | None = None,
+                ) -> list[tuple[str, StatView, list[Any], dict[int, dict[Any, float]]]]:
     """Per statistic present: (key, view, x labels, {trial: {label: value}}) over ``points``."""
-    label_keys = {view.labels_key for view in STAT_VIEWS.values()}
+    views = stat_views(points, fallback_views)
+    label_keys = {view.labels_key for view in views.values()}
     keys: list[str] = []
     for point in points:
         for key, value in point.metrics.get("stats", {}).items():
@@ -104,7 +106,7 @@ def stat_panels(points: list[TrialPoint]) -> list[tuple[str, StatView, list[Any]
                 keys.append(key)
     panels = []
     for key in keys:
-        view = STAT_VIEWS.get(key) or StatView(key.replace("_", " "), "index", key)
+        view = views.get(key) or StatView.generic(key)
         series: dict[int, dict[Any, float]] = {}
         for point in points:
             stats = point.metrics.get("stats", {})
@@ -175,7 +177,7 @@ def draw_png(run: RunSummary, path: Path) -> None:
     import matplotlib.ticker
 
     complete = run.where("COMPLETE")
-    panels = stat_panels(_spread(run.front, MAX_STAT_TRIALS))
+    panels = stat_panels(_spread(run.front, MAX_STAT_TRIALS), run.fallback_views)
     stat_rows = (len(panels) + 1) // 2
     fig = plt.figure(figsize=(11, 6 + 3.2 * stat_rows), layout="constrained")
     grid = fig.add_gridspec(1 + stat_rows, 2, height_ratios=[6] + [3.2] * stat_rows)
@@ -267,7 +269,7 @@ def draw_html(run: RunSummary, path: Path) -> None:
     fig.update_layout(title=_headline(run), xaxis_title="MACs per sample (validation mean, what ran)",
                       yaxis_title="validation accuracy", template="plotly_white", height=560)
     parts = [pio.to_html(fig, full_html=False, include_plotlyjs=True)]  # self-contained: opens offline
-    for key, view, labels, series in stat_panels(_spread(front, MAX_STAT_TRIALS)):
+    for key, view, labels, series in stat_panels(_spread(front, MAX_STAT_TRIALS), run.fallback_views):
         bars = go.Figure([go.Bar(name=f"trial {number}", x=[str(label) for label in labels],
                                  y=[values.get(label, 0.0) for label in labels]) for number, values in series.items()])
         bars.update_layout(title=f"{view.title} (front trials)", xaxis_title=view.x_label, yaxis_title=view.y_label,
@@ -283,9 +285,12 @@ def draw_html(run: RunSummary, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``pareto.png`` and ``pareto.html`` into the run directory; return their paths."""
-    run = collect(run_dir)
+def write_report(run_dir: str | Path, fallback_views: ViewsByMechanism | None = None) -> tuple[Path, Path]:
+    """Write ``pareto.png`` and ``pareto.html`` into the run directory; return their paths.
+
+    ``fallback_views``: per mechanism, the views of trials whose metrics.json records none.
+    """
+    run = collect(run_dir, fallback_views)
     png, page = RunDir(run.run_dir).report_png, RunDir(run.run_dir).report_html
     draw_png(run, png)
     draw_html(run, page)

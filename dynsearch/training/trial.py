@@ -70,6 +70,7 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
         "test_macs": test["macs"],
         "stats": val["stats"],
         "test_stats": test["stats"],
+        "stat_views": type(model).stat_views_record(val["stats"]),  # how the report draws them (no mechanism there)
         # Decisions at a threshold can flip with round-off: exports re-measure under these settings.
         "measured_with": {"batch_size": MEASURE_BATCH_SIZE, "threads": torch.get_num_threads()},
     }
