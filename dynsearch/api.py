@@ -1,4 +1,4 @@
-"""The Python API, mirrored by the CLI: train, search, pareto (export and load live in deploy/)."""
+"""The Python API, mirrored by the CLI: train, search, pareto, export, load (the last two from deploy/)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -125,3 +125,22 @@ def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str
     from dynsearch.run.front import pareto as trial_front
 
     return trial_front(run_dir)
+
+
+def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,
+           point: int | None = None, quantize: str | None = None) -> list[Path]:
+    """Export trials of a run as model folders ``out/trial-<N>/``; return their paths
+    (``dynsearch.deploy.export.export``: trials None exports the Pareto front; ``onnx`` adds the
+    staged ONNX graphs, ``quantize="int8"`` their int8 copies; ``point`` exports the one trial of
+    ``trials`` at that operating point). Nothing is written unless every trial checks out."""
+    from dynsearch.deploy.export import export as export_trials
+
+    return export_trials(run_dir, out, trials=trials, onnx=onnx, point=point, quantize=quantize)
+
+
+def load(path: str | Path):
+    """The DynamicModel of an exported model folder, in eval mode, its weights checked against
+    config.json (``dynsearch.deploy.load.load``; imports neither Ray nor Optuna, never unpickles)."""
+    from dynsearch.deploy.load import load as load_folder
+
+    return load_folder(path)

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynsearch.errors import UserError
-from dynsearch.models.backbones import BACKBONE_KINDS
+from dynsearch.models.kinds import BACKBONE_KINDS
 
 OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"

@@ -4,6 +4,7 @@ cross-module private imports, and an installed package with no top-level ``cli``
 (The layer contracts themselves are import-linter's, run by .ci/run: ``lint-imports``.)
 """
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -70,8 +71,12 @@ def test_no_module_imports_another_modules_private_names():
 def test_the_wheel_ships_spaces_and_recipes_and_no_top_level_cli(tmp_path):
     """A non-editable install's content: the package with its spaces and recipes, and the command's
     entry point in dynsearch.cli (no module named ``cli`` at the top of site-packages)."""
+    # Built from a copy: setuptools writes build/ into the source tree, and a stale one would leak in.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache", "wandb"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(tmp_path), str(source)], check=True, capture_output=True, timeout=600)
     (wheel,) = tmp_path.glob("dynsearch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not [name for name in names if "/" not in name], "a top-level module in the wheel"

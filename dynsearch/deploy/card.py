@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dynsearch.data import DATASETS
+from dynsearch.data.user import describe, source_of
+from dynsearch.deploy.onnx_export import onnx_support
+from dynsearch.dynamic import mechanisms
 _MEASURED = ("accuracy", "macs", "macs_full", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
              "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
 
@@ -26,14 +30,8 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
             (``accuracy``, ``macs``, ``measured_with``, ``matches_recorded``).
         int8: float and int8 figures of the staged graphs under onnxruntime (quantize.compare), if quantized.
     """
-    from dynsearch.data import DATASETS
-    from dynsearch.dynamic import mechanisms
-    from dynsearch.deploy.onnx_export import onnx_support
-
     mechanism = mechanisms()[config["mechanism"]]  # a plugin's too, even before any model was built
     data = recipe["data"]
-    from dynsearch.data.user import describe, source_of
-
     info = DATASETS.get(data.get("name"))
     description = describe(data) if source_of(data) else info.description if info else None
     return {

@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from dynsearch.data import cached_splits
+from dynsearch.deploy.card import card_markdown, make_card
 from dynsearch.deploy.load import FORMAT, REEXPORT, load
+from dynsearch.deploy.onnx_export import export_onnx
+from dynsearch.deploy.points import at_point
+from dynsearch.deploy.quantize import check_quantize, compare, quantize_graphs
 from dynsearch.deploy.trials import CheckedTrial, check_trial
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import measure_val, same_figures
@@ -53,8 +57,6 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
     anything is written; the folders are built in a temporary folder and renamed
     into place, so a failed export leaves nothing behind.
     """
-    from dynsearch.deploy.quantize import check_quantize
-
     check_quantize(quantize)
     onnx = onnx or quantize is not None
     run = RunDir.existing(run_dir)
@@ -66,8 +68,6 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
         raise UserError("--point: pass exactly one trial with --trials N (operating points are per trial)")
     checked = [check_trial(run, number, recipe) for number in numbers]
     if point is not None:
-        from dynsearch.deploy.points import at_point
-
         checked = [at_point(run, checked[0], point, recipe)]
     if onnx:
         for item in checked:
@@ -141,20 +141,14 @@ def write_model_files(folder: Path, config: dict[str, Any], model, weights: byte
 
 def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: dict[str, Any], onnx: bool,
                         quantize: str | None = None) -> None:
-    from dynsearch.deploy.card import card_markdown, make_card
-
     folder.mkdir()
     model = item.model
     write_model_files(folder, item.config, model, item.weights)
     onnx_manifest = int8 = None
     if onnx:
-        from dynsearch.deploy.onnx_export import export_onnx
-
         splits = cached_splits(recipe["data"])
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
     if quantize:
-        from dynsearch.deploy.quantize import compare, quantize_graphs
-
         files = quantize_graphs(model, folder, splits.val_x)
         int8 = compare(folder, {"runtime_policy": model.runtime_policy(), "onnx": onnx_manifest, "int8": {"files": files}},
                        splits, threads=int(item.measured["measured_with"]["threads"]))

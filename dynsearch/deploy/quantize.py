@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from dynsearch.deploy.onnx_export import chain_outputs
+from dynsearch.deploy.onnx_runtime import StagedRuntime
+from dynsearch.errors import UserError
 QUANTIZE_CHOICES = ("int8",)
 INT8_DIR = "onnx_int8"
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "Relu", "Add", "GlobalAveragePool", "MaxPool", "AveragePool", "Flatten"]
@@ -31,8 +34,6 @@ METHOD = ("onnxruntime.quantization.quantize_static after quant_pre_process: QDQ
 
 
 def check_quantize(value: str | None) -> None:
-    from dynsearch.errors import UserError
-
     if value is not None and value not in QUANTIZE_CHOICES:
         raise UserError(f"quantize {value!r}: unknown; use one of {list(QUANTIZE_CHOICES)} (or leave it out)")
 
@@ -55,8 +56,6 @@ def quantize_graphs(model, folder: Path, calibration) -> list[str]:
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from dynsearch.deploy.onnx_export import chain_outputs
 
     form = model.onnx_form()
     chain = chain_outputs(form, calibration)
@@ -97,8 +96,6 @@ def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latenc
     ``test_macs`` and ``latency_ms`` (median over ``repeats`` alternating passes of
     the mean per-input time over the first ``latency_inputs`` validation inputs).
     """
-    from dynsearch.deploy.onnx_runtime import StagedRuntime
-
     runtimes = {name: StagedRuntime(folder, int8=name == "int8", threads=threads, card=card)
                 for name in ("float", "int8")}
     result: dict[str, dict[str, Any]] = {}

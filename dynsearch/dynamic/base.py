@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dynsearch.display import StatView
+from dynsearch.dynamic.cost import component_input_shapes, measure_component_macs
 
 
 class Trace:
@@ -237,8 +238,6 @@ class DynamicModel(nn.Module):
     def component_macs(self) -> dict[str, int]:
         """Static per-sample MACs of every component, measured once (see cost.py)."""
         if self._component_macs is None:
-            from dynsearch.dynamic.cost import measure_component_macs
-
             self._component_macs = measure_component_macs(self)
         return self._component_macs
 
@@ -257,8 +256,6 @@ class DynamicModel(nn.Module):
     def timed_components(self, device: torch.device) -> dict[str, Callable[[], Any]]:
         """Per component, a call that runs it alone at batch 1 as it runs in eval
         (mechanisms add their decision to the component that makes it)."""
-        from dynsearch.dynamic.cost import component_input_shapes
-
         calls = {}
         for name, module in self.components().items():
             x = torch.zeros(1, *component_input_shapes(self)[name], device=device)

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.models import build_backbone, make_head, self_attention, stage_output_shapes
+from dynsearch.models.backbones import make_head, self_attention, stage_output_shapes
+from dynsearch.models.build import build_backbone
 from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, listed, register_mechanism, tiny_train
 
 

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.models import build_backbone, make_head, stage_output_shapes
+from dynsearch.models.backbones import make_head, stage_output_shapes
+from dynsearch.models.build import build_backbone
 from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
     DynamicModel, DynamicOutput, OnnxForm, OnnxPart, OnnxSequence, StatView, Trace, listed, register_mechanism,

@@ -1,32 +1,9 @@
 """Backbones (CNN, ResNet, MLP, Transformer) and user backbones: what mechanisms build on.
 
-``build_backbone(config)`` returns ``(stem, [stage, ...])`` for a trial config's
-``backbone`` section; mechanisms put their machinery between or around stages.
+- kinds.py      the backbone kinds a recipe may name (no torch: the recipe model imports it)
+- backbones.py  the built-in backbones, split into a stem and stages; classifier heads
+- user.py       kind ``user``: the stages a user's callable returns, checked
+- build.py      ``build_backbone(config)``: the stem and stages of a trial config's backbone
+
+This package's ``__init__`` imports nothing, so reading a recipe does not import torch.
 """
-from __future__ import annotations
-
-from typing import Any
-
-from torch import nn
-
-from dynsearch.models.backbones import (
-    BACKBONE_KINDS, build_cnn, build_mlp, build_resnet, build_transformer, make_head, self_attention,
-    stage_output_shapes,
-)
-from dynsearch.models.user import user_stages
-
-__all__ = ["BACKBONE_KINDS", "build_backbone", "make_head", "self_attention", "stage_output_shapes"]
-
-
-def build_backbone(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module]]:
-    backbone = config["backbone"]
-    if backbone["kind"] == "user":  # the user's stages as given; no stem (see user_code.py)
-        return nn.Identity(), user_stages(backbone)
-    shape, widths, depth = config["input_shape"], backbone["widths"], backbone["depth"]
-    if backbone["kind"] == "transformer":
-        return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)))
-    if backbone["kind"] == "recurrent":
-        raise ValueError("backbone kind 'recurrent' is the halting mechanisms' cell (space: halting); "
-                         "use cnn, mlp, resnet or transformer here")
-    builders = {"cnn": build_cnn, "mlp": build_mlp, "resnet": build_resnet}
-    return builders[backbone["kind"]](shape, widths, depth)

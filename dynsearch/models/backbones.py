@@ -16,8 +16,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-# Every backbone kind a recipe may name (the recipe model takes them from here).
-BACKBONE_KINDS = ("cnn", "mlp", "resnet", "transformer", "user", "recurrent")
 
 
 def conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

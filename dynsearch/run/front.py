@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from dynsearch.compat import compute_hypervolume
 from dynsearch.errors import UserError
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_existing
@@ -102,8 +103,6 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     maximised, cost (MACs, latency) minimised — up to ``reference`` = (lowest
     accuracy, highest cost). Points outside the reference box add nothing.
     Uses Optuna's WFG implementation (the one behind ``plot_hypervolume_history``)."""
-    from dynsearch.compat import compute_hypervolume
-
     low_accuracy, high_cost = reference
     inside = [(-acc, cost) for acc, cost in points if acc > low_accuracy and cost < high_cost]
     if not inside:

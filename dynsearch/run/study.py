@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from dynsearch.compat import set_trial_user_attr
 from dynsearch.errors import UserError
 from dynsearch.recipe import Recipe
 from dynsearch.run.rundir import RunDir
@@ -61,8 +62,6 @@ def fail_orphans(study, reason: str = INTERRUPTED, retry: bool = True) -> list[i
     itself such a retry: a configuration is retried once, not forever.
     """
     from optuna.trial import TrialState
-
-    from dynsearch.compat import set_trial_user_attr
 
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in orphans:
