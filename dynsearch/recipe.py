@@ -59,14 +59,16 @@ class DataSpec(_Strict):
     file: Optional[str] = Field(None, description="an .npz or .pt file of arrays")
     torchvision: Optional[str] = Field(None, description="a torchvision.datasets class read from root")
     image_folder: Optional[str] = Field(None, description="a folder of class sub-folders of images")
-    root: Optional[str] = Field(None, description="torchvision's root folder")
+    root: Optional[str] = Field(None, description="torchvision's root folder, or the folder of fashion-mnist's files")
     download: bool = Field(False, description="let torchvision download the dataset into root")
     module_path: Optional[str] = Field(None, description="folder of the callable's module")
     # After the sources: its validator reads them. Default digits; with a user source, a label (default user).
     name: Optional[str] = None
     split_seed: int = 0
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="not used by fashion-mnist (official test split)")
+    train_subset: Optional[int] = Field(None, ge=1, description="train on this many training samples "
+                                        "(stratified, seeded by split_seed); validation and test unchanged")
 
     @model_validator(mode="before")
     @classmethod
@@ -97,6 +99,10 @@ class DataSpec(_Strict):
         if source is not None and name in DATASETS:
             raise ValueError(f"{name!r} is a built-in dataset but data.{source} is given; "
                              "leave name out (or make it a label of your own)")
+        if source is None and info.data.get("root") is not None and not DATASETS[name].takes_root:
+            readers = sorted(n for n, d in DATASETS.items() if d.takes_root)
+            raise ValueError(f"data.root is not read by dataset {name!r}; leave it out (it is for "
+                             f"{', '.join(readers)} and data.torchvision)")
         return name
 
 

@@ -5,7 +5,9 @@ The embedded default is scikit-learn's bundled 8x8 digits (1,797 images);
 generated on the fly (for Transformer backbones); ``mnist1d`` is MNIST-1D
 (Greydanus 2020) generated locally with ``mnist1d.data.make_dataset`` (its
 ``get_dataset`` downloads, so it is never called); ``parity`` is the parity
-task of ACT (Graves 2016), seeded. A user's own data (a callable, an .npz / .pt
+task of ACT (Graves 2016), seeded; ``fashion-mnist`` is read from its IDX files on disk
+(data/fashion_mnist.py: the Debian package's folder, ``data.root`` or $DYNSEARCH_FASHION_MNIST), with its
+official test split. A user's own data (a callable, an .npz / .pt
 file, torchvision) is read by data/user.py through ``load_data``. Splits into train / validation / test are stratified and fixed by the seed.
 """
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dynsearch.data.splits import Splits, split_arrays
-from dynsearch.data.user import load_user_splits, source_of
+from dynsearch.data import fashion_mnist
+from dynsearch.data.splits import Splits, split_arrays, train_subset_of
+from dynsearch.data.user import describe, load_user_splits, source_of
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,13 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     num_classes: int
     load_arrays: Callable[[], tuple[np.ndarray, np.ndarray]]
+    # How the arrays were made from the raw data: recorded in the model card so that a user of the
+    # exported model feeds it inputs made the same way.
+    preprocessing: str | None = None
+    # A dataset with official splits: (split_seed, val_fraction, root) -> the six split arrays;
+    # test_fraction does not apply. None: load_arrays is split by split_arrays.
+    load_split_arrays: Callable[..., tuple] | None = None
+    takes_root: bool = False  # reads its files from data.root when given
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -66,6 +76,21 @@ register_dataset(
         (1, 8, 8),
         10,
         _digits_arrays,
+        preprocessing="pixel values 0..16 / 16 as float32, shape [N, 1, 8, 8]",
+    )
+)
+
+register_dataset(
+    DatasetInfo(
+        "fashion-mnist",
+        "Fashion-MNIST (Xiao et al. 2017), 28x28 greyscale clothing images read from the IDX files on disk: "
+        "60,000 training (validation carved from them) + the official 10,000 test, 10 classes",
+        (1, 28, 28),
+        10,
+        fashion_mnist.fashion_mnist_arrays,
+        preprocessing=fashion_mnist.PREPROCESSING,
+        load_split_arrays=fashion_mnist.fashion_mnist_splits,
+        takes_root=True,
     )
 )
 
@@ -166,12 +191,25 @@ register_dataset(
 )
 
 
-def load_splits(name: str, split_seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
-    """Load dataset ``name`` and split it deterministically from ``split_seed``."""
+def load_splits(name: str, split_seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                root: str | None = None, train_subset: int | None = None) -> Splits:
+    """Load dataset ``name`` and split it deterministically from ``split_seed``.
+
+    A dataset with official splits (fashion-mnist) keeps its test split and carves validation
+    (``val_fraction`` of its training part) from the rest; ``test_fraction`` does not apply.
+    ``root``: the folder a dataset that reads files takes them from. ``train_subset``: keep that
+    many training samples (stratified, seeded by ``split_seed``); validation and test are unchanged.
+    """
     info = DATASETS[name]
-    x, y = info.load_arrays()
-    parts = split_arrays(x, y, split_seed, val_fraction, test_fraction)
-    return Splits(*(torch.from_numpy(part) for part in parts), info.input_shape, info.num_classes)
+    if info.load_split_arrays is not None:
+        parts = info.load_split_arrays(split_seed, val_fraction, root)
+    else:
+        x, y = info.load_arrays()
+        parts = split_arrays(x, y, split_seed, val_fraction, test_fraction)
+    if train_subset is not None:
+        parts = (*train_subset_of(parts[0], parts[1], train_subset, split_seed, f"data {name!r}"), *parts[2:])
+    return Splits(*(torch.from_numpy(np.ascontiguousarray(part)) for part in parts), info.input_shape,
+                  info.num_classes)
 
 
 def load_data(data: dict[str, Any] | Any) -> Splits:
@@ -180,12 +218,19 @@ def load_data(data: dict[str, Any] | Any) -> Splits:
     if not isinstance(data, dict):
         data = data.model_dump()
     if source_of(data) is not None:
-        return load_user_splits(data)
-    return load_splits(data["name"], int(data["split_seed"]), float(data["val_fraction"]), float(data["test_fraction"]))
+        splits = load_user_splits(data)
+        if data.get("train_subset") is not None:
+            x, y = train_subset_of(splits.train_x.numpy(), splits.train_y.numpy(), int(data["train_subset"]),
+                                   int(data["split_seed"]), describe(data))
+            splits.train_x, splits.train_y = torch.from_numpy(x), torch.from_numpy(y)
+        return splits
+    subset = data.get("train_subset")
+    return load_splits(data["name"], int(data["split_seed"]), float(data["val_fraction"]), float(data["test_fraction"]),
+                       root=data.get("root"), train_subset=None if subset is None else int(subset))
 
 
 # Keys a model card adds to a recipe's data section (card.py): not part of what the data is.
-_CARD_KEYS = ("description", "input_shape", "num_classes")
+_CARD_KEYS = ("description", "input_shape", "num_classes", "preprocessing")
 
 
 def cached_splits(data: dict[str, Any]) -> Splits:
@@ -193,7 +238,7 @@ def cached_splits(data: dict[str, Any]) -> Splits:
     points measure several models on the same data."""
     key = {k: v for k, v in data.items() if k not in _CARD_KEYS}
     if source_of(key) is None:
-        key = {k: key.get(k) for k in ("name", "split_seed", "val_fraction", "test_fraction")}
+        key = {k: key.get(k) for k in ("name", "split_seed", "val_fraction", "test_fraction", "root", "train_subset")}
     return _cached_splits(json.dumps(key, sort_keys=True))
 
 

@@ -35,3 +35,20 @@ def split_arrays(x, y, split_seed: int, val_fraction: float, test_fraction: floa
         stratify=rest_y,
     )
     return train_x, train_y, val_x, val_y, test_x, test_y
+
+
+def train_subset_of(x, y, size: int, split_seed: int, where: str):
+    """``size`` of the training samples ``(x, y)`` (numpy arrays), stratified and fixed by ``split_seed``,
+    in their original order. A size the split cannot give is a one-line UserError."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from dynsearch.errors import UserError
+
+    classes = len(np.unique(y))
+    if size >= len(y) or size < classes:
+        raise UserError(f"{where}: data.train_subset {size} must be at least the number of classes ({classes}) "
+                        f"and less than the {len(y):,} training samples; change it or leave it out")
+    keep, _ = train_test_split(np.arange(len(y)), train_size=size, random_state=split_seed, stratify=y)
+    keep = np.sort(keep)
+    return x[keep], y[keep]
