@@ -39,9 +39,9 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
 
 
 def missing_error(folder: Path, why: str) -> UserError:
-    return UserError(f"fashion-mnist: {why} in {folder}; install the files with `apt-get install "
-                     f"dataset-fashion-mnist` or set data.root (or ${ENV_VAR}) to a folder holding "
-                     f"{', '.join(FILES.values())} (.gz or not)")
+    return UserError(f"fashion-mnist: {why} in {folder}; install them with `apt-get install "
+                     f"dataset-fashion-mnist`, or set data.root (or ${ENV_VAR}) to a folder holding the "
+                     "four files (gzipped or not)")
 
 
 def data_folder(root: str | os.PathLike | None = None) -> Path:
@@ -94,7 +94,7 @@ def _raw(folder: Path) -> dict[str, np.ndarray]:
     paths = {key: _find(folder, stem) for key, stem in FILES.items()}
     absent = [FILES[key] for key, path in paths.items() if path is None]
     if absent:
-        raise missing_error(folder, f"{', '.join(absent)} not found")
+        raise missing_error(folder, f"{len(absent)} of its 4 IDX files ({', '.join(absent)}) not found")
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for part, count in COUNTS.items():
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]

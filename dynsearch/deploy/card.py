@@ -16,7 +16,7 @@ from dynsearch.data import DATASETS
 from dynsearch.data.user import describe, source_of
 from dynsearch.deploy.onnx_export import onnx_support
 from dynsearch.dynamic import mechanisms
-_MEASURED = ("accuracy", "macs", "macs_full", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
+_MEASURED = ("accuracy", "macs", "macs_full", "macs_thop", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
              "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
 
 
@@ -44,7 +44,10 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         "measured_with": reproduced["measured_with"],
         "reproduced_at_export": {k: reproduced[k] for k in ("accuracy", "macs", "matches_recorded")},
         "data": {**data, "description": description,
-                 "input_shape": config.get("input_shape"), "num_classes": config.get("num_classes")},
+                 "input_shape": config.get("input_shape"), "num_classes": config.get("num_classes"),
+                 # How inputs were made from the raw data: feed the loaded model inputs made the same way.
+                 "preprocessing": info.preprocessing if info and not source_of(data) else
+                 "as the user's data gave them (float32, no scaling by dynsearch)"},
         "recipe": recipe,
         "runtime_policy": model.runtime_policy(),
         "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model),
@@ -152,6 +155,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"`{data.get('name')}`: {data.get('description')}; split seed {data.get('split_seed')}, "
         f"validation {data.get('val_fraction')}, test {data.get('test_fraction')}; "
         f"input shape {data.get('input_shape')}, {data.get('num_classes')} classes.",
+        f"Preprocessing (feed the model inputs made the same way): {data.get('preprocessing')}.",
         "",
         "## Recipe",
         "",

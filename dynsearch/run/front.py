@@ -54,7 +54,8 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
     """The non-dominated COMPLETE trials of a run (on the study's objectives), most accurate first.
 
     Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
-    ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
+    ``macs``, ``macs_full``, ``macs_thop`` (thop's count of the static path; None where thop could not
+    count it or the run predates it), ``params``, ``config`` and ``stats`` (the
     mechanism's statistics on the validation split, e.g. ``exit_histogram``),
     plus the latency figures when they were measured.
     """
@@ -74,6 +75,7 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
                 "test_accuracy": float(metrics["test_accuracy"]),
                 "macs": float(metrics["macs"]),
                 "macs_full": int(metrics["macs_full"]),
+                "macs_thop": None if metrics.get("macs_thop") is None else int(metrics["macs_thop"]),
                 "params": int(metrics["params"]),
                 "config": config,
                 "stats": metrics.get("stats", {}),

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dynsearch.dynamic import DynamicModel, build_model
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, count_params, measure
+from dynsearch.measure.thop_count import thop_macs_full
 from dynsearch.run.rundir import trial_files, write_files
 from dynsearch.training.lightning import DynamicModule, NonFiniteError, Report, ReportCallback
 
@@ -65,6 +66,8 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
         "accuracy": val["accuracy"],
         "macs": val["macs"],
         "macs_full": val["macs_full"],
+        # thop's count of the same static path, for comparison with papers (README "Cost"); None: thop cannot.
+        "macs_thop": thop_macs_full(model),
         "params": count_params(model),
         "test_accuracy": test["accuracy"],
         "test_macs": test["macs"],
