@@ -20,7 +20,7 @@ import yaml
 from dynsearch import cli
 import dynsearch
 from conftest import exits_config
-from dynsearch.data import load_splits
+from dynsearch.data import load_data, load_splits
 from dynsearch.deploy.export import reproduce
 from dynsearch.deploy.load import FORMAT
 from dynsearch.dynamic import MECHANISMS, build_model, register_mechanism
@@ -124,8 +124,7 @@ def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
 def _recipe_default(name):
     """A built-in recipe, its data splits and its default point's trial config."""
     recipe = load_recipe(name).with_overrides(epochs=1)
-    data = recipe.data
-    splits = load_splits(data.name, data.split_seed, data.val_fraction, data.test_fraction)
+    splits = load_data(recipe.data)  # root and train_subset too (fashion-mnist)
     return recipe, splits, default_config(recipe, splits)
 
 
