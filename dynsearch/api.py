@@ -27,7 +27,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
 
     Returns ``test_accuracy``, ``macs`` (mean over the test split of what each
     sample's trace says ran), ``macs_full``, ``params``, plus ``val_accuracy``,
-    ``val_macs``, ``stats`` (the mechanism's statistics on the test split,
+    ``val_macs``, ``macs_thop`` (thop's count of the static path, README "Cost"), ``stats`` (the mechanism's statistics on the test split,
     e.g. ``exit_histogram``: the fraction of samples leaving at each exit) and
     ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean).
     With ``out``, the config, weights and metrics are written there.
@@ -61,6 +61,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
         "test_accuracy": metrics["test_accuracy"],
         "macs": metrics["test_macs"],
         "macs_full": metrics["macs_full"],
+        "macs_thop": metrics["macs_thop"],
         "params": metrics["params"],
         "val_accuracy": metrics["accuracy"],
         "val_macs": metrics["macs"],
