@@ -137,6 +137,7 @@ register_dataset(
         (16, NUM_TOKENS),
         NUM_LABELS,
         marked_majority_arrays,
+        preprocessing="one-hot tokens as float32, shape [N, 16, 8] (token 7 the marker)",
     )
 )
 
@@ -157,6 +158,7 @@ register_dataset(
         (40,),
         10,
         _mnist1d_arrays,
+        preprocessing="the signals as make_dataset gives them, float32, shape [N, 40] (no scaling)",
     )
 )
 
@@ -187,6 +189,7 @@ register_dataset(
         (PARITY_BITS,),
         2,
         parity_arrays,
+        preprocessing=f"entries -1 / 0 / +1 as float32, shape [N, {PARITY_BITS}]",
     )
 )
 
