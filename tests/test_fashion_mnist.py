@@ -208,3 +208,20 @@ def test_card_records_preprocessing_and_front_items_macs_thop(tmp_path):
     assert card["measured"]["macs_thop"] == metrics["macs_thop"]
     text = (folder / "card.md").read_text()
     assert fm.PREPROCESSING in text and "| macs_thop |" in text
+
+
+@pytest.mark.slow
+def test_the_shipped_recipe_searches_end_to_end_on_a_subset(tmp_path):
+    """fmnist-exits as shipped (its backbone, space and objectives) with real Ray, Optuna and Lightning,
+    cut to 2 one-epoch trials on 1,000 training images: the front is read and exported."""
+    import dynsearch
+    from dynsearch.recipe import load_recipe
+
+    recipe = load_recipe("fmnist-exits")
+    data = {**recipe.data.model_dump(), "train_subset": 1000}
+    result = dynsearch.search("fmnist-exits", out=tmp_path / "run", trials=2, epochs=1, data=data,
+                              wandb={"mode": "off"})
+    assert result.complete == 2 and result.front
+    assert all(item["config"]["input_shape"] == [1, 28, 28] and item["macs_thop"] > 0 for item in result.front)
+    [folder] = dynsearch.export(result.run_dir, tmp_path / "models", trials=[result.front[0]["trial"]])
+    assert json.loads((folder / "card.json").read_text())["data"]["preprocessing"] == fm.PREPROCESSING
