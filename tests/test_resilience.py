@@ -29,6 +29,9 @@ from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, fail_orphans, open_study
 
 SENTINEL = "wandb-sentinel-7c1f3a9e5b2d"  # a fake WANDB_API_KEY that must never be written anywhere
+# 30 epochs (3-5 s a trial) left too short a window on a quiet, fast machine (the whole search took
+# 13 s and ended before it could be killed); 150 keeps a trial RUNNING for well over the poll's reach.
+KILLED_EPOCHS = "150"
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
@@ -97,8 +100,8 @@ def killed(tmp_path_factory):
     out = base / "run"
     ray_tmp = tempfile.mkdtemp(prefix="dsr", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "WANDB_API_KEY": SENTINEL}
-    # 30 epochs: a trial on a warm worker then runs long enough (seconds) to be seen RUNNING and killed.
-    cmd = [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--epochs", "30", "--out", str(out)]
+    # KILLED_EPOCHS: a trial on a warm worker then runs long enough (seconds) to be seen RUNNING and killed.
+    cmd = [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--epochs", KILLED_EPOCHS, "--out", str(out)]
     first_out, first_err = base / "first.out", base / "first.err"
     with open(first_out, "w") as stdout, open(first_err, "w") as stderr:
         first = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
@@ -252,7 +255,7 @@ def test_resuming_with_a_changed_recipe_is_refused(killed, tmp_path, capsys, fie
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(data))
     before = {p: p.read_bytes() for p in (killed.out / "recipe.yaml", killed.out / "study.journal")}
-    assert cli.main(["search", str(changed), "--epochs", "30", "--out", str(killed.out)]) == 2
+    assert cli.main(["search", str(changed), "--epochs", KILLED_EPOCHS, "--out", str(killed.out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert f"different recipe (changed: {field})" in err and "--new" in err
