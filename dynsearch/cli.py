@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, REPORT_HTML, REPORT_PNG, WEIGHTS_FILE
 

@@ -11,7 +11,7 @@ same input each step, ``widths[0]`` wide) belongs to the halting mechanisms
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

@@ -284,7 +284,7 @@ class RunDir:
             return None
         if new:
             return self.move_aside()
-        unchecked = (f"so resuming cannot be checked; pass --new to start a new search there "
+        unchecked = ("so resuming cannot be checked; pass --new to start a new search there "
                      "(the old one is kept)")
         if not self.recipe_path.is_file():
             raise UserError(f"run directory {self.path}: holds a study but no {RECIPE_FILE}, {unchecked}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
