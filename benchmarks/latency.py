@@ -1,6 +1,7 @@
 """Realised vs MACs speed-up of the latency recipe's front, and the latency table's error.
 
   python benchmarks/latency.py [--run-dir DIR] [--inputs 200]
+  python benchmarks/latency.py --run-dir FMNIST_EXITS_RUN --results benchmarks/results/fmnist_latency.json
 
 Runs `dynsearch search digits-exits-latency` (or reuses --run-dir), then for
 every front model times the dynamic model and its static full-depth path side
@@ -67,7 +68,8 @@ def main() -> None:
     within = [m for m in models if best - m["accuracy"] <= 0.01]
     headline = min(within, key=lambda m: m["macs"])
     results = {
-        "command": "python benchmarks/latency.py" + (f" --run-dir {args.run_dir}" if args.run_dir else ""),
+        "command": "python " + " ".join(["benchmarks/latency.py", *sys.argv[1:]]),
+        "load_average_after": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "torch": torch.__version__},
         "settings": {"batch_size": 1, "threads": 1, "device": "cpu", "inputs": args.inputs, "repeats": 25},
@@ -78,7 +80,11 @@ def main() -> None:
         "targets": {"realised_at_least_0.85_of_macs": headline["ratio"] >= 0.85},
     }
     results["targets"]["lut_median_error_at_most_0.10"] = results["lut_median_error"] <= 0.10
+    results["targets"]["every_front_model_realised_at_least_0.9_of_macs"] = all(m["ratio"] >= 0.9 for m in models)
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    if Path(args.results).resolve() != RESULTS:
+        print(json.dumps({"headline": results["headline"], "targets": results["targets"]}, indent=2))
+        return
     line = (f"- Latency (`{results['command']}`): front model {headline['trial']} runs "
             f"{headline['realised_speedup']:.2f}x faster than its static path at batch 1 on CPU for a MACs "
             f"speed-up of {headline['macs_speedup']:.2f}x (ratio {headline['ratio']:.2f}); latency table median "

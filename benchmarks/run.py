@@ -4,7 +4,8 @@
   python benchmarks/run.py --sections 3,4     # some sections, merged into the committed summary
   python benchmarks/run.py --quick            # every section at a tiny budget, into a scratch folder
 
-Sections: 1 dynamic vs static spaces (digits, MNIST-1D), 2 hypervolume of
+Sections: 1 dynamic vs static spaces (digits, MNIST-1D, a Fashion-MNIST training subset;
+``--datasets`` runs some of them and keeps the others' committed figures), 2 hypervolume of
 NSGA-II / TPE vs random search, 3 framework overhead, 4 parallel scaling,
 5 realised speed-up (read from benchmarks/results/latency.json).
 
@@ -35,8 +36,12 @@ SECTIONS = ("1", "2", "3", "4", "5")
 # Budgets: full mode is sized for well under 60 min on 2 quiet cores, quick mode for ~2 min.
 # A quiet 2-core estimate, full: sections 1 ~3 min, 2 ~13 min, 3+4 ~4 min (about 1.3 s per digits trial
 # with 2 at once, 5-10 s to start a search). Quick is dominated by the 9 searches' start-up.
-FULL = {"trials": 24, "epochs": None, "hv_seeds": [0, 1, 2], "timing_trials": 24, "long_epochs": 60}
-QUICK = {"trials": 3, "epochs": 3, "hv_seeds": [0], "timing_trials": 3, "long_epochs": None}
+FULL = {"trials": 24, "epochs": None, "hv_seeds": [0, 1, 2], "timing_trials": 24, "long_epochs": 60,
+        "fmnist_trials": 12, "fmnist_subset": 6000}
+QUICK = {"trials": 3, "epochs": 3, "hv_seeds": [0], "timing_trials": 3, "long_epochs": None, "fmnist_trials": 3,
+         "fmnist_subset": 1000}
+# Section 1 on Fashion-MNIST: 12 trials per space (each trial trains on 6,000 images and sweeps its exit
+# thresholds over the 6,000 validation and 10,000 test images: ~1 min on one core), about 12 min in all.
 SEED = 0  # sections 1, 3 and 4; section 2 uses hv_seeds
 
 
@@ -75,7 +80,8 @@ def realised_speedup() -> dict:
             "pass": bool(latency["targets"]["realised_at_least_0.85_of_macs"])}
 
 
-def run_sections(chosen: list[str], budget: dict, work: Path, command: str) -> dict:
+def run_sections(chosen: list[str], budget: dict, work: Path, command: str,
+                 datasets: tuple[str, ...] = (), kept_datasets: dict | None = None) -> dict:
     """Run the chosen sections; return their results by section number."""
     import ray
 
@@ -96,11 +102,19 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str) -> d
         try:
             if "1" in chosen:
                 started = time.perf_counter()
-                print("[section 1] dynamic vs static: digits, mnist1d", flush=True)
-                datasets = {name: suite_searches.dynamic_vs_static(name, work / "s1", budget["trials"],
-                                                                   budget["epochs"], SEED)
-                            for name in ("digits", "mnist1d")}
-                finish("1", {"datasets": datasets}, started)
+                chosen_datasets = datasets or suite_searches.DATASETS
+                print(f"[section 1] dynamic vs static: {', '.join(chosen_datasets)}", flush=True)
+                results = {name: suite_searches.dynamic_vs_static(
+                    name, work / "s1",
+                    budget["fmnist_trials"] if name == "fashion-mnist" else budget["trials"], budget["epochs"], SEED,
+                    budget["fmnist_subset"])
+                    for name in chosen_datasets}
+                # a run of some datasets keeps the others' figures (each with its own command and date)
+                kept = {k: v for k, v in (kept_datasets or {}).items() if k not in results}
+                for result in results.values():
+                    result.update(command=command, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                ordered = {k: ({**kept, **results})[k] for k in suite_searches.DATASETS if k in {**kept, **results}}
+                finish("1", {"datasets": ordered}, started)
             if "2" in chosen:
                 started = time.perf_counter()
                 print(f"[section 2] hypervolume: nsga2, tpe, random x seeds {budget['hv_seeds']}", flush=True)
@@ -157,6 +171,8 @@ def main() -> None:
     parser.add_argument("--sections", type=_sections, default=list(SECTIONS), help="e.g. 1,2 (default: all)")
     parser.add_argument("--out", help="write summary.json and RESULTS.md here instead of the committed files")
     parser.add_argument("--work", help="folder for the searches' run directories (default: a temporary one)")
+    parser.add_argument("--datasets", nargs="+", choices=("digits", "mnist1d", "fashion-mnist"),
+                        help="section 1 on these datasets only; the others' committed figures are kept")
     args = parser.parse_args()
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
     scratch = Path(args.out).resolve() if args.out else (
@@ -171,7 +187,11 @@ def main() -> None:
     kept = {}
     if summary_path.is_file() and set(args.sections) != set(SECTIONS):
         kept = json.loads(summary_path.read_text()).get("sections", {})  # a partial run keeps the other sections
-    sections = {**kept, **run_sections(args.sections, budget, work, command.strip())}
+    kept_datasets = kept.get("1", {}).get("datasets", {}) if args.datasets else {}
+    if args.datasets and summary_path.is_file() and not kept_datasets:
+        kept_datasets = json.loads(summary_path.read_text()).get("sections", {}).get("1", {}).get("datasets", {})
+    sections = {**kept, **run_sections(args.sections, budget, work, command.strip(), tuple(args.datasets or ()),
+                                       kept_datasets)}
     summary = write(summary_path, results_path, dict(sorted(sections.items())), command.strip(), mode, budget)
     for name, item in summary["headlines"].items():
         print(f"{name}: {item['value']} (target {item['target']}): {item['pass']}", flush=True)

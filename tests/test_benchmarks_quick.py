@@ -35,7 +35,7 @@ def test_quick_mode_runs_every_section_into_scratch(tmp_path):
     assert {"torch", "ray", "optuna"} <= set(summary["machine"]["versions"]) and summary["seeds"]["section_2"]
 
     ratios = summary["dyn_static_macs_ratio"]
-    assert set(ratios) == {"digits", "mnist1d"}
+    assert set(ratios) == {"digits", "mnist1d", "fashion-mnist"}
     assert all(r is None or 0 < r < 3 for r in ratios.values())  # None: no dynamic model within 0.5 point
     for dataset in summary["sections"]["1"]["datasets"].values():
         static = dataset["static_best"]
