@@ -225,3 +225,28 @@ def test_the_shipped_recipe_searches_end_to_end_on_a_subset(tmp_path):
     assert all(item["config"]["input_shape"] == [1, 28, 28] and item["macs_thop"] > 0 for item in result.front)
     [folder] = dynsearch.export(result.run_dir, tmp_path / "models", trials=[result.front[0]["trial"]])
     assert json.loads((folder / "card.json").read_text())["data"]["preprocessing"] == fm.PREPROCESSING
+
+
+FMNIST_RECIPES = {"fmnist-exits": "exits", "fmnist-gates": "aig", "fmnist-condconv": "condconv",
+                  "fmnist-moe": "moe", "fmnist-cross-family": "condconv"}
+
+
+def test_every_family_has_a_shipped_fashion_mnist_recipe():
+    from dynsearch.recipe import builtin_recipes
+
+    assert {name for name in builtin_recipes() if name.startswith("fmnist-")} == set(FMNIST_RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(FMNIST_RECIPES))
+def test_each_shipped_recipe_trains_its_default_point(name):
+    """Each Fashion-MNIST recipe's default point (its backbone and mechanism as shipped) trains for one
+    epoch on 300 images and is measured on the official test split, with thop's count beside ours."""
+    import dynsearch
+    from dynsearch.recipe import load_recipe
+
+    recipe = load_recipe(name)
+    assert recipe.data.name == "fashion-mnist" and recipe.trials == 12
+    result = dynsearch.train(name, epochs=1, data={**recipe.data.model_dump(), "train_subset": 300})
+    assert result["mechanism"] == FMNIST_RECIPES[name]
+    assert 0.0 < result["macs"] <= result["macs_full"] * 1.1  # CondConv's routing may add a little
+    assert result["macs_thop"] > 0 and 0.0 <= result["test_accuracy"] <= 1.0
