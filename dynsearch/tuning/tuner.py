@@ -130,9 +130,10 @@ def _fit(recipe: Recipe, run_dir: RunDir, splits, trainable: Trainable, attempts
     searcher = StudySearch(recipe, run_dir, data_shape)
     started_ray = _init_ray(recipe.address)
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
+    files = _trial_files_actor(run_dir)
     trainable = tune.with_resources(
         tune.with_parameters(
-            trainable, recipe_data=recipe_dict(recipe), files=_trial_files_actor(run_dir), cpus=cpus,
+            trainable, recipe_data=recipe_dict(recipe), files=files, cpus=cpus,
             tracking=tracking, splits=splits,
         ),
         {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
@@ -158,3 +159,5 @@ def _fit(recipe: Recipe, run_dir: RunDir, splits, trainable: Trainable, attempts
     finally:
         if started_ray:
             ray.shutdown()
+        else:  # a Ray instance that outlives this search (benchmarks, notebooks) keeps no actor of it
+            ray.kill(files)
