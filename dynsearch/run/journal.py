@@ -28,16 +28,15 @@ Knows no Optuna: a record is a JSON object with an ``op_code``.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 
-from dynsearch.errors import UserError
+from dynsearch.errors import UserError, warn
 from dynsearch.run.rundir import RunDir, write_durable
 
 
 def notice(message: str) -> None:
     """One line on stderr: what was found and done (a repair is never silent)."""
-    print(f"dynsearch: warning: {message}", file=sys.stderr, flush=True)
+    warn(message)
 
 
 def _record(line: bytes) -> bool:

@@ -71,6 +71,13 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
         os.replace(tmp, folder / name)
 
 
+def config_sha256(config: dict[str, Any]) -> str:
+    """The sha256 of a config's content (canonical JSON: sorted keys, no spaces), whatever its layout on disk."""
+    config = json.loads(json.dumps(config))  # as it reads back: tuples as lists, keys as strings
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def write_durable(path: Path, data: bytes, exclusive: bool = False) -> None:
     """Write ``path`` atomically and durably: a temporary file, fsync, rename, fsync of the folder.
 
@@ -103,9 +110,11 @@ def trial_files(config: dict[str, Any], model, metrics: dict[str, Any]) -> dict[
     """A trial folder's files as bytes, in write order: config, weights (safetensors), metrics last.
 
     ``model`` is any torch module (None: no weights); the metrics record the
-    weights' sha256, which exports and operating points check (tampering, truncation).
+    weights' sha256 and the config's (``config_sha256``), which loading, exports and
+    operating points check (tampering, truncation).
     """
     files = {CONFIG_FILE: json_bytes(config)}
+    metrics = {**metrics, "config_sha256": config_sha256(config)}
     if model is not None:
         from safetensors.torch import save
 
@@ -290,6 +299,8 @@ class RunDir:
         except (OSError, ValueError):
             return None
         if not isinstance(config, dict) or config.get("trial", number) != number:
+            return None
+        if metrics.get("config_sha256") not in (None, config_sha256(config)):
             return None
         recorded = metrics.get("weights_sha256")
         if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
