@@ -210,6 +210,21 @@ def test_while_a_search_holds_the_lock_pareto_reads_and_writes_nothing(run, caps
     assert sorted(item["trial"] for item in json.loads(out)) == front
 
 
+@pytest.mark.slow
+def test_a_run_dir_that_cannot_be_written_is_repaired_in_memory_only(run, capsys, monkeypatch):
+    run_dir, _, front = run
+    damaged = damage(run_dir / "study.journal", "torn-last")
+
+    def read_only(self):
+        raise PermissionError(13, "Permission denied")  # what opening the lock file raises there
+
+    monkeypatch.setattr(RunDir, "_acquire_lock", read_only)
+    code, out, err = _main(capsys, "pareto", run_dir, "--json")
+    assert code == 0 and len(err) == 1 and "repaired in memory only" in err[0] and "rebuilt" in err[0], err
+    assert sorted(item["trial"] for item in json.loads(out)) == front
+    assert (run_dir / "study.journal").read_bytes() == damaged and not RunDir(run_dir).damaged_journals()
+
+
 # -- the scan itself (no search needed) -------------------------------------------------
 RECORD = b'{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}'
 

@@ -231,6 +231,9 @@ def open_existing(run_dir: RunDir | str | Path):
             return study
     with run.try_locked() as lock:
         if lock == "held":
+            found = journal.scan(run)  # again, now that no search can write (one may have ended meanwhile)
+            if not found.records:
+                raise _empty_journal(run, found)
             repaired = journal.repair(run, found) if not found.clean else None
             study = _open_checked(run, run_dir)
             rebuilt, left = rebuild_lost_trials(study, run)
