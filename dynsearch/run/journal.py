@@ -123,7 +123,7 @@ def scan(run: RunDir, data: bytes | None = None) -> Scan:
             break  # the file ends with a newline
         if _record(line):
             if damaged_at is not None:
-                raise _middle_damage(run, damaged_at, damaged_line, data)
+                raise _middle_damage(run, damaged_at, damaged_line)
             result.records += 1
             result.keep = end
             result.add_newline = not terminated
@@ -139,12 +139,11 @@ def scan(run: RunDir, data: bytes | None = None) -> Scan:
     return result
 
 
-def _middle_damage(run: RunDir, offset: int, line: int, data: bytes) -> UserError:
-    later = data[offset:].count(b"\n")
+def _middle_damage(run: RunDir, offset: int, line: int) -> UserError:
     return UserError(
-        f"{run.study_path}: the record at byte {offset} (line {line}) is damaged and complete records follow it "
-        f"(about {later} lines), so it cannot be repaired safely; nothing was changed. Restore {run.study_path.name} "
-        f"from a backup, or start over with 'dynsearch search ... --out {run.path} --new' (the old search is kept)"
+        f"{run.study_path}: the record at byte {offset} (line {line}) is damaged and complete records follow it, "
+        f"so it cannot be repaired safely; nothing was changed. Restore {run.study_path.name} from a backup, "
+        f"or start over with 'dynsearch search ... --out {run.path} --new' (the old search is kept)"
     )
 
 
