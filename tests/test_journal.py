@@ -254,3 +254,15 @@ def test_open_existing_of_an_empty_journal_with_no_trial_is_a_user_error(tmp_pat
     (tmp_path / "study.journal").write_bytes(b"")
     with pytest.raises(UserError, match="is empty \\(0 bytes\\): the search recorded no trial"):
         open_existing(tmp_path)
+
+
+def test_new_moves_the_damaged_journal_files_aside_with_their_search(tmp_path):
+    run = RunDir(tmp_path)
+    run.study_path.write_bytes(RECORD + b"\n")
+    for k in (1, 2):
+        (tmp_path / f"study.journal.damaged-{k}").write_bytes(b"torn")
+    assert run.new_damaged_journal_path().name == "study.journal.damaged-3"
+    target = run.move_aside()
+    assert not run.damaged_journals() and not run.has_study()
+    assert sorted(p.name for p in target.iterdir()) == ["study.journal", "study.journal.damaged-1",
+                                                        "study.journal.damaged-2"]
