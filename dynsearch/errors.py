@@ -1,4 +1,6 @@
-"""Errors a user can fix (exit code 2) as opposed to internal failures (exit code 1)."""
+"""Errors a user can fix (exit code 2) as opposed to internal failures (exit code 1); one-line warnings."""
+
+import sys
 
 
 class UserError(Exception):
@@ -7,3 +9,8 @@ class UserError(Exception):
     The message is one line that names the problem and the fix; the CLI prints
     it without a traceback and exits with code 2.
     """
+
+
+def warn(message: str) -> None:
+    """One line on stderr, ``dynsearch: warning: ...``: something was found and handled (never silently)."""
+    print(f"dynsearch: warning: {message}", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dynsearch"
 RUN_DIR_NAMES = [rundir.RECIPE_FILE, rundir.STUDY_FILE, rundir.FRONT_FILE, rundir.REPORT_PNG, rundir.REPORT_HTML,
                  rundir.LOCK_FILE, rundir.CONFIG_FILE, rundir.WEIGHTS_FILE, rundir.METRICS_FILE,
-                 rundir.PLACEMENT_FILE, rundir.POINTS_FILE]
+                 rundir.PLACEMENT_FILE, rundir.POINTS_FILE, rundir.DAMAGED_JOURNAL_PREFIX]
 RUN_DIR_FOLDERS = [rundir.TRIALS_DIR, rundir.RAY_DIR, rundir.WANDB_DIR, rundir.PREVIOUS_DIR]
 
 

@@ -4,6 +4,7 @@
 search in tests/test_resilience.py.)
 """
 import ast
+import json
 import os
 import pickle
 from pathlib import Path
@@ -108,3 +109,64 @@ def test_the_code_base_has_no_unsafe_loader():
             if name in forbidden or (name == "torch.load" and not safe_torch_load):
                 problems.append(f"{path.relative_to(ROOT)}:{call.lineno} {name}")
     assert problems == []
+
+
+def _export_folder(folder):
+    """The files an export writes (config.json with its checksums, model.safetensors) for a small model."""
+    from safetensors.torch import save
+
+    from dynsearch.deploy.export import write_model_files
+
+    model = build_model(exits_config())
+    folder.mkdir()
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    write_model_files(folder, json.loads(json.dumps(model.config)), model, weights)
+    return model
+
+
+def test_an_edited_export_config_naming_code_is_refused_and_runs_nothing(tmp_path):
+    import dynsearch
+
+    folder = tmp_path / "trial-0"
+    _export_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["export"]) == {"format", "weights_sha256", "config_sha256"}
+    marker = tmp_path / "code-ran"
+    config["backbone"] = {"kind": "user", "callable": "os:system", "kwargs": {"command": f"touch {marker}"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="config.json: its content differs from the sha256 recorded with it"):
+        dynsearch.load(folder)
+    assert not marker.exists()
+
+
+def test_an_export_config_rewritten_in_another_layout_still_loads(tmp_path):
+    import dynsearch
+
+    folder = tmp_path / "trial-0"
+    model = _export_folder(folder).eval()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config, indent=7))  # the same content, other bytes
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(dynsearch.load(folder)(x).logits, model(x).logits)
+
+
+def test_an_export_older_than_the_config_checksum_loads_with_one_warning(tmp_path, capsys):
+    import dynsearch
+
+    folder = tmp_path / "trial-0"
+    _export_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["export"]["config_sha256"]
+    (folder / "config.json").write_text(json.dumps(config))
+    dynsearch.load(folder)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dynsearch: warning: ") and "cannot be detected" in err[0]
+
+
+def test_an_edited_trial_folder_config_is_refused(tmp_path):
+    _trial_folder(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["exits"]["threshold"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="config.json: its content differs from the sha256 recorded with it"):
+        load_folder(tmp_path)

@@ -10,8 +10,10 @@ A model folder ``DIR/trial-<N>/`` holds:
   onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
   onnx_int8/         with ``quantize="int8"``: the same graphs quantized (see quantize.py)
 
-Nothing in it is a pickle. ``load`` needs torch and dynsearch only (it imports
-neither Ray nor Optuna) and never unpickles. Before anything is written, every
+Nothing in it is a pickle, but a config naming a user backbone names code that
+``load`` imports and calls (README "Trust"): config.json records the sha256 of its
+own content (``export.config_sha256``), and an edited one is refused. ``load`` needs
+torch and dynsearch only (it imports neither Ray nor Optuna) and never unpickles. Before anything is written, every
 trial's weights are checked against the sha256 the trial recorded and the model
 is measured again under the trial's settings; the card says whether the figures
 came out identical (runs older than the checksum must reproduce them exactly).
@@ -35,7 +37,7 @@ from dynsearch.deploy.trials import CheckedTrial, check_trial
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import measure_val, same_figures
 from dynsearch.run.front import pareto
-from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, read_json, write_json
+from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, config_sha256, read_json, write_json
 from dynsearch.run.study import open_existing
 
 CARD_JSON, CARD_MD = "card.json", "card.md"
@@ -130,13 +132,15 @@ def _check_targets(out_dir: Path, numbers: list[int]) -> None:
 def write_model_files(folder: Path, config: dict[str, Any], model, weights: bytes) -> None:
     """Write the two files ``load`` reads into ``folder``: ``model.safetensors`` (``weights``, as
     they are) and ``config.json`` (``config`` plus the model's ``runtime_policy`` and ``export``:
-    format and the weights' sha256)."""
+    format, the weights' sha256 and ``config_sha256``, the sha256 of the rest of config.json)."""
     (folder / WEIGHTS_FILE).write_bytes(weights)
-    write_json(folder / CONFIG_FILE, {
+    written = {
         **config,
         "runtime_policy": model.runtime_policy(),
         "export": {"format": FORMAT, "weights_sha256": hashlib.sha256(weights).hexdigest()},
-    })
+    }
+    written["export"]["config_sha256"] = config_sha256(written)  # of everything but itself
+    write_json(folder / CONFIG_FILE, written)
 
 
 def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: dict[str, Any], onnx: bool,

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dynsearch.dynamic import build_model
-from dynsearch.errors import UserError
-from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json
+from dynsearch.errors import UserError, warn
+from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, config_sha256, read_json
 
 FORMAT = "dynsearch-model/1"
 REEXPORT = "export it again with 'dynsearch export'"
@@ -44,15 +44,39 @@ def load_folder(path: str | Path, exported: bool = False):
         if not isinstance(sha256, str):
             raise UserError(f"{folder / CONFIG_FILE}: no weights checksum (export.weights_sha256); {REEXPORT}")
         fix = REEXPORT
+        check_config(folder / CONFIG_FILE, config, export_info.get("config_sha256"), fix)
     else:  # a trial folder: the checksum the trial recorded with its metrics, if any
         fix = "re-run the trial or pass an exported model folder"
         metrics = read_json(folder / METRICS_FILE, fix) if (folder / METRICS_FILE).is_file() else {}
         sha256 = metrics.get("weights_sha256") if isinstance(metrics, dict) else None
         if not isinstance(config, dict):
             raise UserError(f"{folder / CONFIG_FILE}: not a model config (a JSON object); {fix}")
+        if isinstance(metrics, dict) and "config_sha256" in metrics:
+            check_config(folder / CONFIG_FILE, config, metrics["config_sha256"], fix)
     state = parse_weights(folder / WEIGHTS_FILE, read_bytes(folder / WEIGHTS_FILE, fix), sha256, fix)
     model_config = {k: v for k, v in config.items() if k not in EXPORT_KEYS}
     return build_checked(model_config, state, folder), config
+
+
+def check_config(path: Path, config: dict[str, Any], recorded: Any, fix: str) -> None:
+    """Refuse a config.json whose content differs from the sha256 recorded with it, before it is used.
+
+    The config names code a model is built with (a user backbone's ``callable``
+    and ``kwargs``), so an edited one is never built. An export's config records
+    its own checksum (``export.config_sha256``, of the config without that key),
+    a trial folder's is in its metrics. Exports older than the config checksum
+    load with a warning.
+    """
+    if recorded is None:
+        warn(f"{path}: written before {CONFIG_FILE} carried a checksum, so edits to it cannot be detected; "
+             f"check what it names (backbone.callable, kwargs) before trusting it, or {REEXPORT}")
+        return
+    content = config
+    if isinstance(config.get("export"), dict) and "config_sha256" in config["export"]:
+        content = {**config, "export": {k: v for k, v in config["export"].items() if k != "config_sha256"}}
+    if config_sha256(content) != recorded:
+        raise UserError(f"{path}: its content differs from the sha256 recorded with it (edited or damaged), so it "
+                        f"is not used: a config names the code a model is built with; {fix}")
 
 
 def read_bytes(path: Path, fix: str) -> bytes:

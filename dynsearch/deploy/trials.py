@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynsearch.deploy.load import build_checked, parse_weights, read_bytes
+from dynsearch.deploy.load import build_checked, check_config, parse_weights, read_bytes
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure_val, same_figures
 from dynsearch.run.rundir import METRICS_FILE, RunDir, read_json
@@ -36,6 +36,8 @@ def check_trial(run: Path, number: int, recipe: dict[str, Any]) -> CheckedTrial:
     if metrics.get("status") != "COMPLETE":
         raise UserError(f"trial {number}: its {METRICS_FILE} says {metrics.get('status')!r}, not COMPLETE; "
                         "export a COMPLETE trial")
+    if "config_sha256" in metrics:
+        check_config(run.config_path(number), config, metrics["config_sha256"], fix)
     recorded_sha = metrics.get("weights_sha256")
     weights = read_bytes(run.weights_path(number), fix)
     model = build_checked(config, parse_weights(run.weights_path(number), weights, recorded_sha, fix), folder)

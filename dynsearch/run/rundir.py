@@ -4,6 +4,7 @@ A search's run directory holds::
 
     recipe.yaml          the resolved recipe (resume compares it with the new one)
     study.journal        the Optuna study (journal file storage)
+    study.journal.damaged-<k>  bytes a repair moved out of the journal (a torn last record), kept
     trials/<N>/          per trial: config.json, model.safetensors, metrics.json (written last),
                          placement.json, operating_points.json
     pareto.json          the front, pareto.png and pareto.html the report
@@ -32,6 +33,8 @@ from dynsearch.errors import UserError
 
 RECIPE_FILE = "recipe.yaml"
 STUDY_FILE = "study.journal"
+# A journal repair (run/journal.py) moves the bytes it takes out of the journal here, never deleting them.
+DAMAGED_JOURNAL_PREFIX = STUDY_FILE + ".damaged-"
 TRIALS_DIR = "trials"
 FRONT_FILE = "pareto.json"
 REPORT_PNG = "pareto.png"
@@ -68,6 +71,37 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
         os.replace(tmp, folder / name)
 
 
+def config_sha256(config: dict[str, Any]) -> str:
+    """The sha256 of a config's content (canonical JSON: sorted keys, no spaces), whatever its layout on disk."""
+    config = json.loads(json.dumps(config))  # as it reads back: tuples as lists, keys as strings
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def write_durable(path: Path, data: bytes, exclusive: bool = False) -> None:
+    """Write ``path`` atomically and durably: a temporary file, fsync, rename, fsync of the folder.
+
+    With ``exclusive``, refuse (FileExistsError) to replace an existing ``path``.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if exclusive:
+        try:
+            os.link(tmp, path)  # fails when path exists: never replaces a kept file
+        finally:
+            os.unlink(tmp)
+    else:
+        os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, data: Any) -> None:
     write_files(path.parent, {path.name: json_bytes(data)})
 
@@ -76,9 +110,11 @@ def trial_files(config: dict[str, Any], model, metrics: dict[str, Any]) -> dict[
     """A trial folder's files as bytes, in write order: config, weights (safetensors), metrics last.
 
     ``model`` is any torch module (None: no weights); the metrics record the
-    weights' sha256, which exports and operating points check (tampering, truncation).
+    weights' sha256 and the config's (``config_sha256``), which loading, exports and
+    operating points check (tampering, truncation).
     """
     files = {CONFIG_FILE: json_bytes(config)}
+    metrics = {**metrics, "config_sha256": config_sha256(config)}
     if model is not None:
         from safetensors.torch import save
 
@@ -193,6 +229,29 @@ class RunDir:
     def has_study(self) -> bool:
         return self.study_path.exists()
 
+    def damaged_journals(self) -> list[Path]:
+        """The files journal repairs moved damaged bytes into, oldest first."""
+        found = [p for p in self.path.glob(DAMAGED_JOURNAL_PREFIX + "*") if p.name[len(DAMAGED_JOURNAL_PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(DAMAGED_JOURNAL_PREFIX):]))
+
+    def new_damaged_journal_path(self) -> Path:
+        """A free name for the next file of damaged journal bytes: ``study.journal.damaged-<k>``."""
+        k = 1
+        while (self.path / f"{DAMAGED_JOURNAL_PREFIX}{k}").exists():
+            k += 1
+        return self.path / f"{DAMAGED_JOURNAL_PREFIX}{k}"
+
+    def write_journal(self, data: bytes) -> None:
+        """Replace the journal with ``data``, atomically and durably (used by a repair, under the lock)."""
+        write_durable(self.study_path, data)
+
+    def trial_numbers(self) -> list[int]:
+        """The numbers of the trial folders present, ascending."""
+        folder = self.path / TRIALS_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
     def trial_dir(self, number: int) -> Path:
         return self.path / TRIALS_DIR / str(number)
 
@@ -218,6 +277,35 @@ class RunDir:
             return {}
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: unreadable or corrupt ({exc.__class__.__name__}); remove the trial folder") from None
+
+    def finished_result(self, number: int) -> dict[str, Any] | None:
+        """The metrics of trial ``number`` when its folder holds a finished result, else None.
+
+        Finished: metrics.json (written last) is a JSON object whose status is
+        COMPLETE or FAIL; for COMPLETE also config.json of this trial and the
+        weights, whose sha256 matches the one recorded. Never raises for a damaged folder.
+        """
+        try:
+            metrics = json.loads(self.metrics_path(number).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(metrics, dict) or metrics.get("status") not in ("COMPLETE", "FAIL"):
+            return None
+        if metrics["status"] == "FAIL":
+            return metrics
+        try:
+            config = json.loads(self.config_path(number).read_text(encoding="utf-8"))
+            weights = self.weights_path(number).read_bytes()
+        except (OSError, ValueError):
+            return None
+        if not isinstance(config, dict) or config.get("trial", number) != number:
+            return None
+        if metrics.get("config_sha256") not in (None, config_sha256(config)):
+            return None
+        recorded = metrics.get("weights_sha256")
+        if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
+            return None
+        return metrics
 
     def read_config(self, number: int) -> dict[str, Any] | None:
         """A trial's config.json, or None while it has none."""
@@ -256,21 +344,50 @@ class RunDir:
         An ``flock`` is released by the kernel when its process dies, so a killed
         search never leaves the directory locked.
         """
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._acquire_lock()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise UserError(
-                    f"run directory {self.path}: another dynsearch search is using it (pid {holder}); "
-                    "wait for it to finish or choose another --out"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    @contextmanager
+    def try_locked(self) -> Iterator[str]:
+        """Hold the lock if it is free, without waiting or raising.
+
+        Yields ``"held"`` (this process holds it), ``"busy"`` (a live search
+        holds it) or ``"read-only"`` (the lock file cannot be opened: the run
+        directory is not writable).
+        """
+        try:
+            fd = self._acquire_lock()
+        except UserError:
+            yield "busy"
+            return
+        except OSError:
+            yield "read-only"
+            return
+        try:
+            yield "held"
+        finally:
+            os.close(fd)
+
+    def _acquire_lock(self) -> int:
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"run directory {self.path}: another dynsearch search is using it (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def check_resume(self, recipe_data: dict[str, Any], normalise: Callable[[Any], dict[str, Any]],
                      new: bool = False) -> Path | None:
@@ -311,4 +428,6 @@ class RunDir:
         for name in SEARCH_STATE:
             if (self.path / name).exists():
                 os.replace(self.path / name, target / name)
+        for path in self.damaged_journals():  # they belong to that search's journal
+            os.replace(path, target / path.name)
         return target

@@ -23,7 +23,7 @@ from dynsearch.recipe import Recipe, parse_recipe, recipe_dict
 from dynsearch.run.front import trial_counts, write_front
 from dynsearch.run.report import write_report
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import count_states, fail_orphans, make_sampler, open_study
+from dynsearch.run.study import count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume
 from dynsearch.spaces import check_space
 from dynsearch.tracking import SearchTracking, Tracking
 from dynsearch.tuning.searcher import StudySearch
@@ -94,9 +94,11 @@ def run_search(recipe: Recipe, out: str | Path, trainable: Trainable, progress=N
     run_dir = RunDir.create(out)
     with run_dir.locked():
         run_dir.check_resume(recipe_dict(recipe), _normalised_recipe, new=new)
+        repaired = prepare_resume(run_dir)  # a torn journal tail is repaired before anything is appended
         run_dir.write_recipe(recipe_dict(recipe))
         tracking = SearchTracking(recipe, run_dir)  # before Ray: a bounded wait for the W&B server
         study = open_study(run_dir, recipe, make_sampler(recipe))
+        finish_resume(study, run_dir, repaired)  # trials whose final record was lost, rebuilt from their folders
         fail_orphans(study)
         remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
         if remaining > 0:
