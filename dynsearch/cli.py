@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from dynsearch.models.kinds import describe_backbone
 from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, REPORT_HTML, REPORT_PNG, WEIGHTS_FILE
 
 EPILOG = """examples:
@@ -160,11 +161,13 @@ def _print_front(front: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="Pareto front (validation accuracy vs MACs)")
-    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits / gates / experts at"):
-        table.add_column(column, justify="right")
+    for column in ("trial", "backbone", "val acc", "test acc", "macs", "% of full", "params",
+                   "exits / gates / experts at"):
+        table.add_column(column, justify="left" if column == "backbone" else "right")
     for item in front:
         table.add_row(
             str(item["trial"]),
+            describe_backbone(item["config"].get("backbone")),
             f"{item['accuracy']:.4f}",
             f"{item['test_accuracy']:.4f}",
             f"{item['macs']:,.0f}",

@@ -241,6 +241,13 @@ def backbone_defaults(recipe) -> dict[str, Any]:
     return defaults
 
 
+def default_backbone(recipe) -> dict[str, Any]:
+    """The backbone config of the default point (``backbone_defaults`` asked of a fixed trial)."""
+    import optuna
+
+    return suggest_backbone(optuna.trial.FixedTrial(backbone_defaults(recipe)), recipe)
+
+
 def _largest(dim: dict[str, Any] | None, fixed: int) -> int:
     if dim is None:
         return fixed
@@ -253,7 +260,7 @@ def backbone_upper_bounds(recipe) -> tuple[int, int]:
     """The most stages and the greatest depth the recipe's backbone can have (fixed or searched)."""
     spec, search = recipe.backbone, recipe.backbone.search or {}
     if spec.kind == "user":
-        return num_stages(spec), 1
+        return num_stages(default_backbone(recipe)), 1
     return _largest(search.get("stages"), len(spec.widths)), _largest(search.get("depth"), spec.depth)
 
 
