@@ -163,7 +163,10 @@ def _print_front(front: list[dict]) -> None:
     table = Table(title="Pareto front (validation accuracy vs MACs)")
     for column in ("trial", "backbone", "val acc", "test acc", "macs", "% of full", "params",
                    "exits / gates / experts at"):
-        table.add_column(column, justify="left" if column == "backbone" else "right")
+        if column == "backbone":
+            table.add_column(column, justify="left", no_wrap=True)  # e.g. "cnn 8-32-64 d1 k3" on one line
+        else:
+            table.add_column(column, justify="right")
     for item in front:
         table.add_row(
             str(item["trial"]),

@@ -368,3 +368,17 @@ def test_a_user_backbone_with_searched_keyword_arguments_end_to_end(tmp_path):
         model = dynsearch.load(folder)
         assert model.config["backbone"]["kwargs"] == item["config"]["backbone"]["kwargs"]
         assert len(model.stages) == item["config"]["backbone"]["kwargs"]["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_every_shipped_recipe_states_its_backbone_ranges_and_its_points_build(name):
+    path = builtin_recipes()[name]
+    recipe = load_recipe(path)
+    if recipe.backbone.search is None:
+        assert "Backbone fixed" in path.read_text()  # said so, with the reason, in the recipe
+        return
+    if recipe.data.name == "fashion-mnist":
+        pytest.skip("fashion-mnist's files are read only by its own tests")
+    for trial, config in _sampled(recipe, count=4, seed=1):
+        assert next(iter(trial.params)).startswith("backbone_")  # the backbone is asked first
+        build_model(config)
