@@ -161,12 +161,11 @@ def _print_front(front: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="Pareto front (validation accuracy vs MACs)")
-    for column in ("trial", "backbone", "val acc", "test acc", "macs", "% of full", "params",
-                   "exits / gates / experts at"):
-        if column == "backbone":
-            table.add_column(column, justify="left", no_wrap=True)  # e.g. "cnn 8-32-64 d1 k3" on one line
+    for column in ("trial", "backbone", "val acc", "test acc", "macs", "of full", "params", "placed at"):
+        if column == "backbone":  # e.g. "cnn 8-32-64 d1 k3"; wraps at its spaces in a narrow terminal
+            table.add_column(column, justify="left", min_width=10)
         else:
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", no_wrap=True)
     for item in front:
         table.add_row(
             str(item["trial"]),
