@@ -165,7 +165,7 @@ def _print_front(front: list[dict]) -> None:
         if column == "backbone":  # e.g. "cnn 8-32-64 d1 k3"; wraps at its spaces in a narrow terminal
             table.add_column(column, justify="left", min_width=10)
         else:
-            table.add_column(column, justify="right", no_wrap=True)
+            table.add_column(column, justify="right", no_wrap=column != "placed at")
     for item in front:
         table.add_row(
             str(item["trial"]),
