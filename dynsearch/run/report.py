@@ -180,6 +180,12 @@ def _connect_front(run: RunSummary) -> bool:
     return set(run.objectives) == {"accuracy", "macs"}  # a staircase only when these are the objectives
 
 
+def _log_macs(points: list[TrialPoint]) -> bool:
+    """Whether the MACs axis is drawn on a log scale: when the costs span more than 30x."""
+    costs = [t.metrics["macs"] for t in points if t.metrics.get("macs", 0) > 0]
+    return bool(costs) and max(costs) > 30 * min(costs)
+
+
 # -- pareto.png ---------------------------------------------------------------
 def _thousands(x: float, _position=None) -> str:
     return f"{x / 1000:.4g}k" if abs(x) >= 1000 else f"{x:.4g}"
@@ -231,6 +237,8 @@ def draw_png(run: RunSummary, path: Path) -> None:
         shown = failed[:6] + ([f"... and {len(failed) - 6} more"] if len(failed) > 6 else [])
         ax.text(0.01, 0.02, f"failed ({len(failed)}):\n" + "\n".join(s[:90] for s in shown), transform=ax.transAxes,
                 fontsize=7, va="bottom", color="tab:red", bbox=dict(fc="white", ec="tab:red", alpha=0.85))
+    if _log_macs(complete):  # searched backbones spread the costs over decades
+        ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_thousands))
     ax.set_xlabel("MACs per sample (mean over the validation split, what ran)")
     ax.set_ylabel("validation accuracy")
@@ -292,6 +300,8 @@ def draw_html(run: RunSummary, path: Path) -> None:
     for macs_full in run.full_costs():
         fig.add_vline(x=macs_full, line_dash="dash", line_color="#d62728",
                       annotation_text=f"static full depth {macs_full:,} MACs")
+    if _log_macs(complete):
+        fig.update_xaxes(type="log")
     fig.update_layout(title=_headline(run), xaxis_title="MACs per sample (validation mean, what ran)",
                       yaxis_title="validation accuracy", template="plotly_white", height=560)
     parts = [pio.to_html(fig, full_html=False, include_plotlyjs=True)]  # self-contained: opens offline
