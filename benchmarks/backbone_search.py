@@ -19,7 +19,7 @@ Datasets: ``digits`` (CNN, the default recipe's backbone and ranges), ``mnist1d`
 Searches run in this process on one local Ray instance, W&B off.
 
     python benchmarks/backbone_search.py                                  # the full benchmark
-    python benchmarks/backbone_search.py --datasets digits --seeds 0,1,2 --trials 16
+    python benchmarks/backbone_search.py --trials 16                      # the committed results (30 min, busy)
 """
 from __future__ import annotations
 
