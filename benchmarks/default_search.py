@@ -43,10 +43,24 @@ def main() -> None:
         item for item in front
         if item["macs"] <= 0.5 * item["macs_full"] and best["accuracy"] - item["accuracy"] <= 0.01
     ]
+    # With the backbone searched, a front point may be a small static backbone (macs == macs_full):
+    # compare with the best static trial of the same search too (every COMPLETE trial, from the run dir).
+    from dynsearch.run.rundir import RunDir
+
+    run_dir = RunDir(out)
+    trials = [m for m in (run_dir.read_metrics(int(d.name)) for d in (out / "trials").iterdir() if d.name.isdigit())
+              if m.get("status") == "COMPLETE"]
+    static = [m for m in trials if abs(m["macs"] - m["macs_full"]) < 0.5]
+    best_static = max(static, key=lambda m: (m["accuracy"], -m["macs"])) if static else None
+    beats_static = [item for item in front if best_static and item["macs"] <= 0.5 * best_static["macs"]
+                    and best_static["accuracy"] - item["accuracy"] <= 0.01]
     import torch
+
+    from dynsearch.models.kinds import describe_backbone
 
     results = {
         "command": "python benchmarks/default_search.py",
+        "load_average_at_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
         "train": {**trained, "wall_seconds": round(train_seconds, 1),
@@ -54,7 +68,9 @@ def main() -> None:
         "search": {
             "wall_seconds": round(search_seconds, 1),
             "front_size": len(front),
-            "front": [{k: item[k] for k in ("trial", "accuracy", "test_accuracy", "macs", "macs_full")} for item in front],
+            "front": [{**{k: item[k] for k in ("trial", "accuracy", "test_accuracy", "macs", "macs_full")},
+                       "backbone": describe_backbone(item["config"].get("backbone"))} for item in front],
+            "best_static_trial": {k: best_static[k] for k in ("accuracy", "test_accuracy", "macs")} if best_static else None,
             "most_accurate_test_accuracy": best["test_accuracy"],
             "cheap_points_within_1pt": [
                 {"trial": item["trial"], "macs_share_of_full": item["macs"] / item["macs_full"],
@@ -65,9 +81,11 @@ def main() -> None:
             "train_test_accuracy_at_least_0.95": trained["test_accuracy"] >= 0.95,
             "train_macs_at_most_half_of_full": trained["macs"] <= 0.5 * trained["macs_full"],
             "search_within_10_minutes": search_seconds <= 600,
+            "search_within_5_minutes": search_seconds <= 300,
             "front_has_at_least_3_points": len(front) >= 3,
             "most_accurate_point_test_accuracy_at_least_0.95": best["test_accuracy"] >= 0.95,
             "a_point_at_most_half_macs_within_1pt": bool(cheap),
+            "a_point_at_most_half_the_best_static_trials_macs_within_1pt": bool(beats_static),
         },
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,13 @@ DATASETS = ("digits", "mnist1d", "fashion-mnist")
 
 
 def dataset_recipe(dataset: str, fmnist_subset: int = FMNIST_SUBSET):
-    """The dynamic (exits) recipe of a dataset; the static one differs only in ``space``."""
+    """The dynamic (exits) recipe of a dataset; the static one differs only in ``space``.
+
+    Sections 1 and 2 compare mechanisms and samplers on one fixed backbone, so the default
+    recipe's backbone search is dropped here (its fixed CNN 8-32-64, as when these results were
+    measured); benchmarks/backbone_search.py compares searched backbones."""
     if dataset == "digits":
-        return load_recipe("digits-exits")
+        return load_recipe("digits-exits").with_overrides(backbone={"search": None})
     if dataset == "fashion-mnist":
         return load_recipe("fmnist-exits").with_overrides(data={"train_subset": fmnist_subset}, epochs=FMNIST_EPOCHS)
     return parse_recipe(MNIST1D_RECIPE, "mnist1d")

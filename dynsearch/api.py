@@ -34,7 +34,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     """
     from dynsearch.data import load_data
     from dynsearch.measure.device import pin_threads, resolve_device
-    from dynsearch.spaces import default_config
+    from dynsearch.spaces import default_backbone, default_config
     from dynsearch.training.trial import evaluate, save_trial, train_model
 
     recipe = _recipe(recipe_or_path, overrides)
@@ -45,7 +45,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     if recipe.backbone.kind == "user":
         from dynsearch.models.user import check_user_backbone
 
-        check_user_backbone(recipe.backbone.model_dump(), splits.input_shape)
+        check_user_backbone(default_backbone(recipe), splits.input_shape)
     config = default_config(recipe, splits)
     model = train_model(config, splits)
     metrics = evaluate(model, splits)

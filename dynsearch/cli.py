@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from dynsearch.models.kinds import describe_backbone
 from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, REPORT_HTML, REPORT_PNG, WEIGHTS_FILE
 
 EPILOG = """examples:
@@ -160,11 +161,15 @@ def _print_front(front: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="Pareto front (validation accuracy vs MACs)")
-    for column in ("trial", "val acc", "test acc", "macs", "% of full", "params", "exits / gates / experts at"):
-        table.add_column(column, justify="right")
+    for column in ("trial", "backbone", "val acc", "test acc", "macs", "of full", "params", "placed at"):
+        if column == "backbone":  # e.g. "cnn 8-32-64 d1 k3"; wraps at its spaces in a narrow terminal
+            table.add_column(column, justify="left", min_width=10)
+        else:
+            table.add_column(column, justify="right", no_wrap=column != "placed at")
     for item in front:
         table.add_row(
             str(item["trial"]),
+            describe_backbone(item["config"].get("backbone")),
             f"{item['accuracy']:.4f}",
             f"{item['test_accuracy']:.4f}",
             f"{item['macs']:,.0f}",

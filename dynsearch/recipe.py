@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynsearch.errors import UserError
-from dynsearch.models.kinds import BACKBONE_KINDS
+from dynsearch.models.kinds import BACKBONE_KINDS, backbone_extras
 
 OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"
@@ -106,16 +106,119 @@ class DataSpec(_Strict):
         return name
 
 
+# The architecture dimensions a built-in backbone kind can search (backbone.search), and their value type.
+SEARCH_DIMENSIONS: dict[str, dict[str, str]] = {
+    "cnn": {"stages": "int", "width": "int", "depth": "int", "kernel": "int"},
+    "resnet": {"stages": "int", "width": "int", "depth": "int", "kernel": "int"},
+    "mlp": {"stages": "int", "width": "int", "depth": "int", "dropout": "float"},
+    "transformer": {"stages": "int", "width": "int", "depth": "int", "heads": "int", "ffn_width": "int"},
+    "recurrent": {"width": "int"},
+}
+# The bounds every searched value must stay within (the same as the fixed fields').
+_DIMENSION_BOUNDS = {"stages": (1, 8), "width": (1, 4096), "depth": (1, 8), "kernel": (1, 15),
+                     "dropout": (0.0, 0.9), "heads": (1, 64), "ffn_width": (1, 16384)}
+_DIM_FORMS = ("[low, high], {int: [low, high]}, {float: [low, high]} (with optional log: true or step: N), "
+              "or {choices: [...]}")
+
+
+def _parse_dimension(value: Any, where: str, kind: str | None) -> dict[str, Any]:
+    """One searched dimension in its canonical form: ``{"int": [lo, hi], "step": s, "log": b}``,
+    ``{"float": [lo, hi], "step": s|None, "log": b}`` or ``{"choices": [...]}``.
+
+    ``kind`` is the value type a built-in dimension has ("int", "float"); None for a user keyword
+    argument, whose type the form says. ``[low, high]`` is a range of ``kind`` (or of ints).
+    """
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ValueError(f"{where}: a list is a range [low, high] (got {len(value)} items); "
+                             "give two numbers, or {choices: [...]} for a set of values")
+        value = {(kind or ("float" if any(isinstance(v, float) for v in value) else "int")): value}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: use {_DIM_FORMS} (got {value!r})")
+    forms = [k for k in ("int", "float", "choices") if k in value]
+    extra = sorted(set(value) - {"int", "float", "choices", "log", "step"})
+    if len(forms) != 1 or extra:
+        raise ValueError(f"{where}: use {_DIM_FORMS} (got keys {sorted(value)})")
+    form = forms[0]
+    if form == "choices":
+        choices = value["choices"]
+        if set(value) != {"choices"}:
+            raise ValueError(f"{where}: log and step go with a range, not with choices; remove them")
+        if not isinstance(choices, list) or not choices or len(set(map(repr, choices))) != len(choices):
+            raise ValueError(f"{where}.choices: give a non-empty list of distinct values")
+        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            raise ValueError(f"{where}.choices: every choice must be a number, string, boolean or null")
+        if kind is not None and not all(_is_number(c, kind) for c in choices):
+            raise ValueError(f"{where}.choices: every choice must be {'an integer' if kind == 'int' else 'a number'} "
+                             f"(got {choices})")
+        return {"choices": choices}
+    if kind == "int" and form == "float":
+        raise ValueError(f"{where}: takes integers; use [low, high] or {{int: [low, high]}}")
+    bounds = value[form]
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b, form) for b in bounds)):
+        raise ValueError(f"{where}.{form}: give [low, high], two {'integers' if form == 'int' else 'numbers'}")
+    low, high = bounds
+    if low > high:
+        raise ValueError(f"{where}: low {low} is above high {high}; swap them")
+    log, step = value.get("log", False), value.get("step")
+    if not isinstance(log, bool):
+        raise ValueError(f"{where}.log: true or false")
+    if step is not None and not (_is_number(step, form) and step > 0):
+        raise ValueError(f"{where}.step: a positive {'integer' if form == 'int' else 'number'}")
+    if log and step not in (None, 1):
+        raise ValueError(f"{where}: log and step cannot be combined (Optuna's rule); drop one")
+    if log and low <= 0:
+        raise ValueError(f"{where}: a log range needs low > 0 (got {low}); raise low or drop log")
+    if form == "int":
+        return {"int": [int(low), int(high)], "step": int(step or 1), "log": log}
+    return {"float": [float(low), float(high)], "step": None if step is None else float(step), "log": log}
+
+
+def _is_number(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind == "int" else isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def dimension_values(dim: dict[str, Any]) -> list[Any] | None:
+    """Every value of an int range or a choice set; None for a float range."""
+    if "choices" in dim:
+        return list(dim["choices"])
+    if "int" in dim:
+        low, high = dim["int"]
+        return list(range(low, high + 1, dim["step"]))
+    return None
+
+
+def dimension_bounds(dim: dict[str, Any]) -> tuple[float, float]:
+    """The lowest and highest value a dimension can take (numbers only)."""
+    values = dimension_values(dim)
+    if values is None:
+        return tuple(dim["float"])
+    return min(values), max(values)
+
+
 class BackboneSpec(_Strict):
-    """A built-in backbone, or ``kind: user`` with ``callable`` returning the stages (user_code.py)."""
+    """A built-in backbone, or ``kind: user`` with ``callable`` returning the stages (user_code.py).
+
+    ``search`` (optional) names the architecture dimensions that the search samples, each a range or
+    a set of choices (see SEARCH_DIMENSIONS); the fixed fields are the default point. For ``kind:
+    user`` it maps the callable's keyword arguments to Optuna distributions.
+    """
 
     kind: Literal[BACKBONE_KINDS] = "cnn"
     widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8)
     depth: int = Field(1, ge=1, le=8)
     heads: int = Field(2, ge=1, le=64, description="attention heads (transformer only)")
+    kernel: int = Field(3, ge=1, le=15, description="convolution kernel size (cnn, resnet; odd)")
+    dropout: float = Field(0.0, ge=0.0, le=0.9, description="dropout after each hidden layer (mlp)")
+    ffn_width: Optional[int] = Field(None, ge=1, le=16384, description="feed-forward width (transformer; "
+                                     "default twice the model width)")
     callable: Optional[str] = Field(None, description="kind user: package.module:function returning the stages")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="kind user: keyword arguments of the callable")
     module_path: Optional[str] = Field(None, description="kind user: folder of the callable's module")
+    search: Optional[dict[str, Any]] = Field(None, description="searched architecture dimensions: name -> "
+                                             "[low, high] or {choices: [...]} (kind user: keyword arguments)")
 
     @model_validator(mode="before")
     @classmethod
@@ -126,9 +229,14 @@ class BackboneSpec(_Strict):
         return _resolve_user_paths("backbone", data, info, ("module_path",))
 
     def as_config(self) -> dict[str, Any]:
-        """The backbone of a trial config: the user fields only for ``kind: user``."""
-        user_fields = () if self.kind == "user" else ("callable", "kwargs", "module_path")
-        return self.model_dump(exclude=set(user_fields))
+        """The fixed backbone of a trial config: the user fields only for ``kind: user``; kernel,
+        dropout and ffn_width only where they differ from their defaults (so configs written before
+        these fields existed, and the models built from them, stay as they were); never ``search``."""
+        user_fields = {"search"} | (set() if self.kind == "user" else {"callable", "kwargs", "module_path"})
+        config = self.model_dump(exclude=user_fields | {"kernel", "dropout", "ffn_width"})
+        if self.kind != "user":
+            config.update(backbone_extras(self.kind, self.kernel, self.dropout, self.ffn_width))
+        return config
 
     @field_validator("widths")
     @classmethod
@@ -137,6 +245,13 @@ class BackboneSpec(_Strict):
             raise ValueError("every width must be between 1 and 4096")
         return widths
 
+    @field_validator("kernel")
+    @classmethod
+    def _odd_kernel(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise ValueError(f"the kernel size must be odd (it keeps the resolution); use {kernel - 1} or {kernel + 1}")
+        return kernel
+
     @model_validator(mode="after")
     def _transformer_widths(self) -> "BackboneSpec":
         if self.kind == "transformer" and (len(set(self.widths)) != 1 or self.widths[0] % self.heads):
@@ -144,6 +259,58 @@ class BackboneSpec(_Strict):
                 f"a transformer's stages share one width divisible by heads={self.heads} "
                 f"(got widths {self.widths}); use e.g. [32, 32, 32]"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _search_section(self) -> "BackboneSpec":
+        if self.search is None:
+            return self
+        if not isinstance(self.search, dict) or not self.search:
+            raise ValueError("backbone.search: give at least one dimension to search, or leave search out")
+        where = "backbone.search"
+        if self.kind == "user":
+            parsed = {}
+            for name, value in self.search.items():
+                if not str(name).isidentifier():
+                    raise ValueError(f"{where}: {name!r} is not a keyword argument name; use the callable's "
+                                     "parameter names")
+                parsed[name] = _parse_dimension(value, f"{where}.{name}", None)
+            object.__setattr__(self, "search", parsed)
+            return self
+        allowed = SEARCH_DIMENSIONS[self.kind]
+        parsed = {}
+        for name, value in self.search.items():
+            if name not in allowed:
+                raise ValueError(f"{where}.{name}: not a searchable dimension of kind {self.kind}; "
+                                 f"use {', '.join(allowed)}")
+            dim = _parse_dimension(value, f"{where}.{name}", allowed[name])
+            lo, hi = dimension_bounds(dim)
+            b_lo, b_hi = _DIMENSION_BOUNDS[name]
+            if lo < b_lo or hi > b_hi:
+                raise ValueError(f"{where}.{name}: values must lie in [{b_lo}, {b_hi}] (got [{lo}, {hi}]); "
+                                 "narrow the range")
+            if name == "kernel":
+                if "int" in dim and (dim["int"][0] % 2 == 0 or dim["step"] % 2):
+                    if dim["int"][0] % 2 == 0:
+                        raise ValueError(f"{where}.kernel: kernel sizes are odd; start the range at an odd "
+                                         f"size (e.g. [{dim['int'][0] + 1}, {dim['int'][1]}])")
+                    dim["step"] = 2  # [3, 7] means 3, 5, 7
+                if any(k % 2 == 0 for k in dimension_values(dim)):
+                    raise ValueError(f"{where}.kernel: kernel sizes must be odd (got {dimension_values(dim)})")
+            parsed[name] = dim
+        if self.kind == "transformer":
+            heads = dimension_values(parsed["heads"]) if "heads" in parsed else [self.heads]
+            lcm = math.lcm(*heads)
+            width = parsed.get("width")
+            if width is not None and "int" in width and width["step"] == 1 and "step" not in (
+                    self.search["width"] if isinstance(self.search["width"], dict) else {}):
+                width["step"] = lcm  # [16, 64] means the multiples of every heads choice
+            widths = dimension_values(width) if width is not None else [self.widths[0]]
+            bad = [w for w in widths if w % lcm]
+            if bad:
+                raise ValueError(f"{where}.width: every transformer width must be divisible by every heads "
+                                 f"value {heads} (lcm {lcm}; {bad[:3]} are not); use multiples of {lcm}")
+        object.__setattr__(self, "search", parsed)
         return self
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from dynsearch.search_spaces.exit_policies import DEFAULTS as EXIT_DEFAULTS
 from dynsearch.search_spaces.exit_policies import THRESHOLD_POLICIES, define_exit_rule
-from dynsearch.spaces import require_backbone_kind, suggest_exit_stages, trial_config
+from dynsearch.spaces import num_stages as stage_count
+from dynsearch.spaces import require_backbone_kind, suggest_backbone, suggest_exit_stages, trial_config
 
 MAX_STAGES = 8  # the recipe allows at most 8 widths
 
@@ -29,11 +30,13 @@ def check_recipe(recipe) -> None:
 
 
 def define(trial, recipe, data) -> dict[str, Any]:
-    """Ask ``trial`` for a depth-adaptive Transformer and return its trial config."""
-    num_stages = len(recipe.backbone.widths)
+    """Ask ``trial`` for a Transformer backbone, then its depth-adaptive machinery; return its trial config."""
+    backbone = suggest_backbone(trial, recipe)
+    num_stages = stage_count(backbone)
     exit_stages = suggest_exit_stages(trial, num_stages - 1, prefix="exit_after_layer")
     rule = define_exit_rule(trial, num_stages - 1, policies=("predicted", *THRESHOLD_POLICIES))
     if rule["policy"] == "predicted":
         rule["depth_penalty"] = trial.suggest_float("depth_penalty", 0.0, 0.5)
     exits = {"stages": exit_stages, "head_width": trial.suggest_categorical("exit_head_width", [0, 32]), **rule}
-    return trial_config(trial, recipe, data, "depth_adaptive", {"exits": exits}, lr_range=(1e-3, 1e-2))
+    return trial_config(trial, recipe, data, "depth_adaptive", {"exits": exits}, lr_range=(1e-3, 1e-2),
+                        backbone=backbone)

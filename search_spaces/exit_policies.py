@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import num_stages, suggest_exit_stages, trial_config
+from dynsearch.spaces import num_stages, suggest_backbone, suggest_exit_stages, trial_config
 
 DEFAULTS: dict[str, Any] = {
     **{f"exit_after_stage_{i}": True for i in range(7)},  # a recipe has at most 8 stages
@@ -53,11 +53,12 @@ def define_exit_rule(trial, num_exits: int, policies=THRESHOLD_POLICIES) -> dict
 
 
 def define(trial, recipe, data) -> dict[str, Any]:
-    """Ask ``trial`` for an early-exit network and return its trial config."""
-    stages = num_stages(recipe.backbone)
+    """Ask ``trial`` for a backbone, then an early-exit network on it; return its trial config."""
+    backbone = suggest_backbone(trial, recipe)
+    stages = num_stages(backbone)
     exits = {
         "stages": suggest_exit_stages(trial, stages - 1),
         "head_width": trial.suggest_categorical("exit_head_width", [0, 16, 32, 64]),
         **define_exit_rule(trial, stages - 1),
     }
-    return trial_config(trial, recipe, data, "exits", {"exits": exits})
+    return trial_config(trial, recipe, data, "exits", {"exits": exits}, backbone=backbone)

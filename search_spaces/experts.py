@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import trial_config
+from dynsearch.spaces import backbone_upper_bounds, num_blocks, suggest_backbone, trial_config
 
 MAX_LAYERS = 32  # expert_layer_<i> / condconv_block_<i> exist for i < MAX_LAYERS
 MOE_KINDS = ("mlp", "transformer")
@@ -31,13 +31,14 @@ def check_recipe(recipe) -> None:
     if recipe.backbone.kind not in (*MOE_KINDS, "cnn", "resnet"):
         raise ValueError(f"space 'experts' needs backbone.kind mlp or transformer (MoE), cnn or resnet (CondConv) "
                          f"(got {recipe.backbone.kind}); set one")
-    if len(recipe.backbone.widths) * recipe.backbone.depth > MAX_LAYERS:
+    stages, depth = backbone_upper_bounds(recipe)
+    if stages * depth > MAX_LAYERS:
         raise ValueError(f"space 'experts' handles at most {MAX_LAYERS} layers; use fewer widths or a smaller depth")
 
 
-def define_moe(trial, recipe) -> dict[str, Any]:
-    """Ask for the ``experts`` part of an MoE config."""
-    layers = len(recipe.backbone.widths) * recipe.backbone.depth
+def define_moe(trial, backbone: dict[str, Any]) -> dict[str, Any]:
+    """Ask for the ``experts`` part of an MoE config on the trial's ``backbone``."""
+    layers = num_blocks(backbone)
     chosen = [i for i in range(layers) if trial.suggest_categorical(f"expert_layer_{i}", [True, False])]
     return {"experts": {
         "layers": chosen,
@@ -48,15 +49,16 @@ def define_moe(trial, recipe) -> dict[str, Any]:
     }}
 
 
-def define_condconv(trial, recipe) -> dict[str, Any]:
-    """Ask for the ``condconv`` part of a CondConv config."""
-    blocks = len(recipe.backbone.widths) * recipe.backbone.depth
+def define_condconv(trial, backbone: dict[str, Any]) -> dict[str, Any]:
+    """Ask for the ``condconv`` part of a CondConv config on the trial's ``backbone``."""
+    blocks = num_blocks(backbone)
     chosen = [i for i in range(blocks) if trial.suggest_categorical(f"condconv_block_{i}", [True, False])]
     return {"condconv": {"layers": chosen, "experts": trial.suggest_int("condconv_experts", 1, 8)}}
 
 
 def define(trial, recipe, data) -> dict[str, Any]:
     """Ask ``trial`` for an MoE (MLP, Transformer) or CondConv (CNN, ResNet) network and return its trial config."""
+    backbone = suggest_backbone(trial, recipe)
     if recipe.backbone.kind in MOE_KINDS:
-        return trial_config(trial, recipe, data, "moe", define_moe(trial, recipe))
-    return trial_config(trial, recipe, data, "condconv", define_condconv(trial, recipe))
+        return trial_config(trial, recipe, data, "moe", define_moe(trial, backbone), backbone=backbone)
+    return trial_config(trial, recipe, data, "condconv", define_condconv(trial, backbone), backbone=backbone)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.spaces import require_backbone_kind, trial_config
+from dynsearch.spaces import backbone_upper_bounds, require_backbone_kind, suggest_backbone, trial_config
 
 MAX_BLOCKS = 32  # gate_block_<k> / gate_target_rate_<k> exist for k < MAX_BLOCKS
 
@@ -31,10 +31,12 @@ DEFAULTS: dict[str, Any] = {
 
 
 def gateable_blocks(backbone) -> list[int]:
-    """Indices of the blocks with an identity shortcut (see backbones.build_resnet)."""
+    """Indices of the blocks with an identity shortcut (see backbones.build_resnet); ``backbone``
+    is a trial config's backbone dict or a recipe's (fixed) BackboneSpec."""
+    backbone = backbone if isinstance(backbone, dict) else backbone.as_config()
     blocks, k = [], 0
-    for stage in range(len(backbone.widths)):
-        for b in range(backbone.depth):
+    for stage in range(len(backbone["widths"])):
+        for b in range(int(backbone["depth"])):
             if stage == 0 or b > 0:
                 blocks.append(k)
             k += 1
@@ -43,16 +45,18 @@ def gateable_blocks(backbone) -> list[int]:
 
 def check_recipe(recipe) -> None:
     require_backbone_kind(recipe, "gates", "resnet")
-    if len(recipe.backbone.widths) * recipe.backbone.depth > MAX_BLOCKS:
+    stages, depth = backbone_upper_bounds(recipe)
+    if stages * depth > MAX_BLOCKS:
         raise ValueError(f"space 'gates' handles at most {MAX_BLOCKS} blocks; use fewer widths or a smaller depth")
 
 
 def define(trial, recipe, data) -> dict[str, Any]:
-    """Ask ``trial`` for a gated ResNet and return its trial config."""
+    """Ask ``trial`` for a ResNet backbone, then gates on its blocks; return its trial config."""
+    backbone = suggest_backbone(trial, recipe)
     kind = trial.suggest_categorical("gate_kind", ["aig", "skipnet"])
     choices = ["target_rate", "budget"] if kind == "aig" else ["target_rate", "budget", "rl"]
     objective = trial.suggest_categorical(f"{kind}_objective", choices)
-    blocks = [k for k in gateable_blocks(recipe.backbone) if trial.suggest_categorical(f"gate_block_{k}", [True, False])]
+    blocks = [k for k in gateable_blocks(backbone) if trial.suggest_categorical(f"gate_block_{k}", [True, False])]
     gates: dict[str, Any] = {
         "blocks": blocks,
         "objective": objective,
@@ -71,4 +75,4 @@ def define(trial, recipe, data) -> dict[str, Any]:
         gates["loss_weight"] = trial.suggest_float("gate_loss_weight", 0.5, 10.0, log=True)
     if kind == "aig":
         gates["temperature"] = trial.suggest_float("gate_temperature", 0.3, 3.0, log=True)
-    return trial_config(trial, recipe, data, kind, {"gates": gates})
+    return trial_config(trial, recipe, data, kind, {"gates": gates}, backbone=backbone)

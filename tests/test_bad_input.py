@@ -22,8 +22,10 @@ class EmptySpace:
     @staticmethod
     def define(trial, recipe, data):
         from dynsearch.search_spaces import exits
+        from dynsearch.spaces import backbone_defaults
 
-        return exits.define(__import__("optuna").trial.FixedTrial(exits.DEFAULTS), recipe, data)
+        params = {**backbone_defaults(recipe), **exits.DEFAULTS}  # the default point, the backbone's included
+        return exits.define(__import__("optuna").trial.FixedTrial(params), recipe, data)
 
 
 def _recipe(**changes):

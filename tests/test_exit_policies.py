@@ -107,10 +107,11 @@ def test_exits_space_asks_the_policy_knobs(digits):
 
     from dynsearch.recipe import load_recipe
     from dynsearch.search_spaces import exit_policies as space
+    from dynsearch.spaces import backbone_defaults
 
     recipe = load_recipe("digits-exit-policies")
     for policy, knob in [("confidence", "threshold"), ("entropy", "threshold"), ("fastbert", "threshold"), ("patience", "patience")]:
-        params = {**space.DEFAULTS, "exit_policy": policy}
+        params = {**backbone_defaults(recipe), **space.DEFAULTS, "exit_policy": policy}
         config = space.define(optuna.trial.FixedTrial(params), recipe, digits)
         assert config["exits"]["policy"] == policy and knob in config["exits"]
         build_model(config)

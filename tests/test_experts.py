@@ -126,8 +126,10 @@ def test_cross_family_asks_only_the_chosen_familys_parameters(family, digits):
     assert config["mechanism"] in mechanisms[family]
     others = {"exits": "exit_threshold", "gates": "gate_kind", "condconv": "condconv_experts"}
     assert {name for fam, name in others.items() if fam != family} & asked == set()
+    backbone = {name for name in asked if name.startswith("backbone_")}
+    assert backbone == {"backbone_depth", *(f"backbone_width_{i}" for i in range(3))}  # the recipe's ranges, every family
     if family == "static":
-        assert asked == {"mechanism_family", "lr"} and config["exits"]["stages"] == []
+        assert asked - backbone == {"mechanism_family", "lr"} and config["exits"]["stages"] == []
     else:
         assert others[family] in asked
     model = build_model(config)

@@ -133,8 +133,9 @@ class MoEMLPLayer(nn.Module):
 
     def __init__(self, layer: nn.Sequential, count: int, top_k: int, capacity_factor: float):
         super().__init__()
-        linear = layer[0]
-        experts = [nn.Sequential(nn.Linear(linear.in_features, linear.out_features), nn.ReLU()) for _ in range(count)]
+        linear, tail = layer[0], [m for m in layer[1:] if isinstance(m, nn.Dropout)]
+        experts = [nn.Sequential(nn.Linear(linear.in_features, linear.out_features), nn.ReLU(),
+                                 *(nn.Dropout(m.p) for m in tail)) for _ in range(count)]
         self.mixture = ExpertMixture(experts, linear.in_features, top_k, capacity_factor)
 
     def forward(self, x: torch.Tensor):
@@ -143,6 +144,16 @@ class MoEMLPLayer(nn.Module):
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixture.experts[0](x)
+
+
+def _linear_groups(stage: nn.Sequential) -> list[list[nn.Module]]:
+    """An MLP stage's modules split into layers, each starting at a Linear."""
+    groups: list[list[nn.Module]] = []
+    for module in stage:
+        if isinstance(module, nn.Linear) or not groups:
+            groups.append([])
+        groups[-1].append(module)
+    return groups
 
 
 def _moe_tiny(kind: str, **experts: Any) -> dict[str, Any]:
@@ -180,8 +191,8 @@ class MoENet(DynamicModel):
         if kind not in ("mlp", "transformer"):
             raise ValueError(f"moe needs backbone kind 'mlp' or 'transformer' (got {kind!r})")
         self.stem, stages = build_backbone(config)
-        if kind == "mlp":  # each stage is [Linear, ReLU] * depth
-            layers = [nn.Sequential(stage[j], stage[j + 1]) for stage in stages for j in range(0, len(stage), 2)]
+        if kind == "mlp":  # each stage is [Linear, ReLU (, Dropout)] * depth: one layer per Linear
+            layers = [nn.Sequential(*group) for stage in stages for group in _linear_groups(stage)]
         else:
             layers = [layer for stage in stages for layer in stage]
         shapes = stage_output_shapes(self.stem, stages, config["input_shape"])

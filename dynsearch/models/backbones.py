@@ -18,34 +18,37 @@ from torch import nn
 
 
 
-def conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, stride: int, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 
 
-def _image_stages(block, input_shape: Sequence[int], widths: Sequence[int], depth: int):
-    """A 3x3 conv stem, then one stage per width of ``depth`` blocks ``block(in, out, stride)``;
+def _image_stages(block, input_shape: Sequence[int], widths: Sequence[int], depth: int, kernel: int = 3):
+    """A 3x3 conv stem, then one stage per width of ``depth`` blocks ``block(in, out, stride, kernel)``;
     the first stage keeps the resolution, the others halve it in their first block."""
+    if kernel % 2 == 0:
+        raise ValueError(f"the kernel size must be odd (got {kernel})")
     stem = conv_block(input_shape[0], widths[0], 1)
     stages, channels = [], widths[0]
     for i, width in enumerate(widths):
-        blocks = [block(channels, width, 1 if i == 0 else 2)]
-        blocks += [block(width, width, 1) for _ in range(depth - 1)]
+        blocks = [block(channels, width, 1 if i == 0 else 2, kernel)]
+        blocks += [block(width, width, 1, kernel) for _ in range(depth - 1)]
         stages.append(nn.Sequential(*blocks))
         channels = width
     return stem, stages
 
 
-def build_cnn(input_shape: Sequence[int], widths: Sequence[int], depth: int):
-    """A plain CNN: stages of conv-BN-ReLU blocks."""
-    return _image_stages(conv_block, input_shape, widths, depth)
+def build_cnn(input_shape: Sequence[int], widths: Sequence[int], depth: int, kernel: int = 3):
+    """A plain CNN: stages of conv-BN-ReLU blocks (``kernel`` x ``kernel`` convolutions after the stem)."""
+    return _image_stages(conv_block, input_shape, widths, depth, kernel)
 
 
-def build_mlp(input_shape: Sequence[int], widths: Sequence[int], depth: int):
-    """An MLP: flatten + linear stem, then one stage per width of ``depth`` layers."""
+def build_mlp(input_shape: Sequence[int], widths: Sequence[int], depth: int, dropout: float = 0.0):
+    """An MLP: flatten + linear stem, then one stage per width of ``depth`` layers
+    (Linear, ReLU, and Dropout(``dropout``) when it is above 0)."""
     in_features = 1
     for size in input_shape:
         in_features *= size
@@ -55,6 +58,8 @@ def build_mlp(input_shape: Sequence[int], widths: Sequence[int], depth: int):
         layers: list[nn.Module] = []
         for _ in range(depth):
             layers += [nn.Linear(features, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))  # parameter-free: no weights' names move
             features = width
         stages.append(nn.Sequential(*layers))
     return stem, stages
@@ -68,13 +73,14 @@ class ResidualBlock(nn.Module):
     Gate mechanisms call ``shortcut`` and ``residual`` themselves.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, kernel: int = 3):
         super().__init__()
+        pad = kernel // 2
         self.residual = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=pad, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(out_channels, out_channels, kernel, padding=pad, bias=False),
             nn.BatchNorm2d(out_channels),
         )
         self.gateable = in_channels == out_channels and stride == 1
@@ -89,11 +95,11 @@ class ResidualBlock(nn.Module):
         return torch.relu(self.shortcut(x) + self.residual(x))
 
 
-def build_resnet(input_shape: Sequence[int], widths: Sequence[int], depth: int):
+def build_resnet(input_shape: Sequence[int], widths: Sequence[int], depth: int, kernel: int = 3):
     """A small ResNet: a 3x3 stem, then one stage per width of ``depth`` residual
     blocks (the first stage keeps the resolution, the others halve it in their
     first block, which therefore has a projection shortcut)."""
-    return _image_stages(ResidualBlock, input_shape, widths, depth)
+    return _image_stages(ResidualBlock, input_shape, widths, depth, kernel)
 
 
 class SequenceStem(nn.Module):
@@ -144,16 +150,18 @@ def self_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + layer.proj(attended)
 
 
-def build_transformer(input_shape: Sequence[int], widths: Sequence[int], depth: int, heads: int = 2):
+def build_transformer(input_shape: Sequence[int], widths: Sequence[int], depth: int, heads: int = 2,
+                      ffn_width: int | None = None):
     """A Transformer encoder over ``[L, F]`` inputs: a sequence stem, then one
     stage per width of ``depth`` encoder layers (all widths must be equal;
-    the feed-forward width is twice the model width)."""
+    the feed-forward width is ``ffn_width``, by default twice the model width)."""
     if len(set(widths)) != 1:
         raise ValueError(f"transformer stages must all have the same width (got {list(widths)})")
     length, in_features = input_shape
     width = widths[0]
     stem = SequenceStem(length, in_features, width)
-    stages = [nn.Sequential(*(EncoderLayer(width, heads, 2 * width) for _ in range(depth))) for _ in widths]
+    ffn = int(ffn_width) if ffn_width else 2 * width
+    stages = [nn.Sequential(*(EncoderLayer(width, heads, ffn) for _ in range(depth))) for _ in widths]
     return stem, stages
 
 

@@ -18,9 +18,11 @@ def build_backbone(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module]]:
         return nn.Identity(), user_stages(backbone)
     shape, widths, depth = config["input_shape"], backbone["widths"], backbone["depth"]
     if backbone["kind"] == "transformer":
-        return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)))
+        return build_transformer(shape, widths, depth, int(backbone.get("heads", 2)), backbone.get("ffn_width"))
     if backbone["kind"] == "recurrent":
         raise ValueError("backbone kind 'recurrent' is the halting mechanisms' cell (space: halting); "
                          "use cnn, mlp, resnet or transformer here")
-    builders = {"cnn": build_cnn, "mlp": build_mlp, "resnet": build_resnet}
-    return builders[backbone["kind"]](shape, widths, depth)
+    if backbone["kind"] == "mlp":
+        return build_mlp(shape, widths, depth, float(backbone.get("dropout", 0.0)))
+    builders = {"cnn": build_cnn, "resnet": build_resnet}
+    return builders[backbone["kind"]](shape, widths, depth, int(backbone.get("kernel", 3)))

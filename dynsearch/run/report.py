@@ -2,8 +2,10 @@
 
 The front panel shows validation accuracy against MACs for every COMPLETE
 trial (front and dominated), the trials that ran no dynamic component (static,
-``macs == macs_full``), the static full-depth cost of each backbone
-(``macs_full``) and which trials failed and why. Below it, one panel per
+``macs == macs_full``) and their own front (the best static architectures the
+search found, drawn beside the front of the dynamic trials), the static
+full-depth cost (``macs_full``) of the backbone when the trials share a few,
+and which trials failed and why. Below it, one panel per
 statistic the front's mechanisms report (``trace_stats``), drawn as the
 mechanism declared it (``DynamicModel.stat_views``, recorded by each trial in
 its metrics.json as ``stat_views``): exit histogram, gate execution rate per
@@ -21,11 +23,13 @@ from typing import Any
 
 from dynsearch.display import StatView
 from dynsearch.errors import UserError
-from dynsearch.run.front import pareto
+from dynsearch.models.kinds import describe_backbone
+from dynsearch.run.front import non_dominated, pareto
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import open_existing
 
 MAX_STAT_TRIALS = 6  # front points drawn in a statistics panel
+MAX_FULL_LINES = 3  # macs_full lines drawn when the trials have at most this many backbones' costs
 
 
 ViewsByMechanism = dict[str, dict[str, dict[str, Any]]]  # mechanism -> stats key -> StatView.to_json()
@@ -59,6 +63,18 @@ class RunSummary:
     @property
     def front(self) -> list[TrialPoint]:
         return sorted((t for t in self.trials if t.on_front), key=lambda t: (t.metrics["macs"], t.number))
+
+    def sub_front(self, static: bool) -> list[TrialPoint]:
+        """The front of the static (or of the dynamic) COMPLETE trials alone, by accuracy and MACs."""
+        points = [t for t in self.where("COMPLETE") if t.static == static]
+        items = [{"accuracy": t.metrics["accuracy"], "macs": t.metrics["macs"], "point": t} for t in points]
+        kept = non_dominated(items, [("accuracy", "max"), ("macs", "min")])
+        return sorted((item["point"] for item in kept), key=lambda t: (t.metrics["macs"], t.number))
+
+    def full_costs(self) -> list[int]:
+        """The distinct static full-depth costs (``macs_full``), drawn as lines when few."""
+        costs = sorted({int(t.metrics["macs_full"]) for t in self.where("COMPLETE")})
+        return costs if len(costs) <= MAX_FULL_LINES else []
 
 
 def collect(run_dir: str | Path, fallback_views: ViewsByMechanism | None = None) -> RunSummary:
@@ -164,6 +180,12 @@ def _connect_front(run: RunSummary) -> bool:
     return set(run.objectives) == {"accuracy", "macs"}  # a staircase only when these are the objectives
 
 
+def _log_macs(points: list[TrialPoint]) -> bool:
+    """Whether the MACs axis is drawn on a log scale: when the costs span more than 30x."""
+    costs = [t.metrics["macs"] for t in points if t.metrics.get("macs", 0) > 0]
+    return bool(costs) and max(costs) > 30 * min(costs)
+
+
 # -- pareto.png ---------------------------------------------------------------
 def _thousands(x: float, _position=None) -> str:
     return f"{x / 1000:.4g}k" if abs(x) >= 1000 else f"{x:.4g}"
@@ -201,7 +223,13 @@ def draw_png(run: RunSummary, path: Path) -> None:
         ax.scatter([t.metrics["macs"] for t in static], [t.metrics["accuracy"] for t in static], marker="s",
                    s=110, facecolors="none", edgecolors="black", zorder=4,
                    label=f"static trials: full depth, no dynamic part ({len(static)})")
-    for i, macs_full in enumerate(sorted({int(t.metrics["macs_full"]) for t in complete})):
+    for static_side, colour, name in ((True, "black", "static"), (False, "tab:orange", "dynamic")):
+        sub = run.sub_front(static_side)
+        if sub and static and len(static) < len(complete) and _connect_front(run):
+            ax.step([t.metrics["macs"] for t in sub], [t.metrics["accuracy"] for t in sub], where="post",
+                    c=colour, lw=1.2, ls="--" if static_side else ":", zorder=2,
+                    label=f"front of the {name} trials ({len(sub)})")
+    for i, macs_full in enumerate(run.full_costs()):
         ax.axvline(macs_full, ls="--", c="tab:red", lw=1,
                    label=f"static full-depth cost (macs_full) {macs_full:,}" if i == 0 else None)
     failed = _failed_lines(run)
@@ -209,6 +237,8 @@ def draw_png(run: RunSummary, path: Path) -> None:
         shown = failed[:6] + ([f"... and {len(failed) - 6} more"] if len(failed) > 6 else [])
         ax.text(0.01, 0.02, f"failed ({len(failed)}):\n" + "\n".join(s[:90] for s in shown), transform=ax.transAxes,
                 fontsize=7, va="bottom", color="tab:red", bbox=dict(fc="white", ec="tab:red", alpha=0.85))
+    if _log_macs(complete):  # searched backbones spread the costs over decades
+        ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_thousands))
     ax.set_xlabel("MACs per sample (mean over the validation split, what ran)")
     ax.set_ylabel("validation accuracy")
@@ -236,7 +266,8 @@ def draw_png(run: RunSummary, path: Path) -> None:
 def _hover(t: TrialPoint) -> str:
     m = t.metrics
     config = {k: v for k, v in t.config.items() if k not in ("input_shape", "num_classes", "trial")}
-    lines = [f"trial {t.number}", f"val acc {m['accuracy']:.4f}, test acc {m['test_accuracy']:.4f}",
+    lines = [f"trial {t.number}: {describe_backbone(t.config.get('backbone'))}",
+             f"val acc {m['accuracy']:.4f}, test acc {m['test_accuracy']:.4f}",
              f"MACs {m['macs']:,.0f} ({m['macs'] / m['macs_full']:.0%} of full), params {m['params']:,}"]
     lines += [f"{k}: {json.dumps(v)}" for k, v in config.items()]
     return "<br>".join(html.escape(line, quote=False) for line in lines)
@@ -257,15 +288,20 @@ def draw_html(run: RunSummary, path: Path) -> None:
         (f"Pareto front ({len(front)})", front, dict(color="#1f77b4", size=11),
          "lines+markers+text" if _connect_front(run) else "markers+text"),
         (f"static trials ({len(static)})", static, dict(symbol="square-open", color="black", size=16), "markers"),
+        *((f"front of the {name} trials ({len(sub)})", sub, dict(color=colour, size=1), "lines")
+          for name, sub, colour in (("static", run.sub_front(True), "black"), ("dynamic", run.sub_front(False), "#ff7f0e"))
+          if sub and static and len(static) < len(complete) and _connect_front(run)),
     ):
         fig.add_trace(go.Scatter(
             x=[t.metrics["macs"] for t in points], y=[t.metrics["accuracy"] for t in points], name=name, mode=mode,
             marker=marker, line=dict(shape="hv", width=1), textposition="top right",
             text=[labels.get(t.number, "") if "text" in mode else "" for t in points],
             hovertext=[_hover(t) for t in points], hoverinfo="text"))
-    for macs_full in sorted({int(t.metrics["macs_full"]) for t in complete}):
+    for macs_full in run.full_costs():
         fig.add_vline(x=macs_full, line_dash="dash", line_color="#d62728",
                       annotation_text=f"static full depth {macs_full:,} MACs")
+    if _log_macs(complete):
+        fig.update_xaxes(type="log")
     fig.update_layout(title=_headline(run), xaxis_title="MACs per sample (validation mean, what ran)",
                       yaxis_title="validation accuracy", template="plotly_white", height=560)
     parts = [pio.to_html(fig, full_html=False, include_plotlyjs=True)]  # self-contained: opens offline

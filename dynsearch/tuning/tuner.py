@@ -24,7 +24,7 @@ from dynsearch.run.front import trial_counts, write_front
 from dynsearch.run.report import write_report
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume
-from dynsearch.spaces import check_space
+from dynsearch.spaces import check_space, default_backbone
 from dynsearch.tracking import SearchTracking, Tracking
 from dynsearch.tuning.searcher import StudySearch
 
@@ -89,7 +89,7 @@ def run_search(recipe: Recipe, out: str | Path, trainable: Trainable, progress=N
     splits = load_data(recipe.data)  # a user's data or backbone that cannot work fails here, before any file
     data_shape = {"input_shape": tuple(splits.input_shape), "num_classes": splits.num_classes}
     if recipe.backbone.kind == "user":
-        check_user_backbone(recipe.backbone.model_dump(), splits.input_shape)
+        check_user_backbone(default_backbone(recipe), splits.input_shape)
     check_space(recipe, SimpleNamespace(**data_shape))
     run_dir = RunDir.create(out)
     with run_dir.locked():
