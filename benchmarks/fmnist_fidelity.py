@@ -72,8 +72,8 @@ def variants(name, make, splits, seeds):
     return summary
 
 
-def rising(values, tolerance=0.0):
-    return all(b >= a - tolerance for a, b in zip(values, values[1:]))
+def rising(values):
+    return all(b >= a for a, b in zip(values, values[1:]))
 
 
 def anchor(args, splits):

@@ -113,7 +113,8 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str,
                 kept = {k: v for k, v in (kept_datasets or {}).items() if k not in results}
                 for result in results.values():
                     result.update(command=command, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-                ordered = {k: ({**kept, **results})[k] for k in suite_searches.DATASETS if k in {**kept, **results}}
+                merged = {**kept, **results}
+                ordered = {k: merged[k] for k in suite_searches.DATASETS if k in merged}
                 finish("1", {"datasets": ordered}, started)
             if "2" in chosen:
                 started = time.perf_counter()
@@ -184,12 +185,9 @@ def main() -> None:
     print(f"{command}: sections {','.join(args.sections)}, {mode} mode, run dirs in {work}, "
           f"results to {summary_path.parent}", flush=True)
     sys.path.insert(0, str(BENCH))
-    kept = {}
-    if summary_path.is_file() and set(args.sections) != set(SECTIONS):
-        kept = json.loads(summary_path.read_text()).get("sections", {})  # a partial run keeps the other sections
-    kept_datasets = kept.get("1", {}).get("datasets", {}) if args.datasets else {}
-    if args.datasets and summary_path.is_file() and not kept_datasets:
-        kept_datasets = json.loads(summary_path.read_text()).get("sections", {}).get("1", {}).get("datasets", {})
+    committed = json.loads(summary_path.read_text()).get("sections", {}) if summary_path.is_file() else {}
+    kept = committed if set(args.sections) != set(SECTIONS) else {}  # a partial run keeps the other sections
+    kept_datasets = committed.get("1", {}).get("datasets", {}) if args.datasets else {}
     sections = {**kept, **run_sections(args.sections, budget, work, command.strip(), tuple(args.datasets or ()),
                                        kept_datasets)}
     summary = write(summary_path, results_path, dict(sorted(sections.items())), command.strip(), mode, budget)
