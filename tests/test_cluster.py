@@ -33,7 +33,9 @@ def _records(out, name):
 def test_trials_spread_over_both_nodes(tmp_path, tiny_recipe, two_node_cluster):
     cluster, worker = two_node_cluster
     out = tmp_path / "run"
-    proc = _search(tiny_recipe, out, cluster.address, trials=4, epochs=1)
+    # Trials last well beyond a worker's start-up (~10 s): Tune's actor reuse hands a trial that waits for a
+    # starting actor to a finished trial's idle one, so 1-second trials can all land on the head (seen in CI).
+    proc = _search(tiny_recipe, out, cluster.address, trials=4, epochs=30)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     metrics = _records(out, "metrics.json")
@@ -47,7 +49,7 @@ def test_trials_spread_over_both_nodes(tmp_path, tiny_recipe, two_node_cluster):
 def test_search_completes_when_a_worker_node_dies(tmp_path, tiny_recipe, two_node_cluster):
     cluster, worker = two_node_cluster
     out = tmp_path / "run"
-    proc = _search(tiny_recipe, out, cluster.address, trials=4, epochs=4)
+    proc = _search(tiny_recipe, out, cluster.address, trials=4, epochs=40)  # ~10 s trials (see above)
     try:
         victim = None
         deadline = time.time() + 300
