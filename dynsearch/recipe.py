@@ -377,6 +377,9 @@ class Recipe(_Strict):
     trials: int = Field(16, ge=1, le=100000)
     epochs: int = Field(15, ge=1, le=10000)
     batch_size: int = Field(64, ge=1, le=65536)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: Adam's learning rate annealed to 0 over each trial's steps"
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     seed: int = 0
     cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)

@@ -65,6 +65,7 @@ INVALID = [
     (_with(trials=0), "field 'trials'"),
     (_with(trials="many"), "field 'trials'"),
     (_with(epochs=-3), "field 'epochs'"),
+    (_with(lr_schedule="step"), "field 'lr_schedule'"),
     (_with(sampler__name="grid"), "field 'sampler.name'"),
     (_with(sampler__population_size=50), "population_size"),
     (_with(cpus_per_trial=0), "field 'cpus_per_trial'"),
@@ -118,3 +119,40 @@ def test_cli_exit_code_and_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "field 'trials'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_reaches_the_optimizer(digits, schedule):
+    import pytorch_lightning as pl
+
+    from conftest import exits_config
+    from dynsearch.training.trial import train_model
+
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, *_):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    config = exits_config()
+    config["train"] = {**config["train"], "epochs": 2, "lr_schedule": schedule}
+    train_model(config, digits, callbacks=[Record()])
+    steps = 2 * -(-len(digits.train_y) // 64)
+    assert len(seen) == steps
+    if schedule == "constant":
+        assert seen == [0.005] * steps
+    else:  # annealed each step from 0.005 towards 0: strictly falling, near 0 at the end
+        assert all(a > b for a, b in zip(seen, seen[1:]))
+        assert seen[0] < 0.005 and seen[-1] < 0.005 * 1e-3
+
+
+def test_recipe_lr_schedule_is_in_each_trial_config():
+    import optuna
+
+    from dynsearch.spaces import get_space
+
+    recipe = parse_recipe({**BASE, "lr_schedule": "cosine"}, source="test")
+    data = type("Data", (), {"input_shape": (1, 8, 8), "num_classes": 10})()
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    config = get_space(recipe.space).define(study.ask(), recipe, data)
+    assert config["train"]["lr_schedule"] == "cosine"

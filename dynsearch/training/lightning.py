@@ -33,12 +33,18 @@ class NonFiniteError(RuntimeError):
 
 
 class DynamicModule(pl.LightningModule):
-    """A DynamicModel trained with Adam at learning rate ``lr``; validation runs in eval mode."""
+    """A DynamicModel trained with Adam at learning rate ``lr``; validation runs in eval mode.
 
-    def __init__(self, model: DynamicModel, lr: float):
+    ``lr_schedule``: ``constant``, or ``cosine`` (annealed to 0 over the fit's steps, stepped each batch).
+    """
+
+    def __init__(self, model: DynamicModel, lr: float, lr_schedule: str = "constant"):
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use constant or cosine")
         self.model = model
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self._val_correct = 0
         self._val_macs = 0.0
         self._val_count = 0
@@ -75,7 +81,12 @@ class DynamicModule(pl.LightningModule):
         return {"accuracy": self._val_correct / self._val_count, "macs": self._val_macs / self._val_count}
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 class ReportCallback(pl.Callback):

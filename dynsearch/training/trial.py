@@ -53,7 +53,7 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
         callbacks=callbacks,
         deterministic=False,
     )
-    trainer.fit(DynamicModule(model, float(train["lr"])), train_loader, val_loader)
+    trainer.fit(DynamicModule(model, float(train["lr"]), train.get("lr_schedule", "constant")), train_loader, val_loader)
     model.cpu().eval()
     return model
 
