@@ -77,7 +77,7 @@ def write(args, command: str, runs: dict) -> None:
     results = {
         "command": command,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "note": "2 cores shared with other jobs while this ran (see the load averages)"},
+                    "note": "each search's load averages before and after say whether other jobs shared the 2 cores"},
         "trials": args.trials,
         "runs": runs,
     }
