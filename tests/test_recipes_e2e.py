@@ -1,27 +1,36 @@
-"""End-to-end searches of the exit-policy, gates, depth-adaptive, halting, experts and cross-family recipes (real Ray, Lightning, Optuna), kept small."""
-import json
-import subprocess
-import sys
+"""End-to-end searches of the exit-policy, gates, depth-adaptive, halting, experts and cross-family recipes (real Ray, Lightning, Optuna), kept small.
 
+The searches share one local Ray instance (a search on a Ray that outlives it, as in a notebook); the
+command line's own search path is tested in test_search.py and test_cli.py.
+"""
 import pytest
 
 
-def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "dynsearch.cli", *args], capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def shared_ray():
+    import ray
+
+    from dynsearch.compat import init_ray_on_loopback
+
+    init_ray_on_loopback(include_dashboard=False, log_to_driver=False, logging_level="error")
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, family", [("digits-exit-policies", "exits"), ("digits-gates", "gates"), ("seq-exits", "exits"),
                                             ("parity-halting", "halting"), ("mnist1d-moe", "experts"),
                                             ("digits-condconv", "experts"), ("digits-cross-family", "any")])
-def test_recipe_search_then_pareto_json_stats(tmp_path, recipe, family):
+def test_recipe_search_then_pareto_json_stats(tmp_path, shared_ray, recipe, family):
+    import dynsearch
+
     out = tmp_path / "run"
-    proc = _cli("search", recipe, "--trials", "2", "--epochs", "1", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _cli("pareto", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    front = json.loads(proc.stdout)
-    assert front
+    result = dynsearch.search(recipe, out=out, trials=2, epochs=1, wandb={"mode": "off"})
+    assert result.complete == 2
+    front = dynsearch.pareto(out)  # read back from the run directory
+    assert front and [i["trial"] for i in front] == [i["trial"] for i in result.front]
     for item in front:
         stats, config = item["stats"], item["config"]
         assert 0 < item["macs"] and 0 <= item["accuracy"] <= 1
