@@ -121,7 +121,7 @@ def ratio_entry(static_best: dict[str, Any], cheapest: dict[str, Any] | None) ->
 
 def run(datasets: list[str], seeds: list[int], trials: int, epochs: int | None, work: Path,
         out: Path, command: str) -> dict[str, Any]:
-    from dynsearch.tuning.tuner import _init_ray
+    from dynsearch.tuning.tuner import init_ray
     import ray
 
     results: dict[str, Any] = {
@@ -136,7 +136,7 @@ def run(datasets: list[str], seeds: list[int], trials: int, epochs: int | None, 
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "datasets": {},
     }
-    _init_ray(None)
+    init_ray()
     try:
         for name in datasets:
             reference = REFERENCES[name]

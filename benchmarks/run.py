@@ -87,7 +87,7 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str,
 
     import suite_overhead
     import suite_searches
-    from dynsearch.tuning.tuner import _init_ray
+    from dynsearch.tuning.tuner import init_ray
 
     done: dict = {}
 
@@ -98,7 +98,7 @@ def run_sections(chosen: list[str], budget: dict, work: Path, command: str,
         print(f"[section {key}] done in {done[key]['seconds']:.0f} s", flush=True)
 
     if {"1", "2"} & set(chosen):
-        _init_ray(None)  # one local Ray instance for every in-process search of sections 1 and 2
+        init_ray()  # one local Ray instance for every in-process search of sections 1 and 2
         try:
             if "1" in chosen:
                 started = time.perf_counter()

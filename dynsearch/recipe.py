@@ -18,6 +18,7 @@ from dynsearch.models.kinds import BACKBONE_KINDS, backbone_extras
 
 OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"
+LR_SCHEDULES = ("constant", "cosine")  # training/lightning.py implements them
 
 
 class _Strict(BaseModel):
@@ -377,7 +378,7 @@ class Recipe(_Strict):
     trials: int = Field(16, ge=1, le=100000)
     epochs: int = Field(15, ge=1, le=10000)
     batch_size: int = Field(64, ge=1, le=65536)
-    lr_schedule: Literal["constant", "cosine"] = Field(
+    lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant", description="cosine: Adam's learning rate annealed to 0 over each trial's steps"
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)

@@ -10,9 +10,9 @@ import pytest
 def shared_ray():
     import ray
 
-    from dynsearch.compat import init_ray_on_loopback
+    from dynsearch.tuning.tuner import init_ray
 
-    init_ray_on_loopback(include_dashboard=False, log_to_driver=False, logging_level="error")
+    assert init_ray(), "Ray was already running in this test process"
     try:
         yield
     finally:

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from dynsearch.dynamic import DynamicModel
+from dynsearch.recipe import LR_SCHEDULES
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -40,8 +41,8 @@ class DynamicModule(pl.LightningModule):
 
     def __init__(self, model: DynamicModel, lr: float, lr_schedule: str = "constant"):
         super().__init__()
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use constant or cosine")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         self.model = model
         self.lr = lr
         self.lr_schedule = lr_schedule

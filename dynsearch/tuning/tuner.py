@@ -56,7 +56,13 @@ def _trial_files_actor(run_dir: RunDir):
 
 
 # -- the driver --------------------------------------------------------------
-def _init_ray(address: str | None, num_cpus: int | None = None):
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Start (or join) the Ray a search runs on; False when one is already initialised in this process.
+
+    ``address`` None or ``"local"``: an embedded local instance held to loopback; otherwise
+    ``ray.init(address=...)`` joins that cluster. Several searches in one process (a notebook,
+    the benchmarks, the tests) call this once and share the instance; the caller that got
+    True shuts it down."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the processes Ray starts
@@ -130,7 +136,7 @@ def _fit(recipe: Recipe, run_dir: RunDir, splits, trainable: Trainable, attempts
 
     data_shape = {"input_shape": tuple(splits.input_shape), "num_classes": splits.num_classes}
     searcher = StudySearch(recipe, run_dir, data_shape)
-    started_ray = _init_ray(recipe.address)
+    started_ray = init_ray(recipe.address)
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
     files = _trial_files_actor(run_dir)
     trainable = tune.with_resources(
