@@ -381,6 +381,10 @@ class Recipe(_Strict):
     lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant", description="cosine: Adam's learning rate annealed to 0 over each trial's steps"
     )
+    channels_last: bool = Field(
+        False, description="train conv models with 4-D tensors in channels-last layout (faster on many CPUs; "
+                           "benchmarks/results/channels_last.json); weights are stored and measured contiguous"
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     seed: int = 0
     cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from dynsearch import cli
@@ -156,3 +157,39 @@ def test_recipe_lr_schedule_is_in_each_trial_config():
     study = optuna.create_study(directions=["maximize", "minimize"])
     config = get_space(recipe.space).define(study.ask(), recipe, data)
     assert config["train"]["lr_schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_trains_in_that_layout_and_stores_contiguous(digits, channels_last):
+    import pytorch_lightning as pl
+
+    from conftest import exits_config
+    from dynsearch.training.trial import train_model
+
+    layouts = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *_):
+            weight = module.model.stages[1][0][0].weight  # 32x8x3x3: the two layouts differ
+            layouts.append((weight.is_contiguous(), weight.is_contiguous(memory_format=torch.channels_last)))
+
+    config = exits_config()
+    config["train"] = {**config["train"], "channels_last": channels_last}
+    model = train_model(config, digits, callbacks=[Record()])
+    assert layouts and set(layouts) == {(not channels_last, channels_last)}
+    assert all(t.is_contiguous() for t in model.state_dict().values())  # safetensors needs it
+
+
+def test_recipe_channels_last_is_in_each_trial_config():
+    import optuna
+
+    from dynsearch.spaces import get_space
+
+    data = type("Data", (), {"input_shape": (1, 8, 8), "num_classes": 10})()
+    for value in (False, True):
+        recipe = parse_recipe({**BASE, "channels_last": value}, source="test")
+        config = get_space(recipe.space).define(optuna.create_study(directions=["maximize", "minimize"]).ask(),
+                                                recipe, data)
+        assert config["train"]["channels_last"] is value
+    with pytest.raises(Exception, match="channels_last"):
+        parse_recipe({**BASE, "channels_last": "sometimes"}, source="test")

@@ -37,18 +37,28 @@ class DynamicModule(pl.LightningModule):
     """A DynamicModel trained with Adam at learning rate ``lr``; validation runs in eval mode.
 
     ``lr_schedule``: ``constant``, or ``cosine`` (annealed to 0 over the fit's steps, stepped each batch).
+    ``channels_last``: the model's 4-D weights and each 4-D batch are in channels-last layout during the
+    fit (a speed choice: the values are the same); ``train_model`` makes the weights contiguous after.
     """
 
-    def __init__(self, model: DynamicModel, lr: float, lr_schedule: str = "constant"):
+    def __init__(self, model: DynamicModel, lr: float, lr_schedule: str = "constant", channels_last: bool = False):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         self.model = model
         self.lr = lr
         self.lr_schedule = lr_schedule
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # before any optimizer holds the parameters
+            self.model.to(memory_format=torch.channels_last)
         self._val_correct = 0
         self._val_macs = 0.0
         self._val_count = 0
+
+    def _layout(self, x):
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def on_train_batch_start(self, _batch, _index):
         # Multi-stage schemes (two-stage exits, SkipNet's RL stage) switch on this.
@@ -56,7 +66,7 @@ class DynamicModule(pl.LightningModule):
 
     def training_step(self, batch, _index):
         x, y = batch
-        loss = self.model.training_loss(self.model(x), y)
+        loss = self.model.training_loss(self.model(self._layout(x)), y)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"training loss is {float(loss)} at epoch {self.current_epoch}")
         return loss
@@ -66,7 +76,7 @@ class DynamicModule(pl.LightningModule):
 
     def validation_step(self, batch, _index):
         x, y = batch
-        out = self.model(x)  # eval mode: real per-sample decisions
+        out = self.model(self._layout(x))  # eval mode: real per-sample decisions
         self._val_correct += int((out.logits.argmax(1) == y).sum())
         self._val_macs += float(out.trace.macs_per_sample(self.model.component_macs()).sum())
         self._val_count += len(y)

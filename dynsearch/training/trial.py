@@ -53,8 +53,11 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
         callbacks=callbacks,
         deterministic=False,
     )
-    trainer.fit(DynamicModule(model, float(train["lr"]), train.get("lr_schedule", "constant")), train_loader, val_loader)
-    model.cpu().eval()
+    module = DynamicModule(model, float(train["lr"]), train.get("lr_schedule", "constant"),
+                           channels_last=bool(train.get("channels_last", False)))
+    trainer.fit(module, train_loader, val_loader)
+    # Stored (safetensors needs contiguous tensors), measured and exported in the default layout.
+    model.cpu().to(memory_format=torch.contiguous_format).eval()
     return model
 
 
