@@ -34,7 +34,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     """
     from dynsearch.data import load_data
     from dynsearch.measure.device import pin_threads, resolve_device
-    from dynsearch.spaces import default_backbone, default_config
+    from dynsearch.spaces import check_augment, default_backbone, default_config
     from dynsearch.training.trial import evaluate, save_trial, train_model
 
     recipe = _recipe(recipe_or_path, overrides)
@@ -42,6 +42,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
         resolve_device(recipe.latency.device)
     pin_threads(recipe.cpus_per_trial)
     splits = load_data(recipe.data)
+    check_augment(recipe, splits.input_shape)
     if recipe.backbone.kind == "user":
         from dynsearch.models.user import check_user_backbone
 

@@ -19,6 +19,7 @@ from dynsearch.models.kinds import BACKBONE_KINDS, backbone_extras
 OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"
 LR_SCHEDULES = ("constant", "cosine")  # training/lightning.py implements them
+AUGMENTATIONS = ("hflip", "crop")  # training/augment.py implements them
 
 
 class _Strict(BaseModel):
@@ -380,6 +381,10 @@ class Recipe(_Strict):
     batch_size: int = Field(64, ge=1, le=65536)
     lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant", description="cosine: Adam's learning rate annealed to 0 over each trial's steps"
+    )
+    augment: list[Literal[AUGMENTATIONS]] = Field(
+        default_factory=list, description="training-batch augmentation of image data: hflip (mirror left-right "
+                                          "with probability 1/2), crop (shift up to 2 pixels, zero-padded)"
     )
     channels_last: bool = Field(
         False, description="train conv models with 4-D tensors in channels-last layout (faster on many CPUs; "

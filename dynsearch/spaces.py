@@ -107,6 +107,7 @@ def check_space(recipe, data) -> None:
 
     from dynsearch.errors import UserError
 
+    check_augment(recipe, data.input_shape)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = optuna.create_study().ask()
     get_space(recipe.space).define(trial, recipe, data)
@@ -114,6 +115,17 @@ def check_space(recipe, data) -> None:
         raise UserError(
             f"recipe field 'space': search space {recipe.space!r} asks for no parameters, so there is nothing "
             "to search; use 'dynsearch train' for a single model or a space with parameters"
+        )
+
+
+def check_augment(recipe, input_shape) -> None:
+    """Refuse ``augment`` on data that is not images ``[C, H, W]``."""
+    from dynsearch.errors import UserError
+
+    if recipe.augment and len(tuple(input_shape)) != 3:
+        raise UserError(
+            f"recipe field 'augment': {', '.join(recipe.augment)} needs image data [C, H, W], but this data's "
+            f"inputs have shape {list(input_shape)}; remove 'augment' for this data"
         )
 
 
@@ -291,6 +303,7 @@ def trial_config(trial, recipe, data, mechanism: str, parts: dict[str, Any],
             "epochs": recipe.epochs,
             "batch_size": recipe.batch_size,
             "lr_schedule": recipe.lr_schedule,
+            "augment": list(recipe.augment),
             "channels_last": recipe.channels_last,
             "seed": recipe.seed + trial.number,
         },

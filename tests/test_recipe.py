@@ -67,6 +67,8 @@ INVALID = [
     (_with(trials="many"), "field 'trials'"),
     (_with(epochs=-3), "field 'epochs'"),
     (_with(lr_schedule="step"), "field 'lr_schedule'"),
+    (_with(augment=["rotate"]), "field 'augment.0'"),
+    (_with(channels_last="sometimes"), "field 'channels_last'"),
     (_with(sampler__name="grid"), "field 'sampler.name'"),
     (_with(sampler__population_size=50), "population_size"),
     (_with(cpus_per_trial=0), "field 'cpus_per_trial'"),
@@ -193,3 +195,65 @@ def test_recipe_channels_last_is_in_each_trial_config():
         assert config["train"]["channels_last"] is value
     with pytest.raises(Exception, match="channels_last"):
         parse_recipe({**BASE, "channels_last": "sometimes"}, source="test")
+
+
+def test_augment_flips_and_shifts_training_batches_seeded():
+    from dynsearch.training.augment import CROP_PAD, augment_batch
+
+    x = torch.rand(256, 1, 8, 8) + 1.0  # no zero pixels: a shift brings zeros in
+    flipped = augment_batch(x, ["hflip"], torch.Generator().manual_seed(0))
+    mirrored = (flipped == x.flip(3)).flatten(1).all(1)
+    kept = (flipped == x).flatten(1).all(1)
+    assert bool((mirrored | kept).all()) and 0.3 < float(mirrored.float().mean()) < 0.7
+    again = augment_batch(x, ["hflip"], torch.Generator().manual_seed(0))
+    assert torch.equal(flipped, again)
+    shifted = augment_batch(x, ["crop"], torch.Generator().manual_seed(1))
+    assert shifted.shape == x.shape
+    zeros = (shifted == 0).flatten(1).sum(1)
+    assert int(zeros.max()) > 0 and int(zeros.max()) <= 8 * 8 - (8 - CROP_PAD) ** 2
+    # each unshifted image is unchanged; each shifted one is x moved (its pixels are x's)
+    assert all(set(shifted[i][shifted[i] != 0].tolist()) <= set(x[i].flatten().tolist()) for i in range(8))
+    with pytest.raises(ValueError, match="image batches"):
+        augment_batch(torch.rand(4, 8), ["hflip"], torch.Generator())
+
+
+def test_recipe_augment_reaches_training_and_is_refused_for_non_image_data(digits):
+    import optuna
+
+    from dynsearch.spaces import check_augment, get_space
+
+    recipe = parse_recipe({**BASE, "augment": ["hflip", "crop"]}, source="test")
+    data = type("Data", (), {"input_shape": (1, 8, 8), "num_classes": 10})()
+    config = get_space(recipe.space).define(optuna.create_study(directions=["maximize", "minimize"]).ask(),
+                                            recipe, data)
+    assert config["train"]["augment"] == ["hflip", "crop"]
+    check_augment(recipe, (1, 8, 8))
+    with pytest.raises(UserError, match="recipe field 'augment'.*remove 'augment'"):
+        check_augment(recipe, (40,))
+    with pytest.raises(Exception, match="augment"):
+        parse_recipe({**BASE, "augment": ["rotate"]}, source="test")
+
+
+def test_augment_changes_training_only(digits):
+    from conftest import exits_config
+    from dynsearch.measure.evaluate import measure
+    from dynsearch.training.trial import train_model
+
+    weights = {}
+    for augment in ([], ["hflip"]):
+        config = exits_config()
+        config["train"] = {**config["train"], "augment": augment}
+        model = train_model(config, digits)
+        weights[tuple(augment)] = model.state_dict()["stages.1.0.0.weight"].clone()
+        assert measure(model, digits.val_x, digits.val_y)["accuracy"] > 0.5
+    assert not torch.equal(weights[()], weights[("hflip",)])
+
+
+def test_augment_on_non_image_data_exits_2_before_training(tmp_path, capsys):
+    data = yaml.safe_load(open(builtin_recipes()["mnist1d-moe"]).read())
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump({**data, "augment": ["hflip"]}))
+    code = cli.main(["train", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "recipe field 'augment'" in err, err
+    assert not (tmp_path / "out").exists()

@@ -52,7 +52,7 @@ POINTS_FILE = "operating_points.json"
 
 # What makes two searches' trials comparable; the trial budget, sampler and
 # resources may change between runs of the same search.
-RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "lr_schedule", "latency")
+RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "lr_schedule", "augment", "latency")
 # What --new moves aside (everything a search writes, see README "Run directory").
 SEARCH_STATE = (RECIPE_FILE, STUDY_FILE, TRIALS_DIR, FRONT_FILE, RAY_DIR, REPORT_PNG, REPORT_HTML, WANDB_DIR)
 

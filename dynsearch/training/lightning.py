@@ -19,6 +19,7 @@ import torch
 
 from dynsearch.dynamic import DynamicModel
 from dynsearch.recipe import LR_SCHEDULES
+from dynsearch.training.augment import augment_batch
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -37,11 +38,13 @@ class DynamicModule(pl.LightningModule):
     """A DynamicModel trained with Adam at learning rate ``lr``; validation runs in eval mode.
 
     ``lr_schedule``: ``constant``, or ``cosine`` (annealed to 0 over the fit's steps, stepped each batch).
+    ``augment``: names from ``training/augment.py`` applied to each training batch (seeded by ``augment_seed``).
     ``channels_last``: the model's 4-D weights and each 4-D batch are in channels-last layout during the
     fit (a speed choice: the values are the same); ``train_model`` makes the weights contiguous after.
     """
 
-    def __init__(self, model: DynamicModel, lr: float, lr_schedule: str = "constant", channels_last: bool = False):
+    def __init__(self, model: DynamicModel, lr: float, lr_schedule: str = "constant", channels_last: bool = False,
+                 augment=(), augment_seed: int = 0):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
@@ -49,6 +52,8 @@ class DynamicModule(pl.LightningModule):
         self.lr = lr
         self.lr_schedule = lr_schedule
         self.channels_last = bool(channels_last)
+        self.augment = tuple(augment)
+        self._augment_generator = torch.Generator().manual_seed(int(augment_seed))
         if self.channels_last:  # before any optimizer holds the parameters
             self.model.to(memory_format=torch.channels_last)
         self._val_correct = 0
@@ -66,6 +71,8 @@ class DynamicModule(pl.LightningModule):
 
     def training_step(self, batch, _index):
         x, y = batch
+        if self.augment:
+            x = augment_batch(x, self.augment, self._augment_generator)
         loss = self.model.training_loss(self.model(self._layout(x)), y)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"training loss is {float(loss)} at epoch {self.current_epoch}")

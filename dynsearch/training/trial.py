@@ -54,7 +54,8 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
         deterministic=False,
     )
     module = DynamicModule(model, float(train["lr"]), train.get("lr_schedule", "constant"),
-                           channels_last=bool(train.get("channels_last", False)))
+                           channels_last=bool(train.get("channels_last", False)),
+                           augment=train.get("augment", ()), augment_seed=int(train["seed"]))
     trainer.fit(module, train_loader, val_loader)
     # Stored (safetensors needs contiguous tensors), measured and exported in the default layout.
     model.cpu().to(memory_format=torch.contiguous_format).eval()
