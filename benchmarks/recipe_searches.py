@@ -40,11 +40,12 @@ def main() -> None:
     runs = dict(previous.get("runs", {}))
     command = "python " + " ".join(["benchmarks/recipe_searches.py", *sys.argv[1:]])
     for recipe in args.recipes:
+        name = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe  # a built-in name or a file
         if args.work:
-            out = Path(args.work) / recipe
+            out = Path(args.work) / name
             out.parent.mkdir(parents=True, exist_ok=True)
         else:
-            out = Path(tempfile.mkdtemp(prefix=f"dynsearch-{recipe}-")) / "run"
+            out = Path(tempfile.mkdtemp(prefix=f"dynsearch-{name}-")) / "run"
         load_before = os.getloadavg()
         started = time.perf_counter()
         subprocess.run(["dynsearch", "search", recipe, "--trials", str(args.trials), "--out", str(out)],
@@ -52,7 +53,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         front = json.loads(subprocess.run(["dynsearch", "pareto", str(out), "--json"], check=True,
                                           capture_output=True, text=True).stdout)
-        runs[recipe] = {
+        runs[name] = {
             "date": time.strftime("%Y-%m-%d"),
             "command": command,
             "wall_seconds": round(seconds, 1),
@@ -66,7 +67,7 @@ def main() -> None:
                                                 "stats")}
                       | {"mechanism": item["config"]["mechanism"]} for item in front],
         }
-        print(f"{recipe}: {seconds:.0f} s, front of {len(front)}", flush=True)
+        print(f"{name}: {seconds:.0f} s, front of {len(front)}", flush=True)
         write(args, command, runs)
 
 
