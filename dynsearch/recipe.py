@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dynsearch.errors import UserError
-from dynsearch.models.kinds import BACKBONE_KINDS, backbone_extras
+from dynsearch.models.kinds import BACKBONE_KINDS, CLASSIFIERS, backbone_extras
 
 OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
 DEFAULT_RECIPE = "digits-exits"
@@ -216,6 +216,9 @@ class BackboneSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, le=0.9, description="dropout after each hidden layer (mlp)")
     ffn_width: Optional[int] = Field(None, ge=1, le=16384, description="feed-forward width (transformer; "
                                      "default twice the model width)")
+    classifier: Literal[CLASSIFIERS] = Field("pool", description="final classifier (cnn, resnet): pool = global "
+                                             "average pooling then linear; flatten = linear on the whole last "
+                                             "feature map (keeps where features are)")
     callable: Optional[str] = Field(None, description="kind user: package.module:function returning the stages")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="kind user: keyword arguments of the callable")
     module_path: Optional[str] = Field(None, description="kind user: folder of the callable's module")
@@ -232,12 +235,12 @@ class BackboneSpec(_Strict):
 
     def as_config(self) -> dict[str, Any]:
         """The fixed backbone of a trial config: the user fields only for ``kind: user``; kernel,
-        dropout and ffn_width only where they differ from their defaults (so configs written before
+        dropout, ffn_width and classifier only where they differ from their defaults (so configs written before
         these fields existed, and the models built from them, stay as they were); never ``search``."""
         user_fields = {"search"} | (set() if self.kind == "user" else {"callable", "kwargs", "module_path"})
-        config = self.model_dump(exclude=user_fields | {"kernel", "dropout", "ffn_width"})
+        config = self.model_dump(exclude=user_fields | {"kernel", "dropout", "ffn_width", "classifier"})
         if self.kind != "user":
-            config.update(backbone_extras(self.kind, self.kernel, self.dropout, self.ffn_width))
+            config.update(backbone_extras(self.kind, self.kernel, self.dropout, self.ffn_width, self.classifier))
         return config
 
     @field_validator("widths")
@@ -253,6 +256,13 @@ class BackboneSpec(_Strict):
         if kernel % 2 == 0:
             raise ValueError(f"the kernel size must be odd (it keeps the resolution); use {kernel - 1} or {kernel + 1}")
         return kernel
+
+    @model_validator(mode="after")
+    def _classifier_kind(self) -> "BackboneSpec":
+        if self.classifier != "pool" and self.kind not in ("cnn", "resnet"):
+            raise ValueError(f"backbone.classifier: {self.classifier} is for kind cnn or resnet (got kind "
+                             f"{self.kind}); remove the field")
+        return self
 
     @model_validator(mode="after")
     def _transformer_widths(self) -> "BackboneSpec":

@@ -206,9 +206,9 @@ def suggest_backbone(trial, recipe) -> dict[str, Any]:
     dropout = ask("dropout") if "dropout" in search else spec.dropout
     ffn_width = ask("ffn_width") if "ffn_width" in search else spec.ffn_width
     config.update(widths=[int(w) for w in widths], depth=int(depth), heads=int(heads))
-    for key in ("kernel", "dropout", "ffn_width"):
+    for key in ("kernel", "dropout", "ffn_width", "classifier"):
         config.pop(key, None)
-    config.update(backbone_extras(spec.kind, kernel, dropout, ffn_width))
+    config.update(backbone_extras(spec.kind, kernel, dropout, ffn_width, spec.classifier))
     return config
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.models.backbones import make_head, stage_output_shapes
+from dynsearch.models.backbones import final_classifier, make_head, stage_output_shapes
 from dynsearch.models.build import build_backbone
 from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
@@ -83,7 +83,8 @@ def _tiny(policy: str = "confidence", **exits: Any) -> dict[str, Any]:
         "mechanism": "exits",
         "input_shape": [1, 8, 8],
         "num_classes": 10,
-        "backbone": {"kind": exits.pop("kind", "cnn"), "widths": [4, 8, 8], "depth": 1},
+        "backbone": {"kind": exits.pop("kind", "cnn"), "widths": [4, 8, 8], "depth": 1,
+                     **({"classifier": exits.pop("classifier")} if "classifier" in exits else {})},
         "exits": {"stages": [0, 1], "head_width": 8, "policy": policy, "loss_weight": 0.5, **exits},
         "train": tiny_train(),
         "trial": 0,
@@ -135,7 +136,7 @@ class EarlyExitNet(DynamicModel):
                 for i in self.exit_stages
             }
         )
-        self.classifier = make_head(shapes[last], num_classes)
+        self.classifier = final_classifier(shapes[last], config)
         self._exit_set = set(self.exit_stages)
         # Plain lookups for the batch-1 hot path (the modules stay registered in self.heads).
         self._head_by_stage = [self.heads[str(i)] if i in self._exit_set else None for i in range(len(stages))]
@@ -149,7 +150,7 @@ class EarlyExitNet(DynamicModel):
             _tiny("confidence", threshold=0.135),
             _tiny("entropy", threshold=2.22, training="two_stage", kind="mlp"),
             _tiny("fastbert", threshold=0.9, loss_weights="linear", kind="resnet"),
-            _tiny("patience", patience=1, loss_weights="linear"),
+            _tiny("patience", patience=1, loss_weights="linear", classifier="flatten"),  # + a flattened classifier
         ]
 
     # -- display ------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.models.backbones import make_head, self_attention, stage_output_shapes
+from dynsearch.models.backbones import final_classifier, self_attention, stage_output_shapes
 from dynsearch.models.build import build_backbone
 from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, listed, register_mechanism, tiny_train
 
@@ -205,7 +205,7 @@ class MoENet(DynamicModel):
             moe_class(layer, self.count, self.top_k, capacity) if i in self.moe_layers else layer
             for i, layer in enumerate(layers)
         )
-        self.classifier = make_head(shapes[-1], config["num_classes"])
+        self.classifier = final_classifier(shapes[-1], config)
         self.tokens = int(config["input_shape"][0]) if kind == "transformer" else 1
 
     @classmethod
@@ -393,7 +393,7 @@ class CondConvNet(DynamicModel):
                 if isinstance(module, nn.Conv2d):
                     convs[j] = CondConv2d(module, self.experts)
                     self.condconvs.append(convs[j])
-        self.classifier = make_head(shapes[-1], config["num_classes"])
+        self.classifier = final_classifier(shapes[-1], config)
 
     @classmethod
     def tiny_configs(cls) -> list[dict[str, Any]]:

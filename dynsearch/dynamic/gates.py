@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynsearch.models.backbones import make_head, stage_output_shapes
+from dynsearch.models.backbones import final_classifier, stage_output_shapes
 from dynsearch.models.build import build_backbone
 from dynsearch.dynamic import rules
 from dynsearch.dynamic.base import (
@@ -124,7 +124,7 @@ class GatedResNet(DynamicModel):
         width = int(gates.get("width", 16))
         self.gates = nn.ModuleDict({str(k): self.gate_class(channels[k], width) for k in self.gated})
         shapes = stage_output_shapes(self.stem, stages, config["input_shape"])
-        self.classifier = make_head(shapes[-1], config["num_classes"])
+        self.classifier = final_classifier(shapes[-1], config)
         targets = gates.get("target_rate", 0.6)
         targets = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(self.gated)
         if len(targets) != len(self.gated):

@@ -172,15 +172,27 @@ class SequenceMean(nn.Module):
         return x.mean(dim=1)
 
 
-def make_head(feature_shape: Sequence[int], num_classes: int, hidden: int | None = None) -> nn.Module:
+def final_classifier(feature_shape: Sequence[int], config: dict) -> nn.Module:
+    """The final classifier of a trial config's model: ``make_head`` on the last features, pooled or
+    (backbone ``classifier: flatten``) linear on the whole feature map."""
+    flatten = (config.get("backbone") or {}).get("classifier", "pool") == "flatten"
+    return make_head(feature_shape, config["num_classes"], flatten=flatten)
+
+
+def make_head(feature_shape: Sequence[int], num_classes: int, hidden: int | None = None,
+              flatten: bool = False) -> nn.Module:
     """A classifier on features of shape ``feature_shape`` (no batch dim).
 
     Image features are average-pooled (to 2x2 with a hidden layer, to 1x1
-    without) and flattened; sequence features ``[L, F]`` are averaged over
-    the sequence; ``hidden`` adds one ReLU layer of that width.
+    without) and flattened, or with ``flatten`` flattened whole (every
+    position keeps its own weights); sequence features ``[L, F]`` are averaged
+    over the sequence; ``hidden`` adds one ReLU layer of that width.
     """
     layers: list[nn.Module] = []
-    if len(feature_shape) == 2:
+    if flatten and len(feature_shape) == 3:
+        layers.append(nn.Flatten())
+        in_features = feature_shape[0] * feature_shape[1] * feature_shape[2]
+    elif len(feature_shape) == 2:
         layers.append(SequenceMean())
         in_features = feature_shape[1]
     elif len(feature_shape) == 3:

@@ -6,14 +6,19 @@ from typing import Any, Optional
 BACKBONE_KINDS = ("cnn", "mlp", "resnet", "transformer", "user", "recurrent")
 
 
-def backbone_extras(kind: str, kernel: int = 3, dropout: float = 0.0, ffn_width: Optional[int] = None
-                    ) -> dict[str, Any]:
+CLASSIFIERS = ("pool", "flatten")  # the final classifier of a cnn / resnet (models/backbones.py make_head)
+
+
+def backbone_extras(kind: str, kernel: int = 3, dropout: float = 0.0, ffn_width: Optional[int] = None,
+                    classifier: str = "pool") -> dict[str, Any]:
     """The backbone config keys beyond kind / widths / depth / heads, only where they differ from
-    the defaults (kernel 3, no dropout, feed-forward twice the width): configs written before these
-    keys existed build the same models, and a fixed backbone's config is what it was."""
+    the defaults (kernel 3, no dropout, feed-forward twice the width, pooled classifier): configs
+    written before these keys existed build the same models, and a fixed backbone's config is what it was."""
     extras: dict[str, Any] = {}
     if kind in ("cnn", "resnet") and int(kernel) != 3:
         extras["kernel"] = int(kernel)
+    if kind in ("cnn", "resnet") and classifier != "pool":
+        extras["classifier"] = str(classifier)
     if kind == "mlp" and dropout:
         extras["dropout"] = float(dropout)
     if kind == "transformer" and ffn_width is not None:
@@ -42,6 +47,8 @@ def describe_backbone(backbone: dict[str, Any] | None) -> str:
     text = f"{kind} {'-'.join(map(str, widths))} {depth}"
     if kind in ("cnn", "resnet"):
         text += f" k{backbone.get('kernel', 3)}"
+        if backbone.get("classifier", "pool") != "pool":
+            text += f" {backbone['classifier']}"
     if kind == "mlp" and backbone.get("dropout"):
         text += f" p{float(backbone['dropout']):.2g}"
     return text
