@@ -69,6 +69,8 @@ INVALID = [
     (_with(lr_schedule="step"), "field 'lr_schedule'"),
     (_with(augment=["rotate"]), "field 'augment.0'"),
     (_with(channels_last="sometimes"), "field 'channels_last'"),
+    (_with(backbone__classifier="attention"), "field 'backbone.classifier'"),
+    (_with(backbone__kind="mlp", backbone__classifier="flatten"), "backbone.classifier: flatten is for kind cnn or resnet"),
     (_with(sampler__name="grid"), "field 'sampler.name'"),
     (_with(sampler__population_size=50), "population_size"),
     (_with(cpus_per_trial=0), "field 'cpus_per_trial'"),
@@ -195,6 +197,32 @@ def test_recipe_channels_last_is_in_each_trial_config():
         assert config["train"]["channels_last"] is value
     with pytest.raises(Exception, match="channels_last"):
         parse_recipe({**BASE, "channels_last": "sometimes"}, source="test")
+
+
+@pytest.mark.parametrize("space,kind", [("exits", "cnn"), ("gates", "resnet"), ("experts", "cnn")])
+def test_backbone_classifier_reaches_each_trial_config_and_builds_that_head(space, kind):
+    import optuna
+
+    from dynsearch.dynamic import build_model
+    from dynsearch.models.kinds import describe_backbone
+    from dynsearch.spaces import get_space
+
+    data = type("Data", (), {"input_shape": (1, 8, 8), "num_classes": 10})()
+    built = {}
+    for classifier, search in (("pool", None), ("flatten", None), ("flatten", {"depth": [1, 2]})):
+        backbone = {"kind": kind, "widths": [4, 8], "classifier": classifier, **({"search": search} if search else {})}
+        recipe = parse_recipe({**BASE, "space": space, "backbone": backbone}, source="test")
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+        config = get_space(recipe.space).define(study.ask(), recipe, data)
+        # The default is not written, so configs made before the field existed build the same models.
+        assert config["backbone"].get("classifier") == (None if classifier == "pool" else "flatten")
+        assert (" flatten" in describe_backbone(config["backbone"])) is (classifier == "flatten")
+        model = build_model(config)
+        # The last stage's map is 8 channels at 4x4: flatten has a weight per channel and position, pool per channel.
+        assert model.classifier[-1].in_features == (8 * 4 * 4 if classifier == "flatten" else 8)
+        built[(classifier, bool(search))] = model.macs_full()
+    # The flattened head's larger linear layer is counted in the static path's MACs.
+    assert built[("flatten", False)] - built[("pool", False)] == 10 * 8 * (16 - 1)
 
 
 def test_augment_flips_and_shifts_training_batches_seeded():
