@@ -33,7 +33,7 @@ def _ray_times(run_dir: Path) -> dict[int, float]:
         lines = result_file.read_text().splitlines()
         if lines:
             last = json.loads(lines[-1])
-            times[int(last["config"]["dynsearch"]["trial"])] = float(last["time_total_s"])
+            times[int(last["config"]["trial"])] = float(last["time_total_s"])
     return times
 
 

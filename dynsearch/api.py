@@ -32,21 +32,14 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean).
     With ``out``, the config, weights and metrics are written there.
     """
-    from dynsearch.data import load_data
-    from dynsearch.measure.device import pin_threads, resolve_device
-    from dynsearch.spaces import check_augment, default_backbone, default_config
+    from dynsearch.measure.device import pin_threads
+    from dynsearch.problem import prepare
+    from dynsearch.spaces import default_config
     from dynsearch.training.trial import evaluate, save_trial, train_model
 
     recipe = _recipe(recipe_or_path, overrides)
-    if recipe.measures_latency:
-        resolve_device(recipe.latency.device)
     pin_threads(recipe.cpus_per_trial)
-    splits = load_data(recipe.data)
-    check_augment(recipe, splits.input_shape)
-    if recipe.backbone.kind == "user":
-        from dynsearch.models.user import check_user_backbone
-
-        check_user_backbone(default_backbone(recipe), splits.input_shape)
+    splits = prepare(recipe, search=False).splits
     config = default_config(recipe, splits)
     model = train_model(config, splits)
     metrics = evaluate(model, splits)
@@ -96,19 +89,32 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
     ``out`` defaults to ``runs/<recipe name>``. Resuming a search of another
     recipe is refused unless ``new`` (the old search is moved to ``out/previous/<k>``).
     """
+    from dynsearch.problem import prepare
     from dynsearch.run.front import trial_counts
     from dynsearch.training.trainable import run_trial
     from dynsearch.tuning.tuner import run_search
 
     recipe = _recipe(recipe_or_path, overrides)
     out = Path(out) if out is not None else Path("runs") / recipe.name
+    problem = prepare(recipe)  # what the user can fix fails here, before the run directory exists
     callback = None
     if progress:
         from dynsearch.tuning.progress import Progress
 
         callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names)
-    run_dir = run_search(recipe, out, run_trial, progress=callback, new=new)
+    run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results)
     return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))
+
+
+def write_results(run_dir: Path) -> tuple[list[dict[str, Any]], Path]:
+    """What a search leaves in its run directory when it ends: the front (``pareto.json``) and the
+    report (``pareto.png``, ``pareto.html``); returns the front and the report's PNG."""
+    from dynsearch.run.front import write_front
+    from dynsearch.run.report import write_report
+
+    front = write_front(run_dir)
+    png, _ = write_report(run_dir)
+    return front, png
 
 
 def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str, Any]]:
@@ -118,14 +124,14 @@ def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str
     ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
     mechanism's statistics on the validation split, e.g. ``exit_histogram``).
     With ``operating_points``: the front over every operating point of every
-    trial, each item also naming its ``point`` and ``knobs`` (deploy/points.py).
+    trial, each item also naming its ``point`` and ``knobs`` (run/front.py: ``operating_front``).
     """
+    from dynsearch.run.front import operating_front, pareto as trial_front
+
     if operating_points:
-        from dynsearch.deploy.points import operating_front
+        from dynsearch.deploy.points import trial_points
 
-        return operating_front(run_dir)
-    from dynsearch.run.front import pareto as trial_front
-
+        return operating_front(run_dir, trial_points)
     return trial_front(run_dir)
 
 

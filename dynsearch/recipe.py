@@ -32,12 +32,18 @@ def _base_dir(info: ValidationInfo) -> Path:
     return Path(base) if base is not None else Path.cwd()
 
 
+def _stored(info: ValidationInfo) -> bool:
+    """Whether a run directory's resolved recipe is being read back (``parse_recipe(stored=True)``)."""
+    return bool((info.context or {}).get("stored"))
+
+
 def _resolve_user_paths(section: str, data: Any, info: ValidationInfo, paths: tuple[str, ...]) -> Any:
     """Make the section's paths absolute (relative to the recipe's folder) and record the folder a
-    user callable's module is imported from, so that Ray workers and ``load`` find it too."""
+    user callable's module is imported from, so that Ray workers and ``load`` find it too.
+    A stored recipe's paths were resolved when it was written: they are kept as they are."""
     from dynsearch.user_code import find_module_dir
 
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or _stored(info):
         return data  # pydantic reports the wrong type
     data, base = dict(data), _base_dir(info)
     for key in paths:
@@ -413,10 +419,10 @@ class Recipe(_Strict):
 
     @field_validator("space")
     @classmethod
-    def _known_space(cls, space: str) -> str:
+    def _known_space(cls, space: str, info: ValidationInfo) -> str:
         from dynsearch.spaces import available_spaces
 
-        if space not in available_spaces():
+        if not _stored(info) and space not in available_spaces():
             raise ValueError(f"unknown search space {space!r}; use one of {available_spaces()}")
         return space
 
@@ -429,9 +435,11 @@ class Recipe(_Strict):
         return objectives
 
     @model_validator(mode="after")
-    def _space_fits(self) -> "Recipe":
+    def _space_fits(self, info: ValidationInfo) -> "Recipe":
         from dynsearch.spaces import get_space
 
+        if _stored(info):  # checked when it was written; a plugin space need not be installed to read a run
+            return self
         check = getattr(get_space(self.space), "check_recipe", None)
         if check is not None:
             check(self)  # raises ValueError naming the field and the fix
@@ -494,16 +502,19 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     return f"{where}: {field}: {message}{shown}"
 
 
-def parse_recipe(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Recipe:
+def parse_recipe(data: Any, source: str = "<dict>", base_dir: Path | None = None, stored: bool = False) -> Recipe:
     """Validate a mapping into a Recipe; raise UserError with a one-line message.
 
     Relative paths and user modules (data, backbone) are looked up in ``base_dir``
     (the recipe file's folder; default the current directory) and stored absolute.
+    ``stored``: the resolved recipe a search wrote into its run directory, read back
+    (``RunDir.read_recipe``): its shape is checked, not this machine (its data paths,
+    user modules and search space were checked when it was written).
     """
     if not isinstance(data, dict):
         raise UserError(f"recipe {source}: must be a YAML mapping of fields (got {type(data).__name__})")
     try:
-        return Recipe.model_validate(data, context={"base_dir": base_dir})
+        return Recipe.model_validate(data, context={"base_dir": base_dir, "stored": stored})
     except ValidationError as exc:
         raise UserError(_format_error(exc.errors()[0], source)) from None
 

@@ -68,7 +68,7 @@ def test_cuda_target_is_a_usage_error_where_absent(tmp_path):
 
 def test_gate_blocks_timing_while_training_and_training_while_timing():
     from dynsearch.compat import init_ray_on_loopback
-    from dynsearch.measure.isolation import node_gate
+    from dynsearch.training.timing import node_gate
 
     started = not ray.is_initialized()
     if started:

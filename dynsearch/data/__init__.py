@@ -236,9 +236,11 @@ def load_data(data: dict[str, Any] | Any) -> Splits:
 _CARD_KEYS = ("description", "input_shape", "num_classes", "preprocessing")
 
 
-def cached_splits(data: dict[str, Any]) -> Splits:
-    """``load_data`` for a recipe's (or a card's) data section, cached: exports and operating
-    points measure several models on the same data."""
+def cached_splits(data: dict[str, Any] | Any) -> Splits:
+    """``load_data`` for a recipe's data section (a DataSpec) or a card's (its dict), cached: exports
+    and operating points measure several models on the same data."""
+    if not isinstance(data, dict):
+        data = data.model_dump()
     key = {k: v for k, v in data.items() if k not in _CARD_KEYS}
     if source_of(key) is None:
         key = {k: key.get(k) for k in ("name", "split_seed", "val_fraction", "test_fraction", "root", "train_subset")}

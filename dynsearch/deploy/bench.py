@@ -21,7 +21,7 @@ def _bench_data_section(folder, data: str | None) -> dict:
     folder = Path(folder)
     run = RunDir(folder.parent.parent)  # a trial folder is RUN_DIR/trials/<N>
     if run.recipe_path.is_file():
-        return run.read_recipe_data()["data"]
+        return run.read_recipe().data.model_dump()
     card = folder / "card.json"
     if card.is_file():
         return json.loads(card.read_text())["data"]

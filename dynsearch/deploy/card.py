@@ -16,12 +16,13 @@ from dynsearch.data import DATASETS
 from dynsearch.data.user import describe, source_of
 from dynsearch.deploy.onnx_export import onnx_support
 from dynsearch.dynamic import mechanisms
+from dynsearch.recipe import Recipe, recipe_dict
 _MEASURED = ("accuracy", "macs", "macs_full", "macs_thop", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
              "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
 
 
 def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], model, run: Path,
-              recipe: dict[str, Any], onnx_manifest: dict | None, reproduced: dict[str, Any],
+              recipe: Recipe, onnx_manifest: dict | None, reproduced: dict[str, Any],
               int8: dict | None = None) -> dict[str, Any]:
     """The card of an exported trial (card.json).
 
@@ -31,7 +32,7 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         int8: float and int8 figures of the staged graphs under onnxruntime (quantize.compare), if quantized.
     """
     mechanism = mechanisms()[config["mechanism"]]  # a plugin's too, even before any model was built
-    data = recipe["data"]
+    data = recipe.data.model_dump()
     info = DATASETS.get(data.get("name"))
     description = describe(data) if source_of(data) else info.description if info else None
     return {
@@ -39,7 +40,8 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         "run_dir": str(run),
         "mechanism": {"name": mechanism.name, "family": mechanism.family, "paper": mechanism.paper},
         # The searched objectives as the trial recorded them (validation split); load reproduces these.
-        "objectives": {name: metrics[name] for name in _objective_names(recipe) if name in metrics},
+        "objectives": {name: metrics[name] for name in dict.fromkeys(["accuracy", "macs", *recipe.metric_names])
+                       if name in metrics},
         "measured": {k: metrics[k] for k in _MEASURED if k in metrics},
         "measured_with": reproduced["measured_with"],
         "reproduced_at_export": {k: reproduced[k] for k in ("accuracy", "macs", "matches_recorded")},
@@ -48,7 +50,7 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
                  # How inputs were made from the raw data: feed the loaded model inputs made the same way.
                  "preprocessing": info.preprocessing if info and not source_of(data) else
                  "as the user's data gave them (float32, no scaling by dynsearch)"},
-        "recipe": recipe,
+        "recipe": recipe_dict(recipe),
         "runtime_policy": model.runtime_policy(),
         "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model),
                   "int8": ("the staged ONNX graphs quantized by onnxruntime (dynsearch export --quantize int8)"
@@ -57,11 +59,6 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         "int8": int8,
         "versions": _versions(onnx_manifest is not None),
     }
-
-
-def _objective_names(recipe: dict[str, Any]) -> list[str]:
-    names = [o.get("name") for o in recipe.get("objectives", []) if isinstance(o, dict)]
-    return list(dict.fromkeys(["accuracy", "macs", *names]))
 
 
 def _versions(with_onnx: bool) -> dict[str, str | None]:

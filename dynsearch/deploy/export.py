@@ -36,6 +36,7 @@ from dynsearch.deploy.quantize import check_quantize, compare, quantize_graphs
 from dynsearch.deploy.trials import CheckedTrial, check_trial
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import measure_val, same_figures
+from dynsearch.recipe import Recipe
 from dynsearch.run.front import pareto
 from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, config_sha256, read_json, write_json
 from dynsearch.run.study import open_existing
@@ -62,7 +63,7 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
     check_quantize(quantize)
     onnx = onnx or quantize is not None
     run = RunDir.existing(run_dir)
-    recipe = run.read_recipe_data()
+    recipe = run.read_recipe()
     numbers = _trial_numbers(run, trials)
     out_dir = Path(out).expanduser()
     _check_targets(out_dir, numbers)
@@ -143,14 +144,14 @@ def write_model_files(folder: Path, config: dict[str, Any], model, weights: byte
     write_json(folder / CONFIG_FILE, written)
 
 
-def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: dict[str, Any], onnx: bool,
+def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: Recipe, onnx: bool,
                         quantize: str | None = None) -> None:
     folder.mkdir()
     model = item.model
     write_model_files(folder, item.config, model, item.weights)
     onnx_manifest = int8 = None
     if onnx:
-        splits = cached_splits(recipe["data"])
+        splits = cached_splits(recipe.data)
         onnx_manifest = export_onnx(model, folder / "onnx", splits.val_x)
     if quantize:
         files = quantize_graphs(model, folder, splits.val_x)

@@ -15,7 +15,7 @@ from typing import Any
 
 from dynsearch.dynamic import build_model
 from dynsearch.errors import UserError, warn
-from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, config_sha256, read_json
+from dynsearch.run.files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, config_sha256, read_json
 
 FORMAT = "dynsearch-model/1"
 REEXPORT = "export it again with 'dynsearch export'"

@@ -1,9 +1,10 @@
-"""The operating-point front of a run and a trial exported at one of its points.
+"""A trial's operating points made sure of, and a trial set to one of them (for export).
 
 Each COMPLETE trial's points come from its ``operating_points.json`` (the sweep
 its Ray worker ran, measure/points.py); a run made before the sweep existed, or
 whose weights changed, gets the sweep computed from its verified weights the
-first time it is asked for.
+first time it is asked for (``trial_points``). Queries over a run's points (the
+operating-point front, one point by number) are run/front.py's.
 """
 from __future__ import annotations
 
@@ -17,16 +18,12 @@ from typing import Any
 
 from dynsearch.data import cached_splits
 from dynsearch.deploy.trials import check_trial
-from dynsearch.errors import UserError
 from dynsearch.measure.device import pinned_threads
 from dynsearch.measure.evaluate import measure_val, same_figures
 from dynsearch.measure.points import FORMAT, current_knobs, points_record, sweep
-from dynsearch.run.front import incomplete_trial, non_dominated
+from dynsearch.recipe import Recipe
+from dynsearch.run.front import point_of
 from dynsearch.run.rundir import RunDir, write_json
-from dynsearch.run.study import open_existing
-
-# The objectives every operating point carries (see operating_front).
-POINT_OBJECTIVES = ("accuracy", "macs", "params")
 
 
 def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
@@ -37,12 +34,12 @@ def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     stored = _read_points(path)
     if stored is not None and stored.get("weights_sha256") == _file_sha256(run.weights_path(number)):
         return stored
-    recipe = run.read_recipe_data()
+    recipe = run.read_recipe()
     checked = check_trial(run, number, recipe)  # weights verified against the trial's checksum
     measured_with = checked.measured["measured_with"]
     started = time.perf_counter()
     with pinned_threads(measured_with["threads"]):
-        points = sweep(checked.model, cached_splits(recipe["data"]), measured_with["batch_size"])
+        points = sweep(checked.model, cached_splits(recipe.data), measured_with["batch_size"])
     record = points_record(number, checked.model, points, checked.weights, measured_with,
                            time.perf_counter() - started)
     try:
@@ -68,56 +65,14 @@ def _read_points(path: Path) -> dict[str, Any] | None:
     return record if valid else None
 
 
-def find_point(run_dir: str | Path, number: int, point: int) -> dict[str, Any]:
-    """Operating point ``point`` of trial ``number``; a UserError naming the valid range otherwise."""
-    points = trial_points(run_dir, number)["points"]
-    if not 0 <= point < len(points):
-        raise UserError(f"--point {point}: trial {number} has operating points 0-{len(points) - 1}; "
-                        f"pick one from 'dynsearch pareto {run_dir} --operating-points'")
-    return points[point]
-
-
-def operating_front(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The non-dominated operating points of every COMPLETE trial, most accurate first.
-
-    Points are compared on the recipe's objectives that every point carries:
-    validation ``accuracy``, ``macs`` and ``params``; ``latency_ms`` is timed at
-    the trained point only, so a latency recipe's points are compared without it.
-    Each item: ``trial``, ``point``, ``knobs``, ``trained``, ``accuracy``, ``macs``,
-    ``test_accuracy``, ``test_macs``, ``macs_full``, ``params``, ``config`` (as
-    trained) and ``stats``."""
-    from optuna.trial import TrialState
-
-    run = RunDir.existing(run_dir)
-    objectives = [(o["name"], o["direction"]) for o in run.read_recipe_data()["objectives"]
-                  if o["name"] in POINT_OBJECTIVES]
-    candidates = []
-    for trial in open_existing(run).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        metrics, config = run.read_metrics(trial.number), run.read_config(trial.number)
-        if metrics.get("status") != "COMPLETE" or config is None:
-            raise incomplete_trial(run_dir, trial.number, run.trial_dir(trial.number))
-        record = trial_points(run, trial.number)
-        seen = set()
-        # Several knob values often give the same figures: keep one, the trained one if it is among them.
-        for item in sorted(record["points"], key=lambda p: not p["trained"]):
-            if (item["accuracy"], item["macs"]) in seen:
-                continue
-            seen.add((item["accuracy"], item["macs"]))
-            candidates.append({"trial": trial.number, **item, "macs_full": record["macs_full"],
-                               "params": int(metrics["params"]), "config": config})
-    front = non_dominated(candidates, objectives)
-    front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"], item["point"]))
-    return front
-
-
-def at_point(run: Path, checked, point: int, recipe: dict[str, Any]):
+def at_point(run: Path, checked, point: int, recipe: Recipe):
     """A trial checked for export (``trials.CheckedTrial``), set to operating point ``point``: the knobs
     in the model and its config, the point's figures as its objectives, re-measured as the trial was."""
-    item = find_point(run, checked.number, point)
+    item = point_of(trial_points(run, checked.number), point, run)
     model = checked.model
     trained_knobs = current_knobs(model)
     model.set_runtime_knobs(item["knobs"])
-    measured = measure_val(model, recipe["data"], checked.measured["measured_with"])
+    measured = measure_val(model, recipe.data, checked.measured["measured_with"])
     figures = ("accuracy", "macs", "test_accuracy", "test_macs")
     # Latency was timed at the trained point only; test statistics were not kept per point.
     metrics = {k: v for k, v in checked.metrics.items() if not k.startswith("latency") and k != "test_stats"}

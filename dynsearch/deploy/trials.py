@@ -9,6 +9,7 @@ from typing import Any
 from dynsearch.deploy.load import build_checked, check_config, parse_weights, read_bytes
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure_val, same_figures
+from dynsearch.recipe import Recipe
 from dynsearch.run.rundir import METRICS_FILE, RunDir, read_json
 
 
@@ -26,7 +27,7 @@ class CheckedTrial:
     point: dict[str, Any] | None = None  # the operating point it is exported at (operating_points.py)
 
 
-def check_trial(run: Path, number: int, recipe: dict[str, Any]) -> CheckedTrial:
+def check_trial(run: Path, number: int, recipe: Recipe) -> CheckedTrial:
     """Read a trial folder, verify its weights and re-measure the model under the trial's settings."""
     run = RunDir.of(run)
     folder = run.trial_dir(number)
@@ -42,7 +43,7 @@ def check_trial(run: Path, number: int, recipe: dict[str, Any]) -> CheckedTrial:
     weights = read_bytes(run.weights_path(number), fix)
     model = build_checked(config, parse_weights(run.weights_path(number), weights, recorded_sha, fix), folder)
     measured_with = metrics.get("measured_with") or settings_from_recipe(recipe)
-    measured = measure_val(model, recipe["data"], measured_with)
+    measured = measure_val(model, recipe.data, measured_with)
     if recorded_sha is None and not same_figures(measured, metrics):
         # No checksum (an older run): the figures are the only evidence these are the trial's weights.
         raise UserError(f"trial {number}: its weights give accuracy {measured['accuracy']} and macs "
@@ -51,5 +52,6 @@ def check_trial(run: Path, number: int, recipe: dict[str, Any]) -> CheckedTrial:
     return CheckedTrial(number, config, metrics, weights, model, measured)
 
 
-def settings_from_recipe(recipe: dict[str, Any]) -> dict[str, int]:
-    return {"batch_size": MEASURE_BATCH_SIZE, "threads": max(1, math.ceil(float(recipe.get("cpus_per_trial", 1))))}
+def settings_from_recipe(recipe: Recipe) -> dict[str, int]:
+    """What a trial made before ``measured_with`` was recorded was measured with."""
+    return {"batch_size": MEASURE_BATCH_SIZE, "threads": max(1, math.ceil(recipe.cpus_per_trial))}

@@ -1,1 +1,1 @@
-"""Measurement: accuracy and traced MACs over a split, latency, operating-point sweeps, timing isolation."""
+"""Measurement: accuracy and traced MACs over a split, latency on the target device, operating-point sweeps (no Ray)."""

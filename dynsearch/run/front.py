@@ -1,19 +1,26 @@
-"""The Pareto front of a run, read from its Optuna study and trial folders, and the one Pareto filter.
+"""The fronts of a run, read from its Optuna study and trial folders, and the one Pareto filter.
 
-Reading a front imports neither Ray nor any mechanism.
+The front of trials (``pareto``) and the front of operating points
+(``operating_front``: every trial at every value of its runtime knobs) are both
+queries over the run directory here; making sure a trial's operating points are
+recorded (computing them for runs made before the sweep) and setting a model to a
+point are deploy/points.py's. Reading a front imports neither Ray nor any mechanism.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from dynsearch.compat import compute_hypervolume
 from dynsearch.errors import UserError
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_existing
 
-# Every objective a recipe may name, with its direction (recipe.OBJECTIVE_DIRECTIONS agrees).
 LATENCY_KEYS = ("latency_ms", "latency_ms_p90", "latency_ms_mean")
+# The objectives every operating point carries (see operating_front).
+POINT_OBJECTIVES = ("accuracy", "macs", "params")
+# A trial's operating-point record (operating_points.json's content) by run directory and trial number.
+PointsOf = Callable[[RunDir, int], dict[str, Any]]
 
 
 def non_dominated(items: list[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -61,7 +68,7 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
     """
     run = RunDir.existing(run_dir)
     study = open_existing(run)
-    names = None if study.metric_names else [o["name"] for o in run.read_recipe_data()["objectives"]]
+    names = None if study.metric_names else run.read_recipe().metric_names
     front = []
     for trial in front_trials(study, names):
         number = trial.number
@@ -85,6 +92,49 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
             if key in metrics:
                 front[-1][key] = float(metrics[key])
     front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"]))
+    return front
+
+
+def point_of(record: dict[str, Any], point: int, run_dir: str | Path) -> dict[str, Any]:
+    """Operating point ``point`` of a trial's points record; a UserError naming the valid range otherwise."""
+    points = record["points"]
+    if not 0 <= point < len(points):
+        raise UserError(f"--point {point}: trial {record['trial']} has operating points 0-{len(points) - 1}; "
+                        f"pick one from 'dynsearch pareto {run_dir} --operating-points'")
+    return points[point]
+
+
+def operating_front(run_dir: str | Path, points_of: PointsOf) -> list[dict[str, Any]]:
+    """The non-dominated operating points of every COMPLETE trial, most accurate first.
+
+    ``points_of(run, number)``: trial ``number``'s points record (deploy/points.py's
+    ``trial_points``, which computes it for runs made before the sweep).
+    Points are compared on the recipe's objectives that every point carries:
+    validation ``accuracy``, ``macs`` and ``params``; ``latency_ms`` is timed at
+    the trained point only, so a latency recipe's points are compared without it.
+    Each item: ``trial``, ``point``, ``knobs``, ``trained``, ``accuracy``, ``macs``,
+    ``test_accuracy``, ``test_macs``, ``macs_full``, ``params``, ``config`` (as
+    trained) and ``stats``."""
+    from optuna.trial import TrialState
+
+    run = RunDir.existing(run_dir)
+    objectives = [(o.name, o.direction) for o in run.read_recipe().objectives if o.name in POINT_OBJECTIVES]
+    candidates = []
+    for trial in open_existing(run).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics, config = run.read_metrics(trial.number), run.read_config(trial.number)
+        if metrics.get("status") != "COMPLETE" or config is None:
+            raise incomplete_trial(run_dir, trial.number, run.trial_dir(trial.number))
+        record = points_of(run, trial.number)
+        seen = set()
+        # Several knob values often give the same figures: keep one, the trained one if it is among them.
+        for item in sorted(record["points"], key=lambda p: not p["trained"]):
+            if (item["accuracy"], item["macs"]) in seen:
+                continue
+            seen.add((item["accuracy"], item["macs"]))
+            candidates.append({"trial": trial.number, **item, "macs_full": record["macs_full"],
+                               "params": int(metrics["params"]), "config": config})
+    front = non_dominated(candidates, objectives)
+    front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"], item["point"]))
     return front
 
 

@@ -81,8 +81,7 @@ def collect(run_dir: str | Path, fallback_views: ViewsByMechanism | None = None)
     """Every trial of a run with its state, metrics, config and front membership."""
     front = {item["trial"] for item in pareto(run_dir)}  # checks the run directory
     run = RunDir.existing(run_dir)
-    recipe = run.read_recipe_data() if run.recipe_path.is_file() else None
-    objectives = [o["name"] for o in (recipe or {}).get("objectives", [])] or ["accuracy", "macs"]
+    objectives = run.read_recipe().metric_names if run.recipe_path.is_file() else ["accuracy", "macs"]
     trials = []
     for trial in open_existing(run).get_trials(deepcopy=False):
         trials.append(TrialPoint(

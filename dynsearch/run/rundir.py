@@ -14,8 +14,9 @@ A search's run directory holds::
 
 Every write is atomic (a temporary name, then a rename). An exported model
 folder reuses the trial folder's names for its config and weights
-(``CONFIG_FILE``, ``WEIGHTS_FILE``). Imports neither the recipe model, Ray,
-Optuna nor any mechanism: the recipe is handled here as its plain dict.
+(``CONFIG_FILE``, ``WEIGHTS_FILE``). The recipe goes in and comes out as the
+typed ``Recipe`` (``write_recipe`` / ``read_recipe``); imports neither Ray,
+Optuna nor any mechanism.
 """
 from __future__ import annotations
 
@@ -25,127 +26,25 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import yaml
 
 from dynsearch.errors import UserError
-
-RECIPE_FILE = "recipe.yaml"
-STUDY_FILE = "study.journal"
-# A journal repair (run/journal.py) moves the bytes it takes out of the journal here, never deleting them.
-DAMAGED_JOURNAL_PREFIX = STUDY_FILE + ".damaged-"
-TRIALS_DIR = "trials"
-FRONT_FILE = "pareto.json"
-REPORT_PNG = "pareto.png"
-REPORT_HTML = "pareto.html"
-RAY_DIR = "ray"
-WANDB_DIR = "wandb"
-LOCK_FILE = ".dynsearch.lock"
-PREVIOUS_DIR = "previous"
-# A trial folder's files (an exported model folder uses the first two too).
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.json"
-PLACEMENT_FILE = "placement.json"
-POINTS_FILE = "operating_points.json"
+from dynsearch.recipe import Recipe, parse_recipe, recipe_dict
+# The run directory's file names and file helpers live in files.py (deploy/load.py reads them without the recipe).
+from dynsearch.run.files import (  # noqa: F401 (re-exported)
+    RECIPE_FILE, STUDY_FILE, DAMAGED_JOURNAL_PREFIX, TRIALS_DIR, FRONT_FILE, REPORT_PNG, REPORT_HTML, RAY_DIR,
+    WANDB_DIR, LOCK_FILE, PREVIOUS_DIR, CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, PLACEMENT_FILE, POINTS_FILE,
+    json_bytes, write_files, config_sha256, write_durable, write_json, trial_files, config_and_placement_files,
+    metrics_file, points_file, read_json,
+)
 
 # What makes two searches' trials comparable; the trial budget, sampler and
 # resources may change between runs of the same search.
 RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "lr_schedule", "augment", "latency")
 # What --new moves aside (everything a search writes, see README "Run directory").
 SEARCH_STATE = (RECIPE_FILE, STUDY_FILE, TRIALS_DIR, FRONT_FILE, RAY_DIR, REPORT_PNG, REPORT_HTML, WANDB_DIR)
-
-
-# -- atomic files ------------------------------------------------------------------
-def json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def write_files(folder: Path, files: dict[str, bytes]) -> None:
-    """Write each file atomically (temporary name, then rename), in the order given."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        tmp = folder / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / name)
-
-
-def config_sha256(config: dict[str, Any]) -> str:
-    """The sha256 of a config's content (canonical JSON: sorted keys, no spaces), whatever its layout on disk."""
-    config = json.loads(json.dumps(config))  # as it reads back: tuples as lists, keys as strings
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def write_durable(path: Path, data: bytes, exclusive: bool = False) -> None:
-    """Write ``path`` atomically and durably: a temporary file, fsync, rename, fsync of the folder.
-
-    With ``exclusive``, refuse (FileExistsError) to replace an existing ``path``.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if exclusive:
-        try:
-            os.link(tmp, path)  # fails when path exists: never replaces a kept file
-        finally:
-            os.unlink(tmp)
-    else:
-        os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_files(path.parent, {path.name: json_bytes(data)})
-
-
-def trial_files(config: dict[str, Any], model, metrics: dict[str, Any]) -> dict[str, bytes]:
-    """A trial folder's files as bytes, in write order: config, weights (safetensors), metrics last.
-
-    ``model`` is any torch module (None: no weights); the metrics record the
-    weights' sha256 and the config's (``config_sha256``), which loading, exports and
-    operating points check (tampering, truncation).
-    """
-    files = {CONFIG_FILE: json_bytes(config)}
-    metrics = {**metrics, "config_sha256": config_sha256(config)}
-    if model is not None:
-        from safetensors.torch import save
-
-        weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-        files[WEIGHTS_FILE] = weights
-        metrics = {**metrics, "weights_sha256": hashlib.sha256(weights).hexdigest()}
-    files[METRICS_FILE] = json_bytes(metrics)
-    return files
-
-
-def config_and_placement_files(config: dict[str, Any], placement: dict[str, Any]) -> dict[str, bytes]:
-    """What a trial writes when it starts: its config and where it runs."""
-    return {CONFIG_FILE: json_bytes(config), PLACEMENT_FILE: json_bytes(placement)}
-
-
-def metrics_file(metrics: dict[str, Any]) -> dict[str, bytes]:
-    return {METRICS_FILE: json_bytes(metrics)}
-
-
-def points_file(record: dict[str, Any]) -> dict[str, bytes]:
-    return {POINTS_FILE: json_bytes(record)}
-
-
-def read_json(path: Path, fix: str) -> Any:
-    """A JSON file's content; a one-line UserError naming ``fix`` when it is missing or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing; {fix}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable or not JSON ({exc.__class__.__name__}); {fix}") from None
 
 
 class RunDir:
@@ -320,8 +219,13 @@ class RunDir:
         write_json(self.front_path, front)
 
     # -- the recipe ------------------------------------------------------------------
+    def read_recipe(self) -> Recipe:
+        """The resolved recipe the search wrote, typed; a one-line UserError when it is missing or invalid."""
+        return parse_recipe(self.read_recipe_data(), source=str(self.recipe_path), stored=True)
+
     def read_recipe_data(self) -> dict[str, Any]:
-        """The resolved recipe a search wrote, as a dict; a one-line UserError when it is missing or not one."""
+        """The resolved recipe a search wrote, as its plain dict (what a file of it holds); a one-line
+        UserError when it is missing or not one. Code reads fields of ``read_recipe()``."""
         path = self.recipe_path
         try:
             recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -332,9 +236,10 @@ class RunDir:
             raise UserError(f"{path}: not a resolved recipe (no 'data' mapping); restore the run's {RECIPE_FILE}")
         return recipe
 
-    def write_recipe(self, recipe_data: dict[str, Any]) -> None:
-        """Write the resolved recipe (a dict) atomically."""
-        write_files(self.path, {RECIPE_FILE: yaml.safe_dump(recipe_data, sort_keys=False).encode("utf-8")})
+    def write_recipe(self, recipe: Recipe) -> None:
+        """Write the resolved recipe atomically."""
+        data = recipe_dict(recipe)
+        write_files(self.path, {RECIPE_FILE: yaml.safe_dump(data, sort_keys=False).encode("utf-8")})
 
     # -- guards ----------------------------------------------------------------------
     @contextmanager
@@ -389,13 +294,11 @@ class RunDir:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
-    def check_resume(self, recipe_data: dict[str, Any], normalise: Callable[[Any], dict[str, Any]],
-                     new: bool = False) -> Path | None:
+    def check_resume(self, recipe: Recipe, new: bool = False) -> Path | None:
         """Refuse to resume a search of another recipe; with ``new``, move the old search aside.
 
-        ``recipe_data`` is the new search's resolved recipe; ``normalise`` turns the
-        stored recipe into the same form (and raises for one that is not a valid
-        recipe). Returns where the old search was moved, or None.
+        ``recipe`` is the new search's; the stored one is read back and the two are
+        compared on ``RESUME_FIELDS``. Returns where the old search was moved, or None.
         """
         if not self.has_study():
             return None
@@ -406,10 +309,11 @@ class RunDir:
         if not self.recipe_path.is_file():
             raise UserError(f"run directory {self.path}: holds a study but no {RECIPE_FILE}, {unchecked}")
         try:
-            old = normalise(yaml.safe_load(self.recipe_path.read_text(encoding="utf-8")))
-        except (OSError, yaml.YAMLError, UserError):
+            old = recipe_dict(self.read_recipe())
+        except UserError:
             raise UserError(f"run directory {self.path}: its {RECIPE_FILE} is unreadable or invalid, {unchecked}") from None
-        changed = [field for field in RESUME_FIELDS if old[field] != recipe_data[field]]
+        new_data = recipe_dict(recipe)
+        changed = [field for field in RESUME_FIELDS if old[field] != new_data[field]]
         if changed:
             raise UserError(
                 f"run directory {self.path}: holds a search with a different recipe (changed: {', '.join(changed)}); "

@@ -116,7 +116,7 @@ def _memory_study(data: bytes):
 def _objective_names(study, run: RunDir) -> list[str]:
     if study.metric_names:
         return list(study.metric_names)
-    return [o["name"] for o in run.read_recipe_data()["objectives"]]
+    return run.read_recipe().metric_names
 
 
 def rebuild_lost_trials(study, run: RunDir) -> tuple[list[int], list[int]]:

@@ -6,7 +6,7 @@
 - ``ReportCallback``: reports each epoch's validation metrics (Lightning's
   callback metrics) through a ``report`` function (Ray Tune's, in a search).
 - ``GateCallback``: holds this node's timing gate shared during each training
-  epoch, so that no model is timed while a trial trains (measure/isolation.py).
+  epoch, so that no model is timed while a trial trains (training/timing.py).
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ class GateCallback(pl.Callback):
     """Holds this node's CPU gate shared during each training epoch (timing waits for it)."""
 
     def __init__(self, trial: str):
-        from dynsearch.measure.isolation import node_gate
+        from dynsearch.training.timing import node_gate
 
         self.trial = trial
         self.gate = node_gate()

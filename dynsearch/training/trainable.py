@@ -18,39 +18,39 @@ from ray import tune
 
 from dynsearch.data import load_data
 from dynsearch.measure.device import pin_threads
-from dynsearch.measure.latency import measure_trial_latency
 from dynsearch.measure.points import points_record, sweep
+from dynsearch.recipe import Recipe
 from dynsearch.run.rundir import WEIGHTS_FILE, config_and_placement_files, metrics_file, points_file, trial_files
 from dynsearch.tracking import TrialTracker
 from dynsearch.training.lightning import GateCallback
+from dynsearch.training.timing import measure_trial_latency
 from dynsearch.training.trial import evaluate, train_model
 
 
 # -- the trainable (runs in a Ray worker) ----------------------------------
-def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: int, tracking=None,
-              splits=None) -> None:
+def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking=None, splits=None) -> None:
     """Ray Tune function trainable: one Lightning fit, then the final report (and its W&B run).
 
+    ``config``: the trial config the searcher proposed (tuning/searcher.py), as ``build_model`` takes it.
     ``splits``: the data, loaded once by the driver and shipped through Ray's object store
     (a user's data module need not be importable on the workers)."""
     pin_threads(cpus)
-    trial_config = config["dynsearch"]
-    number = int(trial_config["trial"])
+    number = int(config["trial"])
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    ray.get(files.write.remote(number, config_and_placement_files(trial_config, {**placement, "started": time.time()})))
+    ray.get(files.write.remote(number, config_and_placement_files(config, {**placement, "started": time.time()})))
     started = time.time()
     tracker = None
     try:
-        tracker = TrialTracker(tracking, trial_config)
-        splits = splits if splits is not None else load_data(recipe_data["data"])
-        accelerator = "gpu" if recipe_data["gpus_per_trial"] > 0 else "cpu"
-        latency = recipe_data["latency"] if measures_latency(recipe_data) else None
+        tracker = TrialTracker(tracking, config)
+        splits = splits if splits is not None else load_data(recipe.data)
+        accelerator = "gpu" if recipe.gpus_per_trial > 0 else "cpu"
+        latency = recipe.latency if recipe.measures_latency else None
         callbacks = [GateCallback(str(number))] if latency else []
-        model = train_model(trial_config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
-                            callbacks=callbacks, objectives=[o["name"] for o in recipe_data["objectives"]])
+        model = train_model(config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
+                            callbacks=callbacks, objectives=recipe.metric_names)
         metrics = evaluate(model, splits)
         if latency:
-            metrics.update(measure_trial_latency(trial_config, model, splits.val_x, latency))
+            metrics.update(measure_trial_latency(config, model, splits.val_x, latency))
         sweep_started = time.perf_counter()
         points = sweep(model, splits, metrics["measured_with"]["batch_size"])  # the model is in memory here
         sweep_seconds = time.perf_counter() - sweep_started
@@ -64,19 +64,15 @@ def run_trial(config: dict[str, Any], recipe_data: dict[str, Any], files, cpus: 
         if tracker is not None:
             tracker.finish(fail_reason=reason)
         # Ray checks every result names the objectives; the searcher tells the study FAIL, never NaN.
-        objectives = {o["name"]: float("nan") for o in recipe_data["objectives"]}
+        objectives = {name: float("nan") for name in recipe.metric_names}
         tune.report({**objectives, "final": True, "failed": True})
         return
     metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
-    written = trial_files(trial_config, model, metrics)
+    written = trial_files(config, model, metrics)
     record = points_record(number, model, points, written[WEIGHTS_FILE], metrics["measured_with"], sweep_seconds)
     ray.get(files.write.remote(number, {**points_file(record), **written}))  # metrics last
     tracker.finish(metrics)
     tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
-
-
-def measures_latency(recipe_data: dict[str, Any]) -> bool:
-    return recipe_data["latency"]["measure"] or any(o["name"] == "latency_ms" for o in recipe_data["objectives"])
 
 
 def as_out_of_memory(exc: Exception) -> Exception:

@@ -77,8 +77,8 @@ class Progress(tune.Callback):
 
     @staticmethod
     def _number(trial) -> int | None:
-        config = trial.config.get("dynsearch", {}) if isinstance(trial.config, dict) else {}
-        return config.get("trial")
+        """The study's trial number: Ray's config is the trial config (tuning/searcher.py)."""
+        return trial.config.get("trial") if isinstance(trial.config, dict) else None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)

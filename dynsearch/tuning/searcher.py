@@ -3,9 +3,12 @@
 ``StudySearch`` is a ``ray.tune.search.Searcher`` written over Optuna's
 public ask-and-tell interface. It proposes what Ray's ``OptunaSearch`` with a
 define-by-run space proposed (one ``study.ask()`` per Ray trial, the space
-defined on that trial, the config: every suggested parameter by name beside
-the one key ``dynsearch``), so a seeded search proposes the same configs in the
-same order; but Ray's OptunaSearch tells an errored trial COMPLETE when it
+defined on that trial), so a seeded search proposes the same configs in the
+same order. The config Ray carries to a trial is the trial config itself: the
+plain, JSON-serialisable dict ``build_model`` takes (``mechanism``,
+``input_shape``, ``num_classes``, ``backbone``, the mechanism's section,
+``train`` and ``trial``, the study's trial number), with no wrapper and no
+copy of Optuna's parameters (they stay in the study). But Ray's OptunaSearch tells an errored trial COMPLETE when it
 reported anything before failing, leaves a NaN trial RUNNING and stores an
 infinite one COMPLETE (PITFALLS.md). ``StudySearch`` makes a trial COMPLETE
 only when its last result is the final one and every objective is finite;
@@ -36,36 +39,26 @@ from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import make_sampler, open_study
 
 
-def define_trial(space_name: str, recipe: Recipe, data_shape: dict[str, Any], trial) -> dict[str, Any]:
-    """Define-by-run function: the whole trial config sits under the one key ``dynsearch``."""
+def _shape(data_shape: Any) -> Any:
+    """A data shape with ``input_shape`` and ``num_classes`` attributes (a ``problem.DataShape``, or its mapping)."""
+    return SimpleNamespace(**data_shape) if isinstance(data_shape, dict) else data_shape
+
+
+def define_trial(space_name: str, recipe: Recipe, data_shape: Any, trial) -> dict[str, Any]:
+    """Define-by-run function: the space suggests its parameters on ``trial`` and returns the trial config."""
     from dynsearch.spaces import get_space
 
-    config = get_space(space_name).define(trial, recipe, SimpleNamespace(**data_shape))
-    return {"dynsearch": config}
-
-
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"a/b": 1}`` as ``{"a": {"b": 1}}``: Tune's reading of ``/`` in parameter names."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-            if not isinstance(node, dict):
-                raise TypeError(f"parameter {key!r}: {parent!r} is a parameter itself; rename one of them")
-        node[leaf] = value
-    return nested
+    return get_space(space_name).define(trial, recipe, _shape(data_shape))
 
 
 class StudySearch(Searcher):
     """Proposes trials from the run directory's study and tells it each result, failing bad trials with a reason."""
 
-    def __init__(self, recipe: Recipe, run_dir: RunDir | Path, data_shape: dict[str, Any]):
+    def __init__(self, recipe: Recipe, run_dir: RunDir | Path, data_shape: Any):
         super().__init__(metric=recipe.metric_names, mode=recipe.metric_modes)
         self._run_dir = RunDir.of(run_dir)
         self._recipe = recipe
-        self._define = functools.partial(define_trial, recipe.space, recipe, data_shape)
+        self._define = functools.partial(define_trial, recipe.space, recipe, _shape(data_shape))
         self._open()
 
     def _open(self) -> None:
@@ -97,9 +90,7 @@ class StudySearch(Searcher):
             return None  # wait: the trials running may be enough
         if trial_id not in self._asked:
             self._asked[trial_id] = self._study.ask()
-        trial = self._asked[trial_id]
-        defined = self._define(trial)
-        return nest({**trial.params, **defined})
+        return self._define(self._asked[trial_id])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._told or trial_id not in self._asked:

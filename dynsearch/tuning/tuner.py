@@ -1,34 +1,33 @@
-"""The search: Ray Tune runs the trials, multi-objective Optuna proposes them.
+"""The multi-trial search: Ray Tune runs the trials, multi-objective Optuna proposes them.
 
 The study lives in the run directory (Optuna journal file storage), so
 ``pareto``, resume and optuna-dashboard all read the same study. Ray sees only
-trial configs and reported metrics; this layer never imports a mechanism: the
-trainable (training/trainable.py) is handed in by ``dynsearch.api.search``.
+trial configs and reported metrics. This layer imports no mechanism, model or
+data module: ``dynsearch.api.search`` hands it the prepared problem
+(``dynsearch.problem.prepare``: data loaded, user code checked), the trainable
+(training/trainable.py) and what to write when the search ends (the front and
+the report).
 """
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import ray
 
 from dynsearch.compat import init_ray_on_loopback
-from dynsearch.data import load_data
-from dynsearch.measure.device import resolve_device
-from dynsearch.models.user import check_user_backbone
-from dynsearch.recipe import Recipe, parse_recipe, recipe_dict
-from dynsearch.run.front import trial_counts, write_front
-from dynsearch.run.report import write_report
+from dynsearch.run.front import trial_counts
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume
-from dynsearch.spaces import check_space, default_backbone
 from dynsearch.tracking import SearchTracking, Tracking
 from dynsearch.tuning.searcher import StudySearch
 
 Trainable = Callable[..., None]  # training.trainable.run_trial's signature
+# What a search leaves when it ends, written under the run directory's lock: given the run
+# directory, write the front and the report; return the front and the report's PNG (or None).
+Finish = Callable[[Path], "tuple[list[dict[str, Any]], Path | None]"]
 
 # -- trial files: written on the driver's node, wherever the trial ran -----
 @ray.remote(num_cpus=0)
@@ -77,8 +76,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
-def run_search(recipe: Recipe, out: str | Path, trainable: Trainable, progress=None, new: bool = False) -> Path:
-    """Run (or continue) the search ``recipe`` describes in run directory ``out``.
+def run_search(problem, out: str | Path, trainable: Trainable, progress=None, new: bool = False,
+               finish: Finish | None = None) -> Path:
+    """Run (or continue) the search of ``problem`` (a ``dynsearch.problem.Problem``) in run directory ``out``.
 
     With ``recipe.address`` the trials run on that existing Ray cluster (the
     driver must run on one of its nodes); the run directory stays with the driver.
@@ -88,20 +88,15 @@ def run_search(recipe: Recipe, out: str | Path, trainable: Trainable, progress=N
     Trials a crashed driver left RUNNING are failed and their parameters
     retried once; failed trials are replaced until the study holds
     ``recipe.trials`` COMPLETE trials or this run's attempts are used up.
-    ``trainable`` runs one trial in a Ray worker (``training.trainable.run_trial``).
+    ``trainable`` runs one trial in a Ray worker (``training.trainable.run_trial``);
+    ``finish`` writes what the search leaves (front, report), still under the lock.
     """
-    if recipe.measures_latency and not recipe.latency.resource:
-        resolve_device(recipe.latency.device)  # a missing device is the user's to fix, before anything runs
-    splits = load_data(recipe.data)  # a user's data or backbone that cannot work fails here, before any file
-    data_shape = {"input_shape": tuple(splits.input_shape), "num_classes": splits.num_classes}
-    if recipe.backbone.kind == "user":
-        check_user_backbone(default_backbone(recipe), splits.input_shape)
-    check_space(recipe, SimpleNamespace(**data_shape))
+    recipe = problem.recipe
     run_dir = RunDir.create(out)
     with run_dir.locked():
-        run_dir.check_resume(recipe_dict(recipe), _normalised_recipe, new=new)
+        run_dir.check_resume(recipe, new=new)
         repaired = prepare_resume(run_dir)  # a torn journal tail is repaired before anything is appended
-        run_dir.write_recipe(recipe_dict(recipe))
+        run_dir.write_recipe(recipe)
         tracking = SearchTracking(recipe, run_dir)  # before Ray: a bounded wait for the W&B server
         study = open_study(run_dir, recipe, make_sampler(recipe))
         finish_resume(study, run_dir, repaired)  # trials whose final record was lost, rebuilt from their folders
@@ -109,20 +104,14 @@ def run_search(recipe: Recipe, out: str | Path, trainable: Trainable, progress=N
         remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
         if remaining > 0:
             try:
-                _fit(recipe, run_dir, splits, trainable, attempts=max_attempts(remaining), progress=progress,
+                _fit(problem, run_dir, trainable, attempts=max_attempts(remaining), progress=progress,
                      tracking=tracking.trials)
             except BaseException:
                 tracking.abort()
                 raise
-        front = write_front(run_dir)
-        png, _ = write_report(run_dir)
+        front, png = finish(run_dir.path) if finish is not None else ([], None)
         tracking.finish(front, png, trial_counts(run_dir))
     return run_dir.path
-
-
-def _normalised_recipe(data: Any) -> dict[str, Any]:
-    """A stored recipe in the form resume compares (raises UserError when it is not a valid recipe)."""
-    return recipe_dict(parse_recipe(data, source="recipe"))
 
 
 def max_attempts(missing_trials: int) -> int:
@@ -130,19 +119,18 @@ def max_attempts(missing_trials: int) -> int:
     return missing_trials + max(4, missing_trials)
 
 
-def _fit(recipe: Recipe, run_dir: RunDir, splits, trainable: Trainable, attempts: int, progress,
+def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress,
          tracking: Tracking | None = None) -> None:
     from ray import tune
 
-    data_shape = {"input_shape": tuple(splits.input_shape), "num_classes": splits.num_classes}
-    searcher = StudySearch(recipe, run_dir, data_shape)
+    recipe = problem.recipe
+    searcher = StudySearch(recipe, run_dir, problem.shape)
     started_ray = init_ray(recipe.address)
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
     files = _trial_files_actor(run_dir)
     trainable = tune.with_resources(
         tune.with_parameters(
-            trainable, recipe_data=recipe_dict(recipe), files=files, cpus=cpus,
-            tracking=tracking, splits=splits,
+            trainable, recipe=recipe, files=files, cpus=cpus, tracking=tracking, splits=problem.splits,
         ),
         {"cpu": recipe.cpus_per_trial, "gpu": recipe.gpus_per_trial},
     )

@@ -1,4 +1,10 @@
-"""Timing isolation: no trial trains on a node while a model is being timed there.
+"""A trial's latency, timed apart from training: the Ray side of latency measurement.
+
+``measure/latency.py`` times a model (no Ray); this module decides where and when a
+trial's model is timed: on the trial's node with no trial training there, or on the
+node carrying the recipe's ``latency.resource`` (the deployment box).
+
+Timing isolation: no trial trains on a node while a model is being timed there.
 
 One ``CpuGate`` actor per node (named after the node, created on first use,
 pinned to it). Training holds the gate shared for each epoch (training/lightning.py:
@@ -11,8 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import ray
+import torch
+
+from dynsearch.measure.latency import measure_latency
 
 NAMESPACE = "dynsearch"
 
@@ -84,3 +94,43 @@ def exclusive_timing(timeout_s: float = 120.0):
         yield isolated
     finally:
         ray.get(gate.release_timing.remote())
+
+
+# -- a trial's latency ----------------------------------------------------------
+def _measure_with_isolation(model, inputs: torch.Tensor, spec) -> dict[str, Any]:
+    """Time ``model`` here, holding this node's CPU gate. ``spec``: the recipe's ``LatencySpec``."""
+    with exclusive_timing(spec.isolation_timeout_s) as isolated:
+        result = measure_latency(
+            model, inputs[: spec.inputs * spec.batch_size], device=spec.device,
+            batch_size=spec.batch_size, warmup=spec.warmup, repeats=spec.repeats, threads=spec.threads,
+        )
+    return {**result, "latency_isolated": isolated, "latency_device": spec.device,
+            "latency_node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _measure_from_weights(config: dict[str, Any], weights: bytes, inputs: torch.Tensor, spec):
+    from safetensors.torch import load
+
+    from dynsearch.dynamic import build_model
+
+    model = build_model(config)
+    model.load_state_dict(load(weights))
+    return _measure_with_isolation(model, inputs, spec)
+
+
+def measure_trial_latency(config: dict[str, Any], model, inputs: torch.Tensor, spec) -> dict[str, Any]:
+    """A trial's latency (``spec``: the recipe's ``LatencySpec``): here, or, when ``spec.resource``
+    names a Ray resource, as a task on the node that carries it (the deployment box), apart from training."""
+    if not spec.resource:
+        return _measure_with_isolation(model, inputs, spec)
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from safetensors.torch import save
+
+    weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    task = ray.remote(_measure_from_weights).options(
+        resources={spec.resource: 0.001},
+        num_cpus=0,
+        # Outside the trial's placement group: the target node is not among the trial's resources.
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    )
+    return ray.get(task.remote(config, weights, inputs, spec))
