@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dynsearch.compat import compute_hypervolume
+from dynsearch.dominance import non_dominated  # noqa: F401 (the one Pareto filter, re-exported)
 from dynsearch.errors import UserError
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_existing
@@ -21,21 +22,6 @@ LATENCY_KEYS = ("latency_ms", "latency_ms_p90", "latency_ms_mean")
 POINT_OBJECTIVES = ("accuracy", "macs", "params")
 # A trial's operating-point record (operating_points.json's content) by run directory and trial number.
 PointsOf = Callable[[RunDir, int], dict[str, Any]]
-
-
-def non_dominated(items: list[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Items no other item dominates on ``objectives`` = (key, "max" | "min") pairs; ties are all kept.
-
-    The one Pareto filter: the front of trials and the front of operating points
-    both use it, with the recipe's objectives (``latency_ms`` included).
-    """
-    signs = [(key, 1.0 if direction == "max" else -1.0) for key, direction in objectives]
-    gains = [[sign * float(item[key]) for key, sign in signs] for item in items]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
-    return [item for item, b in zip(items, gains) if not any(dominates(a, b) for a in gains)]
 
 
 def front_trials(study, names: Sequence[str] | None = None) -> list:
