@@ -136,6 +136,31 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         index = torch.arange(scores.shape[1], dtype=scores.dtype, device=scores.device)
         return rules.predicted_depth(scores, self.depth_shift, index)
 
+    # -- operating points from one pass ---------------------------------------------
+    @torch.no_grad()
+    def record(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted depth: also the halting logits, read from the stem's output as the eval forward
+        reads them; ``depth_shift`` only moves the argmax over them, so they decide every value."""
+        if not self.predicted:
+            return super().record(x)
+        h = self.stem(x)
+        halting_logits = self.halting(h)
+        logits = []
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i in self._exit_set:
+                logits.append(self.heads[str(i)](h))
+        logits.append(self.classifier(h))
+        return {"logits": torch.stack(logits, dim=1), "halting_logits": halting_logits}
+
+    def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
+        """Predicted depth: the chosen depth's head answers, and only it ran (no head on the way)."""
+        if not self.predicted:
+            return super().replay(records)
+        taken = self._pick_depth(records["halting_logits"])
+        logits = records["logits"]
+        return DynamicOutput(logits[torch.arange(logits.shape[0]), taken], self._replayed_trace(taken, False))
+
 
     def onnx_form(self) -> OnnxForm | None:
         """A threshold rule: the early-exit form. Predicted depth: a first graph (stem and halting

@@ -435,6 +435,59 @@ class EarlyExitNet(DynamicModel):
             logits_out[alive] = logits
         return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
 
+    # -- operating points from one pass: every head on every sample, then the policy --
+    @torch.no_grad()
+    def record(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logits`` [B, exits + 1, K]: every exit head's and the final classifier's logits, each
+        computed on the whole batch; ``scores`` [B, exits]: what a threshold policy compares (not
+        for ``patience``). Where a sample stops is all a knob changes, so these decide every value."""
+        h = self.stem(x)
+        logits = []
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i in self._exit_set:
+                logits.append(self.heads[str(i)](h))
+        logits.append(self.classifier(h))
+        records = {"logits": torch.stack(logits, dim=1)}
+        if self.policy != "patience":
+            scores = [exit_score(self.policy, head_logits) for head_logits in logits[:-1]]
+            records["scores"] = torch.stack(scores, dim=1) if scores else x.new_zeros(x.shape[0], 0)
+        return records
+
+    def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
+        """The first head whose rule says leave (``_leaves_at``), else the final classifier."""
+        logits = records["logits"]
+        leaves = self._leaves_at(records)
+        always = torch.ones(logits.shape[0], 1, dtype=torch.bool)
+        taken = torch.cat([leaves, always], dim=1).int().argmax(dim=1)  # the first True (argmax: first maximum)
+        return DynamicOutput(logits[torch.arange(logits.shape[0]), taken], self._replayed_trace(taken, True))
+
+    def _leaves_at(self, records: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool [B, exits]: would each sample leave at each exit head if it got there (the eval rules)?"""
+        if self.policy != "patience":
+            return rules.exit_leaves(self.policy, records["scores"], self.threshold)
+        predictions = records["logits"][:, :-1].argmax(dim=2)
+        streak = torch.zeros(predictions.shape[0], dtype=torch.long)
+        previous, leaves = None, []
+        for prediction in predictions.unbind(dim=1):
+            streak = rules.patience_streak(streak, prediction, previous)
+            previous = prediction
+            leaves.append(rules.patience_leaves(streak, self.patience))
+        return torch.stack(leaves, dim=1) if leaves else predictions.new_zeros(predictions.shape, dtype=torch.bool)
+
+    def _replayed_trace(self, taken: torch.Tensor, heads_on_the_way: bool) -> Trace:
+        """The eval Trace of samples answered by head ``taken`` (index into the exits, then the final
+        classifier): the stem, the stages up to that head's, and that head (``heads_on_the_way``:
+        with every exit head before it, as the threshold rules run them)."""
+        last = len(self.stages) - 1
+        exit_index = torch.tensor([*self.exit_stages, last])[taken]
+        counts = {"stem": torch.ones(len(taken)), "halting": torch.ones(len(taken))}  # halting: depth_adaptive
+        counts.update({f"stage{i}": (exit_index >= i).float() for i in range(len(self.stages))})
+        for j, i in enumerate(self.exit_stages):
+            counts[f"exit{i}"] = ((taken >= j) if heads_on_the_way else (taken == j)).float()
+        counts["classifier"] = (taken == len(self.exit_stages)).float()
+        return Trace({name: counts[name] for name in self.components() if name in counts}, {"exit_index": exit_index})
+
 
 class _ExitSegment(nn.Module):
     """Stages followed by a head, as one ONNX graph: returns (features, logits[, score]).
