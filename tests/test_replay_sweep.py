@@ -1,0 +1,103 @@
+"""Operating points from one pass (measure/points.py): on models trained on digits, the replayed sweep gives the
+points of the per-value real sweep, runs the model once per split, and the test split is measured only where asked
+(the conformance suite checks replay against real passes batch by batch on every mechanism's tiny configs:
+check_replay_matches_real_eval_at_each_knob_value)."""
+import pytest
+import torch
+
+from conftest import exits_config
+from dynsearch.dynamic import build_model
+from dynsearch.dynamic.gates import SkipNet
+from dynsearch.measure.points import current_knobs, figures_on_test_split, knob_grid, remeasure, sweep
+
+HALTING = {"input_shape": [1, 8, 8], "num_classes": 10, "backbone": {"kind": "recurrent", "widths": [32], "depth": 1}}
+CONFIGS = {
+    "confidence": exits_config(stages=(0, 1), threshold=0.6, widths=(4, 8, 8), head_width=16),
+    "patience": {**exits_config(stages=(0, 1), widths=(4, 8, 8), head_width=16),
+                 "exits": {"stages": [0, 1], "head_width": 16, "policy": "patience", "patience": 1}},
+    "entropy": {**exits_config(stages=(0, 1), widths=(4, 8, 8), head_width=16),
+                "exits": {"stages": [0, 1], "head_width": 16, "policy": "entropy", "threshold": 1.0}},
+    "act": {"mechanism": "act", **HALTING, "halting": {"max_steps": 4, "tau": 0.05, "bias_init": 1.0}},
+    "pondernet": {"mechanism": "pondernet", **HALTING, "halting": {"max_steps": 4, "bias_init": -1.0}},
+    "skipnet": SkipNet.tiny_configs()[0],  # gates: no replay, one real pass per value
+}
+
+
+def _trained(name, digits):
+    """The model of ``CONFIGS[name]`` after one seeded epoch on digits (batch 32), in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(digits.train_x), generator=generator)
+    for step, start in enumerate(range(0, len(order), 32)):
+        model.set_training_progress(start / len(order))
+        batch = order[start : start + 32]
+        optimizer.zero_grad()
+        model.training_loss(model(digits.train_x[batch]), digits.train_y[batch]).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _figures(point):
+    return {k: v for k, v in point.items() if k != "measured_by"}
+
+
+@pytest.mark.parametrize("batch_size", [256, 7])  # 7: many batches whose later stages run on a single sample
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_replayed_sweep_gives_the_points_of_the_real_sweep(name, batch_size, digits):
+    model = _trained(name, digits)
+    before = model.runtime_policy()
+    replayed = sweep(model, digits, batch_size)
+    real = sweep(model, digits, batch_size, replay=False)
+    assert model.runtime_policy() == before, "the sweep did not restore the knobs"
+    expected = "real" if name == "skipnet" else "replay"
+    assert {p["measured_by"] for p in replayed} == {expected} and {p["measured_by"] for p in real} == {"real"}
+    # Accuracy, MACs (sums of whole component counts: exact), stats and test figures: equal, point by point.
+    assert [_figures(p) for p in replayed] == [_figures(p) for p in real]
+    assert len({p["macs"] for p in real}) > 1, "the knob changes nothing: the comparison would prove nothing"
+
+
+@pytest.mark.parametrize("name", ["confidence", "act"])
+def test_one_record_pass_per_split(name, digits):
+    """The replayed sweep runs the model's first component once per sample and split; the real sweep
+    once per sample, split and knob value."""
+    model = _trained(name, digits)
+    first = model.cell if name == "act" else model.stem
+    model.component_macs()  # measured once, before the count (it runs each component at batch 1)
+    rows = []
+    hook = first.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    try:
+        sweep(model, digits, 256)
+        replayed_rows = sum(rows)
+        rows.clear()
+        sweep(model, digits, 256, replay=False)
+    finally:
+        hook.remove()
+    samples = len(digits.val_x) + len(digits.test_x)
+    if name == "act":  # the record runs every ponder step of every sample; a real pass 1 to max_steps of them
+        assert replayed_rows == model.max_steps * samples < sum(rows)
+    else:
+        assert (replayed_rows, sum(rows)) == (samples, len(knob_grid(model)) * samples)
+
+
+def test_validation_only_sweep_then_test_figures_and_real_remeasure_for_chosen_points(digits):
+    model = _trained("confidence", digits)
+    full = sweep(model, digits, 256)
+    val_only = sweep(model, digits, 256, test=False)
+    assert not any({"test_accuracy", "test_macs"} & set(p) for p in val_only)
+    assert [{k: p[k] for k in val_only[0]} for p in full] == val_only
+    chosen = [p for p in val_only if p["trained"]] + val_only[::4]
+    knobs_list = [p["knobs"] for p in chosen]
+    test = figures_on_test_split(model, digits, knobs_list, 256)
+    for point, figures in zip(chosen, test):
+        assert figures == {"test_accuracy": full[point["point"]]["test_accuracy"],
+                           "test_macs": full[point["point"]]["test_macs"], "measured_by": "replay"}
+    before = current_knobs(model)
+    again = remeasure(model, digits, knobs_list, 256)
+    assert current_knobs(model) == before
+    figure_keys = ("accuracy", "macs", "stats", "test_accuracy", "test_macs")
+    for point, figures in zip(chosen, again):  # real passes agree with the replayed points here
+        assert figures == {**{k: full[point["point"]][k] for k in figure_keys}, "measured_by": "real"}
+    assert figures_on_test_split(model, digits, [], 256) == [] == remeasure(model, digits, [], 256)
