@@ -100,4 +100,6 @@ def test_validation_only_sweep_then_test_figures_and_real_remeasure_for_chosen_p
     figure_keys = ("accuracy", "macs", "stats", "test_accuracy", "test_macs")
     for point, figures in zip(chosen, again):  # real passes agree with the replayed points here
         assert figures == {**{k: full[point["point"]][k] for k in figure_keys}, "measured_by": "real"}
+    val_only_again = remeasure(model, digits, knobs_list, 256, test=False)  # the figures a front is chosen on
+    assert val_only_again == [{k: f[k] for k in ("accuracy", "macs", "stats", "measured_by")} for f in again]
     assert figures_on_test_split(model, digits, [], 256) == [] == remeasure(model, digits, [], 256)

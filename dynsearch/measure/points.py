@@ -26,8 +26,8 @@ What a trial needs, cheapest first:
 - ``sweep(model, splits, batch_size, test=False)``: validation figures of every point;
 - ``figures_on_test_split(model, splits, knobs_list, batch_size)``: test figures of the chosen points
   only (the trained one, those on the trial's validation front); nothing selects on test;
-- ``remeasure(model, splits, knobs_list, batch_size)``: real validation and test figures of the
-  chosen points, to replace their replayed ones.
+- ``remeasure(model, splits, knobs_list, batch_size[, test=False])``: real validation (and test)
+  figures of the chosen points, to replace their replayed ones.
 
 ``sweep(model, splits, batch_size)`` (``test=True``) gives every point its test
 figures too, as before. The search runs the sweep at the end of each trial in
@@ -145,16 +145,19 @@ def figures_on_test_split(model, splits, knobs_list: list[dict[str, Any]], batch
     return [{"test_accuracy": f["accuracy"], "test_macs": f["macs"], "measured_by": f["measured_by"]} for f in figures]
 
 
-def remeasure(model, splits, knobs_list: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
-    """Real validation and test figures at each knob value of ``knobs_list``: one real eval pass per
-    value and split, so a point that reaches a front is what the model does at it. Each item has
-    the point's figure keys (``accuracy``, ``macs``, ``stats``, ``test_accuracy``, ``test_macs``) and
-    ``measured_by: "real"``, to update the replayed point with."""
+def remeasure(model, splits, knobs_list: list[dict[str, Any]], batch_size: int, *,
+              test: bool = True) -> list[dict[str, Any]]:
+    """Real validation (and, with ``test``, test) figures at each knob value of ``knobs_list``: one real
+    eval pass per value and split, so a point that reaches a front is what the model does at it. Each
+    item has the point's figure keys (``accuracy``, ``macs``, ``stats``; ``test_accuracy``, ``test_macs``)
+    and ``measured_by: "real"``, to update the replayed point with. ``test=False``: validation only,
+    the figures a front is chosen on (a test split is often many times larger: ``figures_on_test_split``
+    replays it for the same points from one record pass)."""
     val = figures_at(model, splits.val_x, splits.val_y, knobs_list, batch_size, replay=False)
-    test = figures_on_test_split(model, splits, knobs_list, batch_size, replay=False)
+    test_split = figures_on_test_split(model, splits, knobs_list, batch_size, replay=False) if test else [{}] * len(val)
     return [{"accuracy": v["accuracy"], "macs": v["macs"], "stats": v["stats"],
-             "test_accuracy": t["test_accuracy"], "test_macs": t["test_macs"], "measured_by": "real"}
-            for v, t in zip(val, test)]
+             **{k: t[k] for k in ("test_accuracy", "test_macs") if k in t}, "measured_by": "real"}
+            for v, t in zip(val, test_split)]
 
 
 def points_record(number: int, model, points: list[dict[str, Any]], weights: bytes,
