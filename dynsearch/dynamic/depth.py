@@ -143,15 +143,8 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         reads them; ``depth_shift`` only moves the argmax over them, so they decide every value."""
         if not self.predicted:
             return super().record(x)
-        h = self.stem(x)
-        halting_logits = self.halting(h)
-        logits = []
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            if i in self._exit_set:
-                logits.append(self.heads[str(i)](h))
-        logits.append(self.classifier(h))
-        return {"logits": torch.stack(logits, dim=1), "halting_logits": halting_logits}
+        embedded, logits = self._every_head(x)
+        return {"logits": torch.stack(logits, dim=1), "halting_logits": self.halting(embedded)}
 
     def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
         """Predicted depth: the chosen depth's head answers, and only it ran (no head on the way)."""
@@ -216,9 +209,8 @@ class DepthAdaptiveTransformer(EarlyExitNet):
 
     def _forward_all_predicted(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
-        embedded, features, final_logits = self._run_backbone(x)
-        head_logits = [self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)]
-        head_logits.append(final_logits)
+        embedded, head_logits = self._every_head(x)
+        final_logits = head_logits[-1]
         ones = x.new_ones(batch)
         records = {"exit_index": torch.full((batch,), len(self.stages) - 1, dtype=torch.long),
                    "halting_logits": self.halting(embedded)}

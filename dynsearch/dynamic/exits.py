@@ -326,13 +326,17 @@ class EarlyExitNet(DynamicModel):
             final_logits = self.classifier(h)
         return embedded, features, final_logits
 
+    def _every_head(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem output, and the logits of every exit head then the final classifier, each on every sample."""
+        embedded, features, final_logits = self._run_backbone(x)
+        return embedded, [*(self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)), final_logits]
+
     def _forward_all(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
         ones = x.new_ones(batch)
         counts = {name: ones for name in self.components()}
-        _, features, final_logits = self._run_backbone(x)
-        head_logits = [self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)]
-        head_logits.append(final_logits)
+        _, head_logits = self._every_head(x)
+        final_logits = head_logits[-1]
         exit_index = torch.full((batch,), len(self.stages) - 1, dtype=torch.long)
         trace = Trace(counts, {"exit_index": exit_index})
         return DynamicOutput(final_logits, trace, head_logits)
@@ -441,13 +445,7 @@ class EarlyExitNet(DynamicModel):
         """``logits`` [B, exits + 1, K]: every exit head's and the final classifier's logits, each
         computed on the whole batch; ``scores`` [B, exits]: what a threshold policy compares (not
         for ``patience``). Where a sample stops is all a knob changes, so these decide every value."""
-        h = self.stem(x)
-        logits = []
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            if i in self._exit_set:
-                logits.append(self.heads[str(i)](h))
-        logits.append(self.classifier(h))
+        _, logits = self._every_head(x)
         records = {"logits": torch.stack(logits, dim=1)}
         if self.policy != "patience":
             scores = [exit_score(self.policy, head_logits) for head_logits in logits[:-1]]
@@ -477,16 +475,16 @@ class EarlyExitNet(DynamicModel):
 
     def _replayed_trace(self, taken: torch.Tensor, heads_on_the_way: bool) -> Trace:
         """The eval Trace of samples answered by head ``taken`` (index into the exits, then the final
-        classifier): the stem, the stages up to that head's, and that head (``heads_on_the_way``:
-        with every exit head before it, as the threshold rules run them)."""
-        last = len(self.stages) - 1
-        exit_index = torch.tensor([*self.exit_stages, last])[taken]
-        counts = {"stem": torch.ones(len(taken)), "halting": torch.ones(len(taken))}  # halting: depth_adaptive
-        counts.update({f"stage{i}": (exit_index >= i).float() for i in range(len(self.stages))})
+        classifier): the stages up to that head's, and that head (``heads_on_the_way``: with every exit
+        head before it, as the threshold rules run them); the other components (the stem, a halting
+        unit) run once for every sample."""
+        exit_index = torch.tensor([*self.exit_stages, len(self.stages) - 1])[taken]
+        ran = {f"stage{i}": exit_index >= i for i in range(len(self.stages))}
         for j, i in enumerate(self.exit_stages):
-            counts[f"exit{i}"] = ((taken >= j) if heads_on_the_way else (taken == j)).float()
-        counts["classifier"] = (taken == len(self.exit_stages)).float()
-        return Trace({name: counts[name] for name in self.components() if name in counts}, {"exit_index": exit_index})
+            ran[f"exit{i}"] = (taken >= j) if heads_on_the_way else (taken == j)
+        ran["classifier"] = taken == len(self.exit_stages)
+        counts = {name: ran[name].float() if name in ran else torch.ones(len(taken)) for name in self.components()}
+        return Trace(counts, {"exit_index": exit_index})
 
 
 class _ExitSegment(nn.Module):

@@ -5,7 +5,6 @@ component's static count; a sample pays the components its trace names).
 """
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -39,9 +38,8 @@ def measure(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int 
 def split_figures(model, outputs: list, targets: torch.Tensor) -> dict[str, Any]:
     """``measure``'s figures from the eval outputs (``DynamicOutput``) of a split's batches, in order:
     a real pass and a replayed one (measure/points.py) are summed up by this one function."""
-    correct = 0
-    for out, start in zip(outputs, itertools.accumulate((len(o.logits) for o in outputs), initial=0)):
-        correct += int((out.logits.argmax(dim=1) == targets[start : start + len(out.logits)]).sum())
+    predictions = torch.cat([out.logits.argmax(dim=1) for out in outputs])
+    correct = int((predictions == targets).sum())
     trace = Trace.cat([out.trace for out in outputs])
     macs = trace.macs_per_sample(model.component_macs())
     return {
