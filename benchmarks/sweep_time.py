@@ -7,9 +7,9 @@ subset, one thread, then times in one process, alternating, ``--reps`` times:
 - ``real``: ``sweep(..., replay=False)``, the sweep as it was: validation and test, every value;
 - ``replay``: ``sweep(...)``, the same points from one record pass per split;
 - the flows of issue 31: ``sweep(..., test=False)``, then the trained point and the points on the
-  trial's validation front measured again: ``replay_then_real_val_front``, a real validation pass each
-  (``remeasure(..., test=False)``) and their test figures replayed (``figures_on_test_split``);
-  ``replay_then_real_val_test_front``, real validation and test passes each (``remeasure``).
+  trial's validation front measured again (``remeasured_points``): ``replay_then_real_val_front``, a
+  real validation pass each and their test figures replayed; ``replay_then_real_val_test_front``,
+  real validation and test passes each.
 
 The ratios of the medians are the speed-ups (side by side, so both see the same machine); the
 replayed points are compared with the real ones too. Validation is the first ``--val`` images of
@@ -60,18 +60,13 @@ def _recipe_and_splits(train: int, val: int):
 def _flow(model, splits, batch_size: int, real_test: bool):
     """Validation points by replay, then the trained point and the trial's validation front measured
     again: real validation figures, and test figures real (``real_test``) or replayed."""
-    from dynsearch.measure.points import figures_on_test_split, remeasure, sweep
+    from dynsearch.measure.points import remeasured_points, sweep
     from dynsearch.run.front import non_dominated
 
     points = sweep(model, splits, batch_size, test=False)
     front = non_dominated(points, [("accuracy", "max"), ("macs", "min")])
-    chosen = list({p["point"]: p for p in [*front, *[p for p in points if p["trained"]]]}.values())
-    knobs_list = [p["knobs"] for p in chosen]
-    again = remeasure(model, splits, knobs_list, batch_size, test=real_test)
-    test = [{}] * len(chosen) if real_test else figures_on_test_split(model, splits, knobs_list, batch_size)
-    for point, figures, test_figures in zip(chosen, again, test):
-        point.update({**figures, **{k: v for k, v in test_figures.items() if k != "measured_by"}})
-    return points, len(chosen)
+    indices = sorted({p["point"] for p in front} | {p["point"] for p in points if p["trained"]})
+    return remeasured_points(model, splits, points, indices, batch_size, real_test=real_test), len(indices)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ import torch
 from conftest import exits_config
 from dynsearch.dynamic import build_model
 from dynsearch.dynamic.gates import SkipNet
-from dynsearch.measure.points import current_knobs, figures_on_test_split, knob_grid, remeasure, sweep
+from dynsearch.measure.points import (
+    current_knobs, figures_on_test_split, knob_grid, remeasure, remeasured_points, sweep,
+)
 
 HALTING = {"input_shape": [1, 8, 8], "num_classes": 10, "backbone": {"kind": "recurrent", "widths": [32], "depth": 1}}
 CONFIGS = {
@@ -103,3 +105,19 @@ def test_validation_only_sweep_then_test_figures_and_real_remeasure_for_chosen_p
     val_only_again = remeasure(model, digits, knobs_list, 256, test=False)  # the figures a front is chosen on
     assert val_only_again == [{k: f[k] for k in ("accuracy", "macs", "stats", "measured_by")} for f in again]
     assert figures_on_test_split(model, digits, [], 256) == [] == remeasure(model, digits, [], 256)
+
+
+@pytest.mark.parametrize("real_test", [False, True])
+def test_remeasured_points_settle_the_chosen_points_only(real_test, digits):
+    model = _trained("patience", digits)
+    full = sweep(model, digits, 256)
+    val_only = sweep(model, digits, 256, test=False)
+    trained = next(p["point"] for p in val_only if p["trained"])
+    indices = [trained, 0, trained]  # a point named twice is measured once
+    settled = remeasured_points(model, digits, val_only, indices, 256, real_test=real_test)
+    assert len(settled) == len(val_only)
+    for k, point in enumerate(settled):
+        if k not in indices:
+            assert point == val_only[k]
+            continue
+        assert point == {**full[k], "measured_by": "real", "test_measured_by": "real" if real_test else "replay"}

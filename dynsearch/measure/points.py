@@ -27,7 +27,9 @@ What a trial needs, cheapest first:
 - ``figures_on_test_split(model, splits, knobs_list, batch_size)``: test figures of the chosen points
   only (the trained one, those on the trial's validation front); nothing selects on test;
 - ``remeasure(model, splits, knobs_list, batch_size[, test=False])``: real validation (and test)
-  figures of the chosen points, to replace their replayed ones.
+  figures of the chosen points, to replace their replayed ones;
+- ``remeasured_points(model, splits, points, indices, batch_size[, real_test])``: both for the points
+  at ``indices``: real validation figures, test figures replayed (or real).
 
 ``sweep(model, splits, batch_size)`` (``test=True``) gives every point its test
 figures too, as before. The search runs the sweep at the end of each trial in
@@ -137,7 +139,7 @@ def sweep(model, splits, batch_size: int, *, test: bool = True, replay: bool = T
 
 
 def figures_on_test_split(model, splits, knobs_list: list[dict[str, Any]], batch_size: int, *,
-                 replay: bool = True) -> list[dict[str, Any]]:
+                          replay: bool = True) -> list[dict[str, Any]]:
     """``test_accuracy``, ``test_macs`` and ``measured_by`` on the test split at each knob value of
     ``knobs_list`` (e.g. the trained point and the points on the trial's validation front): one record
     pass of the test split and a replay per value, or one real pass per value."""
@@ -158,6 +160,23 @@ def remeasure(model, splits, knobs_list: list[dict[str, Any]], batch_size: int, 
     return [{"accuracy": v["accuracy"], "macs": v["macs"], "stats": v["stats"],
              **{k: t[k] for k in ("test_accuracy", "test_macs") if k in t}, "measured_by": "real"}
             for v, t in zip(val, test_split)]
+
+
+def remeasured_points(model, splits, points: list[dict[str, Any]], indices: list[int], batch_size: int, *,
+                      real_test: bool = False) -> list[dict[str, Any]]:
+    """``points`` with those at ``indices`` (the trained point, the trial's validation front) measured
+    again by real validation passes (``remeasure``) and given test figures: real passes with
+    ``real_test``, else replayed from one record pass of the test split (``test_measured_by`` says
+    which). The other points are returned as they are."""
+    indices = list(dict.fromkeys(indices))
+    knobs_list = [points[i]["knobs"] for i in indices]
+    real = remeasure(model, splits, knobs_list, batch_size, test=real_test)
+    test = real if real_test else figures_on_test_split(model, splits, knobs_list, batch_size)
+    settled = list(points)
+    for i, figures, test_figures in zip(indices, real, test):
+        settled[i] = {**points[i], **figures, "test_accuracy": test_figures["test_accuracy"],
+                      "test_macs": test_figures["test_macs"], "test_measured_by": test_figures["measured_by"]}
+    return settled
 
 
 def points_record(number: int, model, points: list[dict[str, Any]], weights: bytes,
