@@ -121,3 +121,30 @@ def test_remeasured_points_settle_the_chosen_points_only(real_test, digits):
             assert point == val_only[k]
             continue
         assert point == {**full[k], "measured_by": "real", "test_measured_by": "real" if real_test else "replay"}
+
+
+@pytest.mark.parametrize("name", ["confidence", "entropy"])
+def test_thresholds_exactly_on_recorded_scores_decide_as_the_real_pass(name, digits):
+    """A threshold equal to a sample's score at an exit (a tie: confidence leaves at >=, entropy stays
+    at <) is decided alike by replay and by the real pass: both compare the same float32 score."""
+    from dynsearch.measure.evaluate import measure
+    from dynsearch.measure.points import record_split, replay_split
+
+    model = _trained(name, digits)
+    records = record_split(model, digits.val_x, 256)
+    scores = torch.cat([r["scores"] for r in records])  # [N, exits]
+    ties = 0
+    for exit_position in range(scores.shape[1]):
+        for sample in (0, 17, 123, 300):
+            threshold = float(scores[sample, exit_position])  # float32 -> float: exact
+            model.set_runtime_knobs({"threshold": threshold})
+            real, replayed = measure(model, digits.val_x, digits.val_y, 256), replay_split(model, records, digits.val_y)
+            assert replayed["per_sample_macs"] == real["per_sample_macs"], (exit_position, sample)
+            assert (replayed["accuracy"], replayed["stats"]) == (real["accuracy"], real["stats"])
+            if exit_position == 0:  # the tied sample itself: confidence leaves (>=), entropy stays (<)
+                batch, row = divmod(sample, 256)
+                with torch.no_grad():
+                    exit_index = model.replay(records[batch]).trace.records["exit_index"][row]
+                assert bool(exit_index == model.exit_stages[0]) == (name == "confidence")
+            ties += 1
+    assert ties == 4 * scores.shape[1]

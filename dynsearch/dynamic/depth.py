@@ -154,7 +154,6 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         logits = records["logits"]
         return DynamicOutput(logits[torch.arange(logits.shape[0]), taken], self._replayed_trace(taken, False))
 
-
     def onnx_form(self) -> OnnxForm | None:
         """A threshold rule: the early-exit form. Predicted depth: a first graph (stem and halting
         unit) returns the features and the halting logits; then per exit a segment graph (the
