@@ -230,6 +230,25 @@ class DynamicModel(nn.Module):
         if values:
             raise ValueError(f"{type(self).__name__} has no runtime knobs; got {sorted(values)}")
 
+    # -- operating points from one pass (optional; measure/points.py) ---------
+    def record(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One eval pass over a batch that computes, for every sample, every output any value of the
+        runtime knobs could use (each exit head's logits, each ponder step's state), without stopping
+        early: the record ``replay`` decides from. Called in eval mode without gradients.
+
+        None (the default): the knobs change what runs downstream (gate bias, expert top-k), so each
+        knob value needs a real pass. A mechanism that records must also implement ``replay``.
+        """
+        return None
+
+    def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
+        """What ``forward`` in eval returns on the recorded batch at the knob values set now
+        (``set_runtime_knobs``): the same per-sample decisions, logits and Trace, computed from
+        ``record(x)`` alone. The knobs are read from the model, as the eval forward reads them, so
+        there is one place that sets and validates them. Decide with the rules of rules.py that the
+        eval forward uses, so the two cannot drift apart."""
+        raise NotImplementedError(f"{type(self).__name__} does not replay operating points (record() returns None)")
+
     def onnx_form(self) -> OnnxForm | None:
         """The ONNX-exportable pieces (stage graphs, heads, gates); None: ONNX is not supported."""
         return None

@@ -136,6 +136,23 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         index = torch.arange(scores.shape[1], dtype=scores.dtype, device=scores.device)
         return rules.predicted_depth(scores, self.depth_shift, index)
 
+    # -- operating points from one pass ---------------------------------------------
+    @torch.no_grad()
+    def record(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted depth: also the halting logits, read from the stem's output as the eval forward
+        reads them; ``depth_shift`` only moves the argmax over them, so they decide every value."""
+        if not self.predicted:
+            return super().record(x)
+        embedded, logits = self._every_head(x)
+        return {"logits": torch.stack(logits, dim=1), "halting_logits": self.halting(embedded)}
+
+    def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
+        """Predicted depth: the chosen depth's head answers, and only it ran (no head on the way)."""
+        if not self.predicted:
+            return super().replay(records)
+        taken = self._pick_depth(records["halting_logits"])
+        logits = records["logits"]
+        return DynamicOutput(logits[torch.arange(logits.shape[0]), taken], self._replayed_trace(taken, False))
 
     def onnx_form(self) -> OnnxForm | None:
         """A threshold rule: the early-exit form. Predicted depth: a first graph (stem and halting
@@ -191,9 +208,8 @@ class DepthAdaptiveTransformer(EarlyExitNet):
 
     def _forward_all_predicted(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
-        embedded, features, final_logits = self._run_backbone(x)
-        head_logits = [self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)]
-        head_logits.append(final_logits)
+        embedded, head_logits = self._every_head(x)
+        final_logits = head_logits[-1]
         ones = x.new_ones(batch)
         records = {"exit_index": torch.full((batch,), len(self.stages) - 1, dtype=torch.long),
                    "halting_logits": self.halting(embedded)}

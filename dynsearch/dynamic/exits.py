@@ -326,13 +326,17 @@ class EarlyExitNet(DynamicModel):
             final_logits = self.classifier(h)
         return embedded, features, final_logits
 
+    def _every_head(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem output, and the logits of every exit head then the final classifier, each on every sample."""
+        embedded, features, final_logits = self._run_backbone(x)
+        return embedded, [*(self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)), final_logits]
+
     def _forward_all(self, x: torch.Tensor) -> DynamicOutput:
         batch = x.shape[0]
         ones = x.new_ones(batch)
         counts = {name: ones for name in self.components()}
-        _, features, final_logits = self._run_backbone(x)
-        head_logits = [self.heads[str(i)](f) for i, f in zip(self.exit_stages, features)]
-        head_logits.append(final_logits)
+        _, head_logits = self._every_head(x)
+        final_logits = head_logits[-1]
         exit_index = torch.full((batch,), len(self.stages) - 1, dtype=torch.long)
         trace = Trace(counts, {"exit_index": exit_index})
         return DynamicOutput(final_logits, trace, head_logits)
@@ -434,6 +438,53 @@ class EarlyExitNet(DynamicModel):
         else:
             logits_out[alive] = logits
         return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+
+    # -- operating points from one pass: every head on every sample, then the policy --
+    @torch.no_grad()
+    def record(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logits`` [B, exits + 1, K]: every exit head's and the final classifier's logits, each
+        computed on the whole batch; ``scores`` [B, exits]: what a threshold policy compares (not
+        for ``patience``). Where a sample stops is all a knob changes, so these decide every value."""
+        _, logits = self._every_head(x)
+        records = {"logits": torch.stack(logits, dim=1)}
+        if self.policy != "patience":
+            scores = [exit_score(self.policy, head_logits) for head_logits in logits[:-1]]
+            records["scores"] = torch.stack(scores, dim=1) if scores else x.new_zeros(x.shape[0], 0)
+        return records
+
+    def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
+        """The first head whose rule says leave (``_leaves_at``), else the final classifier."""
+        logits = records["logits"]
+        leaves = self._leaves_at(records)
+        always = torch.ones(logits.shape[0], 1, dtype=torch.bool)
+        taken = torch.cat([leaves, always], dim=1).int().argmax(dim=1)  # the first True (argmax: first maximum)
+        return DynamicOutput(logits[torch.arange(logits.shape[0]), taken], self._replayed_trace(taken, True))
+
+    def _leaves_at(self, records: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool [B, exits]: would each sample leave at each exit head if it got there (the eval rules)?"""
+        if self.policy != "patience":
+            return rules.exit_leaves(self.policy, records["scores"], self.threshold)
+        predictions = records["logits"][:, :-1].argmax(dim=2)
+        streak = torch.zeros(predictions.shape[0], dtype=torch.long)
+        previous, leaves = None, []
+        for prediction in predictions.unbind(dim=1):
+            streak = rules.patience_streak(streak, prediction, previous)
+            previous = prediction
+            leaves.append(rules.patience_leaves(streak, self.patience))
+        return torch.stack(leaves, dim=1) if leaves else predictions.new_zeros(predictions.shape, dtype=torch.bool)
+
+    def _replayed_trace(self, taken: torch.Tensor, heads_on_the_way: bool) -> Trace:
+        """The eval Trace of samples answered by head ``taken`` (index into the exits, then the final
+        classifier): the stages up to that head's, and that head (``heads_on_the_way``: with every exit
+        head before it, as the threshold rules run them); the other components (the stem, a halting
+        unit) run once for every sample."""
+        exit_index = torch.tensor([*self.exit_stages, len(self.stages) - 1])[taken]
+        ran = {f"stage{i}": exit_index >= i for i in range(len(self.stages))}
+        for j, i in enumerate(self.exit_stages):
+            ran[f"exit{i}"] = (taken >= j) if heads_on_the_way else (taken == j)
+        ran["classifier"] = taken == len(self.exit_stages)
+        counts = {name: ran[name].float() if name in ran else torch.ones(len(taken)) for name in self.components()}
+        return Trace(counts, {"exit_index": exit_index})
 
 
 class _ExitSegment(nn.Module):

@@ -163,22 +163,69 @@ class HaltingNet(DynamicModel):
         halted_so_far = x.new_zeros(batch)  # ACT: sum of h; PonderNet: sum of p
         for n in range(self.max_steps):
             state = self.cell((first if n == 0 else rest)[alive], state)
-            counts["cell"][alive] += 1
-            if n == self.max_steps - 1:
-                halt = torch.ones(len(alive), dtype=torch.bool)
-                readout[alive] += self._eval_weight(None, halted_so_far[alive], halt)[:, None] * state
-                break
-            h = self._halting_prob(state)
-            counts["halting"][alive] += 1
-            halt, so_far = self._eval_halt(h, halted_so_far[alive], n)
-            readout[alive] += self._eval_weight(h, halted_so_far[alive], halt)[:, None] * state
-            halted_so_far[alive] = so_far
+            h = None if n == self.max_steps - 1 else self._halting_prob(state)  # none at the forced last step
+            halt = self._eval_step(n, state, h, alive, counts, readout, halted_so_far)
             alive, state = alive[~halt], state[~halt]
             if alive.numel() == 0:
                 break
+        return self._eval_output(counts, readout)
+
+    def _eval_step(self, n: int, state: torch.Tensor, h: torch.Tensor | None, alive: torch.Tensor,
+                   counts: dict[str, torch.Tensor], readout: torch.Tensor, halted_so_far: torch.Tensor) -> torch.Tensor:
+        """Step ``n`` of the eval loop for the samples ``alive`` (their new ``state`` and halting
+        probability ``h``, None at the last step): count it, add the state to the readout with its
+        weight, carry the halted quantity; returns which of them halt. The eval forward and ``replay``
+        both take their steps here, so a replayed point decides and reads out as the real one does."""
+        counts["cell"][alive] += 1
+        if h is None:
+            halt = torch.ones(len(alive), dtype=torch.bool)
+            readout[alive] += self._eval_weight(None, halted_so_far[alive], halt)[:, None] * state
+            return halt
+        counts["halting"][alive] += 1
+        halt, so_far = self._eval_halt(h, halted_so_far[alive], n)
+        readout[alive] += self._eval_weight(h, halted_so_far[alive], halt)[:, None] * state
+        halted_so_far[alive] = so_far
+        return halt
+
+    def _eval_output(self, counts: dict[str, torch.Tensor], readout: torch.Tensor) -> DynamicOutput:
+        """The classifier on the readout of every sample; the Trace of the steps they ran."""
         counts["classifier"] += 1
         steps = counts["cell"].long()
         return DynamicOutput(self.classifier(readout), Trace(counts, {"ponder_steps": steps}))
+
+    # -- operating points from one pass --------------------------------------------
+    @torch.no_grad()
+    def record(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``states`` [B, max_steps, hidden] and halting probabilities ``h`` [B, max_steps - 1] of every
+        step for every sample. A step's state never depends on the threshold (the cell reads the same
+        input whenever the loop stops), so the threshold changes only where a sample halts and the
+        weights of its readout, which ``replay`` computes from these exactly as the loop does."""
+        first, rest = self._step_inputs(x)
+        state = x.new_zeros(x.shape[0], self.hidden)
+        states, probs = [], []
+        for n in range(self.max_steps):
+            state = self.cell(first if n == 0 else rest, state)
+            states.append(state)
+            if n < self.max_steps - 1:
+                probs.append(self._halting_prob(state))
+        return {"states": torch.stack(states, dim=1), "h": torch.stack(probs, dim=1)}
+
+    def replay(self, records: dict[str, torch.Tensor]) -> DynamicOutput:
+        """The eval loop's steps (``_eval_step``) over the recorded states, then the classifier on the
+        readouts of the whole batch, as the eval forward runs it."""
+        states, probs = records["states"], records["h"]
+        batch = states.shape[0]
+        counts = {name: states.new_zeros(batch) for name in self._component_names}
+        readout = states.new_zeros(batch, self.hidden)
+        halted_so_far = states.new_zeros(batch)
+        alive = torch.arange(batch)
+        for n in range(self.max_steps):
+            h = None if n == self.max_steps - 1 else probs[alive, n]
+            halt = self._eval_step(n, states[alive, n], h, alive, counts, readout, halted_so_far)
+            alive = alive[~halt]
+            if alive.numel() == 0:
+                break
+        return self._eval_output(counts, readout)
 
 
 @register_mechanism("act", family="halting",

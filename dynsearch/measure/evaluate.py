@@ -30,24 +30,25 @@ def measure(model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int 
     """
     was_training = model.training
     model.eval()
-    component_macs = model.component_macs()
-    correct, traces = 0, []
-    for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-        out = model(x)
-        correct += int((out.logits.argmax(dim=1) == y).sum())
-        traces.append(out.trace)
+    outputs = [model(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
     model.train(was_training)
-    trace = Trace.cat(traces)
-    macs = trace.macs_per_sample(component_macs)
-    result: dict[str, Any] = {
-        "accuracy": correct / len(inputs),
+    return split_figures(model, outputs, targets)
+
+
+def split_figures(model, outputs: list, targets: torch.Tensor) -> dict[str, Any]:
+    """``measure``'s figures from the eval outputs (``DynamicOutput``) of a split's batches, in order:
+    a real pass and a replayed one (measure/points.py) are summed up by this one function."""
+    predictions = torch.cat([out.logits.argmax(dim=1) for out in outputs])
+    correct = int((predictions == targets).sum())
+    trace = Trace.cat([out.trace for out in outputs])
+    macs = trace.macs_per_sample(model.component_macs())
+    return {
+        "accuracy": correct / len(targets),
         "macs": float(macs.mean()),
         "macs_full": model.macs_full(),
         "stats": model.trace_stats(trace),
         "per_sample_macs": macs.tolist(),
     }
-    return result
 
 
 def measure_val(model, data: dict[str, Any], measured_with: dict[str, int]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ mechanism is what gets it tested. The checks cover the contract end to end:
 shapes, finite outputs, batch-N decisions equal batch-1 ones, traced MACs equal
 FlopCounterMode's, real skipping, gradients to the decision units, the aux
 loss, the config rebuilding the model, every runtime knob value reproducing a
-model rebuilt with it, the export/load round trip, and (with an ONNX form)
+model rebuilt with it, replayed operating points matching real passes (where a
+mechanism records), the export/load round trip, and (with an ONNX form)
 graph parity and the staged runtime's decisions, also at other knob values.
 A mechanism author can run it alone:
 
@@ -17,7 +18,7 @@ Each check builds the model from ``config`` with a fixed seed and raises
 ``AssertionError`` on a violation of the contract (dynamic/base.py), or
 ``NotApplicable`` (a ``unittest.SkipTest``, which pytest reports as a skip) with
 the reason when the part of the contract it checks does not apply to the model
-(no ONNX form, no runtime knob).
+(no ONNX form, no runtime knob, no replay).
 """
 from __future__ import annotations
 
@@ -379,6 +380,53 @@ def check_sweep_matches_rebuilt_model_at_each_knob_value(config: dict[str, Any])
     assert len({p["macs"] for p in points}) > 1, "the knob changes nothing"
 
 
+def _same_batch_output(replayed, real, where: str) -> None:
+    """A replayed batch against the real eval forward's: the same decisions (every trace count, every
+    integer record), the same predictions, and logits and float records within round-off (the real
+    pass runs later stages on the samples still running, down to one: PITFALLS.md)."""
+    assert set(replayed.trace.counts) == set(real.trace.counts), f"{where}: replay counts other components"
+    for name, count in real.trace.counts.items():
+        assert torch.equal(replayed.trace.counts[name], count), f"{where}: replay decides {name} otherwise"
+    assert set(replayed.trace.records) == set(real.trace.records), f"{where}: replay records other keys"
+    for name, record in real.trace.records.items():
+        other = replayed.trace.records[name]
+        same = torch.allclose(other, record, atol=1e-5) if record.is_floating_point() else torch.equal(other, record)
+        assert same, f"{where}: replay records {name} otherwise"
+    assert torch.equal(replayed.logits.argmax(dim=1), real.logits.argmax(dim=1)), f"{where}: replay predicts otherwise"
+    assert torch.allclose(replayed.logits, real.logits, atol=1e-5), f"{where}: replayed logits differ"
+
+
+def check_replay_matches_real_eval_at_each_knob_value(config: dict[str, Any]) -> None:
+    """A mechanism that records its outputs once (``record`` not None) replays every value of its knob
+    grid as its eval forward runs it, from one record made at the trained values: batch by batch
+    (16 = 5 + 5 + 5 + 1: the batch-1 path too), the decisions, predictions and logits of the real
+    forward (``_same_batch_output``); over the split, the same accuracy, per-sample MACs, mean MACs
+    and statistics as ``measure``. The knobs are restored after."""
+    from dynsearch.measure.evaluate import measure
+    from dynsearch.measure.points import current_knobs, knob_grid, record_split, replay_split
+
+    model, x, y = _model(config)
+    model.eval()
+    records = record_split(model, x, batch_size=5)
+    if records is None:
+        raise NotApplicable(f"mechanism {config['mechanism']!r} does not replay its knobs (record() is None)")
+    trained = current_knobs(model)
+    try:
+        for values in knob_grid(model):
+            model.set_runtime_knobs(values)
+            for start, record in zip(range(0, BATCH, 5), records):
+                with torch.no_grad():
+                    real, replayed = model(x[start : start + 5]), model.replay(record)
+                _same_batch_output(replayed, real, f"knobs {values}, batch at {start}")
+            real, replayed = measure(model, x, y, batch_size=5), replay_split(model, records, y)
+            assert replayed["per_sample_macs"] == real["per_sample_macs"], f"knobs {values}: per-sample MACs differ"
+            for key in ("accuracy", "macs", "macs_full", "stats"):
+                assert replayed[key] == real[key], f"knobs {values}: replayed {key} {replayed[key]} != {real[key]}"
+    finally:
+        model.set_runtime_knobs(trained)
+    assert current_knobs(model) == trained
+
+
 def check_export_load_round_trip(config: dict[str, Any]) -> None:
     """The files an export writes (``export.write_model_files``: config.json with the runtime policy
     and the weights' sha256, model.safetensors), loaded back with ``load``, give the same
@@ -417,6 +465,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_aux_loss_finite,
     check_config_rebuilds_model,
     check_sweep_matches_rebuilt_model_at_each_knob_value,
+    check_replay_matches_real_eval_at_each_knob_value,
     check_export_load_round_trip,
     check_onnx_graph_parity_and_staged_decisions,
     check_staged_runtime_follows_runtime_knobs,
