@@ -12,7 +12,7 @@ from conftest import exits_config
 from dynsearch.measure.evaluate import measure_val
 from dynsearch.dynamic import build_model
 from dynsearch.dynamic.gates import SkipNet
-from dynsearch.measure.points import current_knobs
+from dynsearch.measure.points import TEST_KEYS, current_knobs
 from dynsearch.run.rundir import POINTS_FILE
 from test_bundle import make_run
 
@@ -106,3 +106,72 @@ def test_bad_point_is_one_line_and_exit_2(run, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "export", str(run), "--trials", "0", "--point", "-1",
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+FIGURES = ("trial", "point", "knobs", "trained", "accuracy", "macs", "test_accuracy", "test_macs")
+
+
+def _front_figures(run_dir):
+    return [{k: item[k] for k in FIGURES} for item in dynsearch.pareto(run_dir, operating_points=True)]
+
+
+def test_points_from_one_pass_give_the_per_value_sweeps_front_and_exports(run, tmp_path):
+    """A record written by the per-value real sweep (the one before replay: every point, both splits)
+    is read as it is; the points a trial now records (replayed, front re-measured by real validation
+    passes, test figures only for the points that matter) give the same operating front and the same
+    exported models."""
+    import shutil
+
+    from dynsearch.data import cached_splits
+    from dynsearch.deploy.trials import check_trial
+    from dynsearch.measure.device import pinned_threads
+    from dynsearch.measure.points import points_record, sweep
+    from dynsearch.run.rundir import RunDir, write_json
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(run, old)
+    shutil.copytree(run, new)
+    for number in range(2):
+        (new / "trials" / str(number) / POINTS_FILE).unlink(missing_ok=True)
+        recipe = RunDir(old).read_recipe()
+        checked = check_trial(old, number, recipe)
+        with_ = checked.measured["measured_with"]
+        with pinned_threads(with_["threads"]):
+            points = sweep(checked.model, cached_splits(recipe.data), with_["batch_size"], replay=False)
+        assert all(p["measured_by"] == "real" and "test_accuracy" in p for p in points)
+        write_json(old / "trials" / str(number) / POINTS_FILE,
+                   points_record(number, checked.model, points, checked.weights, with_, 0.0))
+    before = _front_figures(old)
+    # Read as written (sweep_seconds 0.0 above), not computed again.
+    assert [json.loads((old / "trials" / str(n) / POINTS_FILE).read_text())["sweep_seconds"] for n in range(2)] == [0, 0]
+    after = _front_figures(new)  # computed now, as a trial computes them
+    assert after == before and len(after) >= 2
+    exits_record = json.loads((new / "trials" / "0" / POINTS_FILE).read_text())
+    assert exits_record["remeasured"] >= 2 and exits_record["replay_matched"] == exits_record["remeasured"]
+    assert any("test_accuracy" not in p for p in exits_record["points"])  # off the trial's own front: no test figures
+    item = next(i for i in after if not i["trained"])
+    for run_dir in (old, new):
+        [folder] = dynsearch.export(run_dir, run_dir / "models", trials=[item["trial"]], point=item["point"])
+        card = json.loads((folder / "card.json").read_text())
+        assert card["operating_point"]["measured"] == {k: item[k] for k in ("accuracy", "macs", *TEST_KEYS)}
+    for name in ("config.json", "model.safetensors"):
+        exported = [(d / "models" / f"trial-{item['trial']}" / name).read_bytes() for d in (old, new)]
+        assert exported[0] == exported[1], name
+
+
+def test_export_at_a_point_off_the_trials_own_front_measures_its_test_figures(run, tmp_path):
+    from dynsearch.deploy.points import trial_points
+
+    record = trial_points(run, 0)
+    item = next(p for p in record["points"] if "test_accuracy" not in p)
+    [folder] = dynsearch.export(run, tmp_path / "models", trials=[0], point=item["point"])
+    card = json.loads((folder / "card.json").read_text())
+    from dynsearch.data import cached_splits
+    from dynsearch.measure.device import pinned_threads
+    from dynsearch.measure.evaluate import measure
+
+    model, splits, with_ = dynsearch.load(folder), cached_splits(card["data"]), card["measured_with"]
+    with pinned_threads(with_["threads"]):
+        test = measure(model, splits.test_x, splits.test_y, batch_size=with_["batch_size"])
+    assert card["operating_point"]["measured"]["test_accuracy"] == test["accuracy"]
+    assert card["operating_point"]["measured"]["test_macs"] == test["macs"]

@@ -20,7 +20,9 @@ from dynsearch.data import cached_splits
 from dynsearch.deploy.trials import check_trial
 from dynsearch.measure.device import pinned_threads
 from dynsearch.measure.evaluate import measure_val, same_figures
-from dynsearch.measure.points import FORMAT, current_knobs, points_record, sweep
+from dynsearch.measure.points import (
+    FORMAT, TEST_KEYS, current_knobs, figures_on_test_split, operating_points, point_front_objectives, points_record,
+)
 from dynsearch.recipe import Recipe
 from dynsearch.run.front import point_of
 from dynsearch.run.rundir import RunDir, write_json
@@ -38,8 +40,10 @@ def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     checked = check_trial(run, number, recipe)  # weights verified against the trial's checksum
     measured_with = checked.measured["measured_with"]
     started = time.perf_counter()
+    trained = checked.metrics if all(k in checked.metrics for k in ("stats", *TEST_KEYS)) else None
     with pinned_threads(measured_with["threads"]):
-        points = sweep(checked.model, cached_splits(recipe.data), measured_with["batch_size"])
+        points = operating_points(checked.model, cached_splits(recipe.data), measured_with["batch_size"],
+                                  trained=trained, front_on=point_front_objectives(recipe))
     record = points_record(number, checked.model, points, checked.weights, measured_with,
                            time.perf_counter() - started)
     try:
@@ -72,8 +76,14 @@ def at_point(run: Path, checked, point: int, recipe: Recipe):
     model = checked.model
     trained_knobs = current_knobs(model)
     model.set_runtime_knobs(item["knobs"])
-    measured = measure_val(model, recipe.data, checked.measured["measured_with"])
-    figures = ("accuracy", "macs", "test_accuracy", "test_macs")
+    measured_with = checked.measured["measured_with"]
+    measured = measure_val(model, recipe.data, measured_with)
+    if any(k not in item for k in TEST_KEYS):  # off the trial's own front: its test figures were not measured
+        with pinned_threads(int(measured_with["threads"])):
+            [test] = figures_on_test_split(model, cached_splits(recipe.data), [item["knobs"]],
+                                           int(measured_with["batch_size"]), replay=False)
+        item = {**item, **{k: test[k] for k in TEST_KEYS}, "test_measured_by": "real, at export"}
+    figures = ("accuracy", "macs", *TEST_KEYS)
     # Latency was timed at the trained point only; test statistics were not kept per point.
     metrics = {k: v for k, v in checked.metrics.items() if not k.startswith("latency") and k != "test_stats"}
     metrics.update({k: item[k] for k in (*figures, "stats")})

@@ -21,21 +21,27 @@ several knobs) of ``model.runtime_knobs()``. Two ways, same figures:
 
 Each point says which in ``measured_by`` (``"replay"`` or ``"real"``).
 
-What a trial needs, cheapest first:
+What a trial records is ``operating_points(model, splits, batch_size)``: the
+validation figures of every point (replayed where the model replays), the
+trained point and the points on the trial's own validation front measured
+again by a real validation pass, and test figures for those points only
+(replayed from one record pass of the test split); nothing selects on test.
+The pieces, cheapest first:
 
 - ``sweep(model, splits, batch_size, test=False)``: validation figures of every point;
-- ``figures_on_test_split(model, splits, knobs_list, batch_size)``: test figures of the chosen points
-  only (the trained one, those on the trial's validation front); nothing selects on test;
+- ``figures_on_test_split(model, splits, knobs_list, batch_size)``: test figures of the chosen points;
 - ``remeasure(model, splits, knobs_list, batch_size[, test=False])``: real validation (and test)
   figures of the chosen points, to replace their replayed ones;
 - ``remeasured_points(model, splits, points, indices, batch_size[, real_test])``: both for the points
   at ``indices``: real validation figures, test figures replayed (or real).
 
 ``sweep(model, splits, batch_size)`` (``test=True``) gives every point its test
-figures too, as before. The search runs the sweep at the end of each trial in
-its Ray worker, where the model is in memory, and writes
-``trials/<N>/operating_points.json``; for runs made before that, the file is
-computed from the trial's weights the first time it is asked for.
+figures too (benchmarks compare it with the old per-value sweep). The search
+runs ``operating_points`` at the end of each trial in its Ray worker, where the
+model is in memory, and writes ``trials/<N>/operating_points.json``; for runs
+made before that, the file is computed from the trial's weights the first time
+it is asked for. Records written by the earlier per-value sweep (every point
+with test figures, all ``measured_by`` real) are read as they are.
 
 Item ``k`` of a trial's ``points`` is operating point ``k`` (``dynsearch export
 --trials N --point k``); the point with ``trained: true`` is the trial as trained.
@@ -48,6 +54,7 @@ from typing import Any
 
 import torch
 
+from dynsearch.dominance import non_dominated
 from dynsearch.measure.evaluate import measure, split_figures
 
 FORMAT = "dynsearch-operating-points/1"
@@ -179,6 +186,75 @@ def remeasured_points(model, splits, points: list[dict[str, Any]], indices: list
     return settled
 
 
+# The figures a trial's own front is chosen on: the operating-point front compares points on these
+# (params is the same at every point of a trial; latency is timed at the trained point only).
+POINT_FRONT_OBJECTIVES = (("accuracy", "max"), ("macs", "min"))
+TEST_KEYS = ("test_accuracy", "test_macs")
+
+
+def point_front_objectives(recipe) -> list[tuple[str, str]]:
+    """The objectives a trial's own operating points are ranked on: the recipe's accuracy and macs
+    (params is the same at every point; latency is timed at the trained point only)."""
+    return [(o.name, o.direction) for o in recipe.objectives if o.name in ("accuracy", "macs")]
+
+
+def operating_points(model, splits, batch_size: int, *, trained: dict[str, Any] | None = None,
+                     front_on: list[tuple[str, str]] | tuple = POINT_FRONT_OBJECTIVES) -> list[dict[str, Any]]:
+    """What a trial records as its operating points, at the cost of about one pass per split.
+
+    1. Validation figures of every knob value (``sweep(test=False)``: replayed from one record pass
+       where the model replays, else one real pass per value).
+    2. The trial's own validation front on ``front_on`` (a subset of accuracy / macs, the recipe's
+       objectives; only its points can reach a run's operating-point front) and the trained point are
+       the points that matter: where their figures were replayed, they are measured again by a real
+       validation pass (``remeasure``), so each of them is what the model does at that point; the
+       others keep their replayed figures (``measured_by``).
+    3. Test figures for those points only (``test_accuracy``, ``test_macs``; ``test_measured_by``),
+       replayed from one record pass of the test split where the model replays; the other points have
+       none. Nothing selects on test.
+
+    ``trained``: the real validation and test figures of the trained point (``training.trial.evaluate``
+    measured them at the same batch size), used instead of measuring it again.
+    """
+    points = sweep(model, splits, batch_size, test=False)
+    if not points:
+        return points
+    front_on = [(key, direction) for key, direction in front_on] or list(POINT_FRONT_OBJECTIVES)
+    chosen = [p["point"] for p in non_dominated(points, front_on)]
+    trained_index = next((p["point"] for p in points if p["trained"]), None)
+    if trained is not None and trained_index is not None:
+        points[trained_index] = {**points[trained_index], "replayed": _replayed(points[trained_index]),
+                                 **{k: trained[k] for k in ("accuracy", "macs", "stats", *TEST_KEYS)},
+                                 "measured_by": "real", "test_measured_by": "real"}
+        chosen = [i for i in chosen if i != trained_index]
+    elif trained_index is not None:
+        chosen.append(trained_index)
+    if not chosen:
+        return points
+    if points[chosen[0]]["measured_by"] == "replay":
+        before = {i: _replayed(points[i]) for i in chosen}
+        points = remeasured_points(model, splits, points, chosen, batch_size)
+        for i in chosen:
+            points[i]["replayed"] = before[i]
+    else:  # real passes already: the test figures of the chosen points, one real pass each
+        test = figures_on_test_split(model, splits, [points[i]["knobs"] for i in chosen], batch_size)
+        for i, figures in zip(chosen, test):
+            points[i] = {**points[i], **{k: figures[k] for k in TEST_KEYS}, "test_measured_by": figures["measured_by"]}
+    return points
+
+
+def _replayed(point: dict[str, Any]) -> dict[str, Any] | None:
+    """A point's replayed validation figures, kept beside the real ones that replace them (None: not replayed)."""
+    return {"accuracy": point["accuracy"], "macs": point["macs"]} if point["measured_by"] == "replay" else None
+
+
+def replay_agreement(points: list[dict[str, Any]]) -> dict[str, int]:
+    """How many re-measured points the replay had exactly right (validation accuracy and macs)."""
+    checked = [p for p in points if p.get("replayed")]
+    same = sum(p["replayed"] == {"accuracy": p["accuracy"], "macs": p["macs"]} for p in checked)
+    return {"remeasured": len(checked), "replay_matched": same}
+
+
 def points_record(number: int, model, points: list[dict[str, Any]], weights: bytes,
                   measured_with: dict[str, int], sweep_seconds: float) -> dict[str, Any]:
     """The content of a trial's operating_points.json."""
@@ -191,5 +267,6 @@ def points_record(number: int, model, points: list[dict[str, Any]], weights: byt
         "macs_full": model.macs_full(),
         "measured_with": dict(measured_with),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        **replay_agreement(points),
         "points": points,
     }

@@ -18,7 +18,7 @@ from ray import tune
 
 from dynsearch.data import load_data
 from dynsearch.measure.device import pin_threads
-from dynsearch.measure.points import points_record, sweep
+from dynsearch.measure.points import operating_points, point_front_objectives, points_record
 from dynsearch.recipe import Recipe
 from dynsearch.run.rundir import WEIGHTS_FILE, config_and_placement_files, metrics_file, points_file, trial_files
 from dynsearch.tracking import TrialTracker
@@ -46,14 +46,18 @@ def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking
         accelerator = "gpu" if recipe.gpus_per_trial > 0 else "cpu"
         latency = recipe.latency if recipe.measures_latency else None
         callbacks = [GateCallback(str(number))] if latency else []
+        clock = Stopwatch()
         model = train_model(config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
                             callbacks=callbacks, objectives=recipe.metric_names)
-        metrics = evaluate(model, splits)
+        clock.lap("training")
+        metrics = evaluate(model, splits)  # the trained point, validation and test
+        clock.lap("evaluation")
         if latency:
             metrics.update(measure_trial_latency(config, model, splits.val_x, latency))
-        sweep_started = time.perf_counter()
-        points = sweep(model, splits, metrics["measured_with"]["batch_size"])  # the model is in memory here
-        sweep_seconds = time.perf_counter() - sweep_started
+            clock.lap("latency")
+        points = operating_points(model, splits, metrics["measured_with"]["batch_size"], trained=metrics,
+                                  front_on=point_front_objectives(recipe))  # the model is in memory here
+        sweep_seconds = clock.lap("sweep")
     except Exception as caught:
         # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
         # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.
@@ -67,12 +71,27 @@ def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking
         objectives = {name: float("nan") for name in recipe.metric_names}
         tune.report({**objectives, "final": True, "failed": True})
         return
-    metrics.update(status="COMPLETE", train_seconds=time.time() - started, **placement)
+    # train_seconds: the whole trial function (training, evaluation, latency, sweep); seconds: each part.
+    metrics.update(status="COMPLETE", train_seconds=time.time() - started, seconds=clock.laps, **placement)
     written = trial_files(config, model, metrics)
     record = points_record(number, model, points, written[WEIGHTS_FILE], metrics["measured_with"], sweep_seconds)
     ray.get(files.write.remote(number, {**points_file(record), **written}))  # metrics last
     tracker.finish(metrics)
     tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": True})
+
+
+class Stopwatch:
+    """Seconds spent in each part of a trial (``laps``: part name -> seconds), recorded in metrics.json."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> float:
+        now = time.perf_counter()
+        self.laps[part] = round(now - self._last, 3)
+        self._last = now
+        return self.laps[part]
 
 
 def as_out_of_memory(exc: Exception) -> Exception:
