@@ -2,7 +2,7 @@
 
 Same model, data, seed, batches, optimiser, steps, per-epoch validation and
 final measurement as a dynsearch trial (trial.py: ``train_model`` then
-``evaluate``, then the operating-point sweep a trial runs on its model),
+``evaluate``, then the operating points a trial records of its model),
 without Lightning, Ray, reporting or trial files. What a trial takes beyond
 this loop is the framework's overhead.
 """
@@ -15,15 +15,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from dynsearch.dynamic import build_model
-from dynsearch.measure.points import sweep
+from dynsearch.measure.points import POINT_FRONT_OBJECTIVES, operating_points
 from dynsearch.training.trial import evaluate
 
 
-def plain_train(config: dict[str, Any], splits, threads: int = 1) -> tuple[float, dict[str, Any]]:
-    """Train and measure the model a trial config describes, then sweep its operating points
+def plain_train(config: dict[str, Any], splits, threads: int = 1, keep_model: bool = False) -> tuple[float, dict[str, Any]]:
+    """Train and measure the model a trial config describes, then record its operating points
     (the same work as a trial); return the wall seconds it took and the measured figures
-    (``evaluate``'s: the trial's own when the training is the same), with ``sweep_s``, the
-    seconds of the sweep alone."""
+    (``evaluate``'s: the trial's own when the training is the same), with ``train_s``, ``evaluate_s``
+    and ``sweep_s`` (each part's seconds) and, with ``keep_model``, the trained ``model``."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
     train = config["train"]
@@ -52,8 +52,11 @@ def plain_train(config: dict[str, Any], splits, threads: int = 1) -> tuple[float
                 out = model(x)
                 int((out.logits.argmax(1) == y).sum())
                 float(out.trace.macs_per_sample(model.component_macs()).sum())
+    trained = time.perf_counter()
     metrics = evaluate(model, splits)
     sweep_started = time.perf_counter()
-    sweep(model, splits, metrics["measured_with"]["batch_size"])  # a trial sweeps its knobs too
+    operating_points(model, splits, metrics["measured_with"]["batch_size"], trained=metrics,
+                     front_on=POINT_FRONT_OBJECTIVES)  # a trial records its operating points too
     done = time.perf_counter()
-    return done - started, {**metrics, "sweep_s": done - sweep_started}
+    timings = {"train_s": trained - started, "evaluate_s": sweep_started - trained, "sweep_s": done - sweep_started}
+    return done - started, {**metrics, **timings, **({"model": model} if keep_model else {})}

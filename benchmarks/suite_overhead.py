@@ -42,9 +42,10 @@ def _sweep_seconds(folder: Path) -> float | None:
     return json.loads(points.read_text()).get("sweep_seconds") if points.is_file() else None
 
 
-def timed_search(out: Path, trials: int, epochs: int | None, concurrent: int, seed: int) -> dict[str, Any]:
+def timed_search(out: Path, trials: int, epochs: int | None, concurrent: int, seed: int,
+                 recipe: str = "digits-exits") -> dict[str, Any]:
     """Run ``dynsearch search`` as a subprocess; return its wall time and each trial's timestamps."""
-    command = [*dynsearch_command(), "search", "digits-exits", "--trials", str(trials), "--concurrent",
+    command = [*dynsearch_command(), "search", recipe, "--trials", str(trials), "--concurrent",
                str(concurrent), "--seed", str(seed), "--out", str(out), "--wandb", "off"]
     if epochs:
         command += ["--epochs", str(epochs)]
