@@ -132,38 +132,8 @@ def tiny_train() -> dict[str, Any]:
     return {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0}
 
 
-class DynamicModel(nn.Module):
-    """Base of every mechanism.
-
-    Subclasses implement ``forward`` (train: every path that needs gradients;
-    eval: hard per-sample decisions, skipped work really not computed),
-    ``components`` (name -> module, each a unit the trace counts) and
-    ``static_components`` (names run by the static counterpart: the backbone
-    to its end with only its final classifier). ``tiny_configs`` gives small
-    configs of every variant: the conformance suite
-    (``dynsearch.testing.conformance``) runs on each, so registering a
-    mechanism is what gets it tested.
-    """
-
-    family: str = ""
-    paper: str = ""
-    # False for mechanisms whose input decides weights rather than work (CondConv): every
-    # component runs for every sample, and the decisions are the float ``records["routing"]``.
-    skips_work: bool = True
-    # How the report draws each list-valued statistic of ``trace_stats`` (key -> StatView);
-    # a statistic without one gets a generic panel.
-    stat_views: ClassVar[dict[str, StatView]] = {}
-
-    def __init__(self, config: dict[str, Any]):
-        super().__init__()
-        self.config = copy.deepcopy(config)
-        self._component_macs: dict[str, int] | None = None
-        self.training_progress = 0.0
-
-    @classmethod
-    def tiny_configs(cls) -> list[dict[str, Any]]:
-        """Small trial configs covering the mechanism's variants (for the conformance suite)."""
-        raise NotImplementedError(f"{cls.__name__} must provide tiny_configs() for the conformance suite")
+class TrainingHooks:
+    """How a mechanism trains: its losses, its decision-making components, multi-stage schedules."""
 
     def set_training_progress(self, progress: float) -> None:
         """Called before each training step with the fraction of training done (0 to 1).
@@ -177,13 +147,6 @@ class DynamicModel(nn.Module):
         training must send them gradients."""
         return []
 
-    # -- contract -----------------------------------------------------------
-    def components(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
-
-    def static_components(self) -> list[str]:
-        raise NotImplementedError
-
     def task_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(output.logits, target)
 
@@ -191,30 +154,51 @@ class DynamicModel(nn.Module):
         """The mechanism's own penalty (target rate, load balance, ponder cost)."""
         return torch.zeros(())
 
-    def trace_stats(self, trace: Trace) -> dict[str, Any]:
-        """Per-point statistics over an evaluation split (JSON-serialisable), e.g. exit histogram."""
-        return {}
-
-    # -- display (the CLI and the report ask the mechanism, not its config keys) --
-    @classmethod
-    def placement(cls, config: dict[str, Any]) -> str:
-        """Where a config's dynamic parts sit, for the front table (e.g. ``"0,1"``); ``"-"`` when nowhere."""
-        return "-"
-
-    @classmethod
-    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
-        """One-line summaries of ``trace_stats`` output for ``dynsearch train``: (label, text) pairs."""
-        return []
-
-    @classmethod
-    def stat_views_record(cls, stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """The views of the statistics in ``stats``, as a trial records them in metrics.json (``stat_views``)."""
-        return {key: view.to_json() for key, view in cls.stat_views.items() if key in stats}
-
     def training_loss(self, output: DynamicOutput, target: torch.Tensor) -> torch.Tensor:
         return self.task_loss(output, target) + self.aux_loss(output.trace)
 
-    # -- export (optional; see bundle.py) -------------------------------------
+
+class CostHooks:
+    """What a model costs: components and their static MACs, the static counterpart, timing calls.
+    ``components`` and ``static_components`` are required; the rest have defaults."""
+
+    def components(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def static_components(self) -> list[str]:
+        raise NotImplementedError
+
+    def component_macs(self) -> dict[str, int]:
+        """Static per-sample MACs of every component, measured once (see cost.py)."""
+        if self._component_macs is None:
+            self._component_macs = measure_component_macs(self)
+        return self._component_macs
+
+    def macs_full(self) -> int:
+        macs = self.component_macs()
+        return int(sum(macs[name] for name in self.static_components()))
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        return torch.zeros(batch_size, *self.config["input_shape"])
+
+    def forward_static(self, x: torch.Tensor) -> torch.Tensor:
+        """The static counterpart: the backbone to its end with only its final classifier."""
+        raise NotImplementedError(f"{type(self).__name__} has no static path")
+
+    def timed_components(self, device: torch.device) -> dict[str, Callable[[], Any]]:
+        """Per component, a call that runs it alone at batch 1 as it runs in eval
+        (mechanisms add their decision to the component that makes it)."""
+        calls = {}
+        for name, module in self.components().items():
+            x = torch.zeros(1, *component_input_shapes(self)[name], device=device)
+            calls[name] = lambda module=module, x=x: module(x)
+        return calls
+
+
+class RuntimeKnobHooks:
+    """Inference-time decisions that change after training: the policy an export records, the knobs an
+    operating-point sweep tries, and (optionally) replaying the knobs from one recorded pass."""
+
     def runtime_policy(self) -> dict[str, Any]:
         """The inference-time decision rule and its thresholds (JSON), written to an export's config and card."""
         return {}
@@ -230,7 +214,6 @@ class DynamicModel(nn.Module):
         if values:
             raise ValueError(f"{type(self).__name__} has no runtime knobs; got {sorted(values)}")
 
-    # -- operating points from one pass (optional; measure/points.py) ---------
     def record(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """One eval pass over a batch that computes, for every sample, every output any value of the
         runtime knobs could use (each exit head's logits, each ponder step's state), without stopping
@@ -249,37 +232,91 @@ class DynamicModel(nn.Module):
         eval forward uses, so the two cannot drift apart."""
         raise NotImplementedError(f"{type(self).__name__} does not replay operating points (record() returns None)")
 
+
+class ExportHooks:
+    """Deployable forms beyond PyTorch (deploy/onnx_export.py)."""
+
     def onnx_form(self) -> OnnxForm | None:
         """The ONNX-exportable pieces (stage graphs, heads, gates); None: ONNX is not supported."""
         return None
 
-    # -- cost ---------------------------------------------------------------
-    def component_macs(self) -> dict[str, int]:
-        """Static per-sample MACs of every component, measured once (see cost.py)."""
-        if self._component_macs is None:
-            self._component_macs = measure_component_macs(self)
-        return self._component_macs
 
-    def macs_full(self) -> int:
-        macs = self.component_macs()
-        return int(sum(macs[name] for name in self.static_components()))
+class DisplayHooks:
+    """What the CLI, the report and W&B show of a mechanism: they ask it, never its config keys."""
 
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        return torch.zeros(batch_size, *self.config["input_shape"])
+    # How the report draws each list-valued statistic of ``trace_stats`` (key -> StatView);
+    # a statistic without one gets a generic panel.
+    stat_views: ClassVar[dict[str, StatView]] = {}
 
-    # -- latency --------------------------------------------------------------
-    def forward_static(self, x: torch.Tensor) -> torch.Tensor:
-        """The static counterpart: the backbone to its end with only its final classifier."""
-        raise NotImplementedError(f"{type(self).__name__} has no static path")
+    def trace_stats(self, trace: Trace) -> dict[str, Any]:
+        """Per-point statistics over an evaluation split (JSON-serialisable), e.g. exit histogram."""
+        return {}
 
-    def timed_components(self, device: torch.device) -> dict[str, Callable[[], Any]]:
-        """Per component, a call that runs it alone at batch 1 as it runs in eval
-        (mechanisms add their decision to the component that makes it)."""
-        calls = {}
-        for name, module in self.components().items():
-            x = torch.zeros(1, *component_input_shapes(self)[name], device=device)
-            calls[name] = lambda module=module, x=x: module(x)
-        return calls
+    @classmethod
+    def placement(cls, config: dict[str, Any]) -> str:
+        """Where a config's dynamic parts sit, for the front table (e.g. ``"0,1"``); ``"-"`` when nowhere."""
+        return "-"
+
+    @classmethod
+    def stat_summary(cls, stats: dict[str, Any]) -> list[tuple[str, str]]:
+        """One-line summaries of ``trace_stats`` output for ``dynsearch train``: (label, text) pairs."""
+        return []
+
+    @classmethod
+    def stat_views_record(cls, stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The views of the statistics in ``stats``, as a trial records them in metrics.json (``stat_views``)."""
+        return {key: view.to_json() for key, view in cls.stat_views.items() if key in stats}
+
+
+class ConformanceHooks:
+    """What the conformance suite (dynsearch.testing.conformance) runs a mechanism on."""
+
+    @classmethod
+    def tiny_configs(cls) -> list[dict[str, Any]]:
+        """Small trial configs covering the mechanism's variants (for the conformance suite)."""
+        raise NotImplementedError(f"{cls.__name__} must provide tiny_configs() for the conformance suite")
+
+
+class DynamicModel(TrainingHooks, CostHooks, RuntimeKnobHooks, ExportHooks, DisplayHooks, ConformanceHooks, nn.Module):
+    """Base of every mechanism.
+
+    Subclasses implement ``forward`` (train: every path that needs gradients;
+    eval: hard per-sample decisions, skipped work really not computed),
+    ``components`` (name -> module, each a unit the trace counts) and
+    ``static_components`` (names run by the static counterpart: the backbone
+    to its end with only its final classifier). ``tiny_configs`` gives small
+    configs of every variant: the conformance suite
+    (``dynsearch.testing.conformance``) runs on each, so registering a
+    mechanism is what gets it tested.
+
+    The rest of the contract is grouped by concern, one mixin each (in the
+    manner of Lightning's ``ModelHooks`` / ``DataHooks``); each method has a
+    default unless marked required:
+
+    - ``TrainingHooks``: ``task_loss``, ``aux_loss``, ``training_loss``,
+      ``decision_components``, ``set_training_progress``;
+    - ``CostHooks``: ``components`` and ``static_components`` (required),
+      ``component_macs``, ``macs_full``, ``example_input``, ``forward_static``
+      (latency's static path), ``timed_components`` (the latency table);
+    - ``RuntimeKnobHooks``: ``runtime_policy``, ``runtime_knobs``,
+      ``set_runtime_knobs``, ``record`` / ``replay`` (operating points from one pass);
+    - ``ExportHooks``: ``onnx_form``;
+    - ``DisplayHooks``: ``trace_stats``, ``stat_views``, ``placement``,
+      ``stat_summary``, ``stat_views_record``;
+    - ``ConformanceHooks``: ``tiny_configs`` (required).
+    """
+
+    family: str = ""
+    paper: str = ""
+    # False for mechanisms whose input decides weights rather than work (CondConv): every
+    # component runs for every sample, and the decisions are the float ``records["routing"]``.
+    skips_work: bool = True
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self._component_macs: dict[str, int] | None = None
+        self.training_progress = 0.0
 
 
 @dataclass(frozen=True)
