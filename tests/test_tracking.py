@@ -1,5 +1,6 @@
 """W&B tracking, read back from the offline run files with wandb's own protobuf records; the report; the live view."""
 import json
+import re
 import math
 import socket
 import subprocess
@@ -140,6 +141,10 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     notices = [line for line in err.splitlines() if "W&B" in line]
     assert len(notices) == 1 and "did not answer within 3 s" in notices[0] and "offline" in notices[0]
     assert "front (accuracy, macs): " in err  # the live view's front so far
+    # Each COMPLETE line says where the trial's seconds went.
+    complete = [line for line in err.splitlines() if " COMPLETE val acc " in line]
+    assert len(complete) == 2 and all(re.search(r"\d s: training [\d.]+, evaluation [\d.]+, sweep [\d.]+", line)
+                                      for line in complete), complete
 
     study = {t.number: t for t in open_study(run_dir).get_trials()}
     assert study[0].state == TrialState.FAIL  # and replaced: 2 COMPLETE wanted
