@@ -148,7 +148,7 @@ class TrialTracker:
         if fail_reason is None:
             summary = {k: v for k, v in metrics.items() if is_finite_number(v)}  # objectives, test figures, timings
             summary.update({f"stats/{k}": v for k, v in metrics.get("stats", {}).items()})
-            # The trial's time split (training, evaluation, latency, sweep), as metrics.json records it.
+            # The trial's time split (setup, training, evaluation, latency, sweep), as metrics.json records it.
             summary.update({f"seconds/{k}": v for k, v in metrics.get("seconds", {}).items()})
             summary["status"] = "COMPLETE"
         else:

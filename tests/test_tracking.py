@@ -143,7 +143,7 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     assert "front (accuracy, macs): " in err  # the live view's front so far
     # Each COMPLETE line says where the trial's seconds went.
     complete = [line for line in err.splitlines() if " COMPLETE val acc " in line]
-    assert len(complete) == 2 and all(re.search(r"\d s: training [\d.]+, evaluation [\d.]+, sweep [\d.]+", line)
+    assert len(complete) == 2 and all(re.search(r"\d s: setup [\d.]+, training [\d.]+, evaluation [\d.]+, sweep [\d.]+", line)
                                       for line in complete), complete
 
     study = {t.number: t for t in open_study(run_dir).get_trials()}
@@ -168,7 +168,7 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
         assert [summary["accuracy"], summary["macs"]] == trial.values == [metrics["accuracy"], metrics["macs"]]
         assert summary["stats/exit_histogram"] == metrics["stats"]["exit_histogram"]
         # The trial's time split, as metrics.json records it: its parts add up to within its whole.
-        parts = {k: summary[f"seconds/{k}"] for k in ("training", "evaluation", "sweep")}
+        parts = {k: summary[f"seconds/{k}"] for k in ("setup", "training", "evaluation", "sweep")}
         assert parts == {k: metrics["seconds"][k] for k in parts} and all(v >= 0 for v in parts.values())
         assert sum(metrics["seconds"].values()) <= metrics["train_seconds"]
         epochs = [row for row in run["history"] if "val/accuracy" in row]

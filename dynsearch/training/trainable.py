@@ -39,14 +39,15 @@ def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
     ray.get(files.write.remote(number, config_and_placement_files(config, {**placement, "started": time.time()})))
     started = time.time()
+    clock = Stopwatch()
     tracker = None
     try:
-        tracker = TrialTracker(tracking, config)
+        tracker = TrialTracker(tracking, config)  # a W&B run's start (seconds when offline or unreachable)
         splits = splits if splits is not None else load_data(recipe.data)
         accelerator = "gpu" if recipe.gpus_per_trial > 0 else "cpu"
         latency = recipe.latency if recipe.measures_latency else None
         callbacks = [GateCallback(str(number))] if latency else []
-        clock = Stopwatch()
+        clock.lap("setup")
         model = train_model(config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
                             callbacks=callbacks, objectives=recipe.metric_names)
         clock.lap("training")
@@ -71,7 +72,7 @@ def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking
         objectives = {name: float("nan") for name in recipe.metric_names}
         tune.report({**objectives, "final": True, "failed": True})
         return
-    # train_seconds: the whole trial function (training, evaluation, latency, sweep); seconds: each part.
+    # train_seconds: the whole trial function; seconds: its parts (setup, training, evaluation, latency, sweep).
     metrics.update(status="COMPLETE", train_seconds=time.time() - started, seconds=clock.laps, **placement)
     written = trial_files(config, model, metrics)
     record = points_record(number, model, points, written[WEIGHTS_FILE], metrics["measured_with"], sweep_seconds)

@@ -18,6 +18,7 @@ from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_study
 
 MAX_FRONT_POINTS = 8  # points shown on the front line
+TRIAL_PARTS = ("setup", "training", "evaluation", "latency", "sweep")  # a trial's parts in the order they run
 
 
 def _compact(value: float) -> str:
@@ -39,12 +40,13 @@ def front_line(study, objectives: list[str]) -> str:
 
 
 def time_split(metrics: dict) -> str:
-    """', 41.2 s: training 38.0, evaluation 0.9, sweep 2.3': where a trial's seconds went (metrics.json
+    """', 41.2 s: setup 0.1, training 38.0, evaluation 0.9, sweep 2.2': where a trial's seconds went (metrics.json
     ``train_seconds`` and ``seconds``); empty for trials that recorded no split."""
     parts = metrics.get("seconds")
     if not isinstance(parts, dict) or "train_seconds" not in metrics:
         return ""
-    return f", {metrics['train_seconds']:.1f} s: " + ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
+    order = [name for name in TRIAL_PARTS if name in parts] + sorted(set(parts) - set(TRIAL_PARTS))
+    return f", {metrics['train_seconds']:.1f} s: " + ", ".join(f"{name} {parts[name]:.1f}" for name in order)
 
 
 class Progress(tune.Callback):
