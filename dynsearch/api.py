@@ -97,6 +97,9 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
     recipe = _recipe(recipe_or_path, overrides)
     out = Path(out) if out is not None else Path("runs") / recipe.name
     problem = prepare(recipe)  # what the user can fix fails here, before the run directory exists
+    if recipe.one_shot:
+        run_dir = _one_shot(problem, out, progress, new)
+        return SearchResult(run_dir, pareto(run_dir), recipe.evaluations, trial_counts(run_dir))
     callback = None
     if progress:
         from dynsearch.tuning.progress import Progress
@@ -104,6 +107,16 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
         callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names)
     run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results)
     return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))
+
+
+def _one_shot(problem, out: Path, progress: bool, new: bool) -> Path:
+    """The one-shot strategy (tuning/oneshot.py): one supernet, then sub-networks searched by evaluation."""
+    from dynsearch.training.oneshot import Evaluator, run_supernet_trial, supernet_threads
+    from dynsearch.tuning.oneshot import console_say, run_oneshot
+
+    say = console_say() if progress else None
+    return run_oneshot(problem, out, run_supernet_trial, Evaluator, supernet_threads(problem.recipe), say=say,
+                       new=new, finish=write_results)
 
 
 def write_results(run_dir: Path) -> tuple[list[dict[str, Any]], Path]:

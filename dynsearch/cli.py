@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="W&B tracking (default online: offline with a notice when not logged in or unreachable)")
     search.add_argument("--wandb-project", help="W&B project (default: the recipe's wandb.project)")
     search.add_argument("--wandb-group", help="W&B group naming this search (default: the run directory's name)")
+    search.add_argument("--strategy", choices=["multi-trial", "one-shot"],
+                        help="multi-trial: each trial trains its own network; one-shot: train one supernet, then "
+                        "search its sub-networks by evaluation alone (docs/oneshot.md)")
+    search.add_argument("--evaluations", type=_positive_int, help="one-shot: sub-networks to evaluate")
+    search.add_argument("--search-minutes", type=float, help="one-shot: stop evaluating after this many minutes")
+    search.add_argument("--supernet-epochs", type=_positive_int, help="one-shot: epochs of supernet training")
 
     front = commands.add_parser("pareto", help="print the Pareto front of a run",
                                 description="Print the non-dominated trials of a run directory.")
@@ -206,6 +212,8 @@ def _cmd_search(args) -> int:
         args.recipe, out=args.out, address=args.address, progress=True, new=args.new,
         trials=args.trials, epochs=args.epochs, concurrent_trials=args.concurrent,
         seed=args.seed, wandb=wandb or None, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
+        strategy=args.strategy, evaluations=args.evaluations, search_minutes=args.search_minutes,
+        **({"supernet": {"epochs": args.supernet_epochs}} if args.supernet_epochs else {}),
     )
     if args.json:
         print(json.dumps(result.front))

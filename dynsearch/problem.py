@@ -59,6 +59,10 @@ def prepare(recipe: Recipe, search: bool = True) -> Problem:
 
         check_user_backbone(default_backbone(recipe), splits.input_shape)
     if search:
+        if recipe.one_shot:
+            from dynsearch.dynamic.supernet import check_supported
+
+            check_supported(recipe)
         check_space(recipe, problem.shape)  # augment included
     else:
         check_augment(recipe, splits.input_shape)

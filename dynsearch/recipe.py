@@ -382,6 +382,25 @@ class WandbSpec(_Strict):
     init_timeout_s: float = Field(20.0, gt=0.0, le=600.0, description="wait for the server, then go offline")
 
 
+STRATEGIES = ("multi-trial", "one-shot")
+
+
+class SupernetSpec(_Strict):
+    """How a one-shot search trains its supernet (training/supernet.py; ``strategy: one-shot`` only)."""
+
+    epochs: int = Field(20, ge=1, le=10000, description="epochs of supernet training")
+    sandwich: int = Field(2, ge=0, le=64, description="random sub-networks per step, beside the largest and the "
+                                                      "smallest (the sandwich rule)")
+    distill: bool = Field(True, description="in-place distillation: every sub-network but the largest learns the "
+                                            "largest's final soft labels, at its final classifier and its exits")
+    lr: float = Field(0.005, gt=0.0, le=10.0, description="Adam's learning rate (annealed by lr_schedule)")
+    exit_loss_weight: float = Field(0.5, ge=0.0, le=10.0, description="weight of each exit head's loss")
+    calibration_images: int = Field(1000, ge=1, le=1000000, description="training images that recompute a "
+                                    "sub-network's batch-norm statistics before it is evaluated")
+    cpus: Optional[int] = Field(None, ge=1, le=1024, description="threads the supernet trains and is evaluated "
+                                "with; default: every CPU of the node")
+
+
 class Recipe(_Strict):
     """A search (or a single training) described in full."""
 
@@ -416,6 +435,13 @@ class Recipe(_Strict):
     defaults: dict[str, Any] = Field(default_factory=dict)
     latency: LatencySpec = Field(default_factory=LatencySpec)
     wandb: WandbSpec = Field(default_factory=WandbSpec)
+    strategy: Literal[STRATEGIES] = Field("multi-trial", description="multi-trial: every trial trains its own "
+                                          "network; one-shot: one supernet is trained, then sub-networks are "
+                                          "searched by evaluation alone (docs/oneshot.md)")
+    supernet: SupernetSpec = Field(default_factory=SupernetSpec)
+    evaluations: int = Field(1000, ge=1, le=1000000, description="one-shot: sub-networks evaluated by the search")
+    search_minutes: Optional[float] = Field(None, gt=0.0, description="one-shot: stop evaluating after this many "
+                                            "minutes (beside evaluations)")
 
     @field_validator("space")
     @classmethod
@@ -448,11 +474,21 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _budget(self) -> "Recipe":
         pop = self.sampler.population_size
-        if self.sampler.name == "nsga2" and pop is not None and pop > max(2, self.trials // 3):
+        budget, field = (self.evaluations, "evaluations") if self.one_shot else (self.trials, "trials")
+        if self.sampler.name == "nsga2" and pop is not None and pop > max(2, budget // 3):
             raise ValueError(
-                f"sampler.population_size={pop} is more than a third of trials={self.trials}; "
-                f"use at most {max(2, self.trials // 3)} or leave it out"
+                f"sampler.population_size={pop} is more than a third of {field}={budget}; "
+                f"use at most {max(2, budget // 3)} or leave it out"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> "Recipe":
+        if not self.one_shot:
+            extra = sorted({"supernet", "evaluations", "search_minutes"} & self.model_fields_set)
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: for strategy: one-shot only; add strategy: one-shot "
+                                 "or remove them")
         return self
 
     # -- derived --------------------------------------------------------------
@@ -468,8 +504,15 @@ class Recipe(_Strict):
     def metric_modes(self) -> list[str]:
         return [o.direction for o in self.objectives]
 
+    @property
+    def one_shot(self) -> bool:
+        return self.strategy == "one-shot"
+
     def population_size(self) -> int:
-        """NSGA-II population scaled to the budget: at most a third of the trials."""
+        """NSGA-II population scaled to the budget: at most a third of the trials; a one-shot search's
+        a twentieth of its evaluations, between 8 and 100 (thousands of evaluations: tens of generations)."""
+        if self.one_shot:
+            return self.sampler.population_size or min(100, max(8, self.evaluations // 20))
         return self.sampler.population_size or max(2, self.trials // 3)
 
     def n_startup_trials(self) -> int:

@@ -183,6 +183,11 @@ class SearchTracking:
         if reason is not None:
             notice(f"{base_url()} did not answer within {spec.init_timeout_s:g} s ({reason}); {offline_help}")
 
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Log a step of the search itself (a one-shot search's supernet epochs and evaluations)."""
+        if self.run is not None:
+            self.run.log(metrics)
+
     def abort(self) -> None:
         if self.run is not None:
             self.run.finish(exit_code=1)

@@ -25,6 +25,15 @@ RAY_DIR = "ray"
 WANDB_DIR = "wandb"
 LOCK_FILE = ".dynsearch.lock"
 PREVIOUS_DIR = "previous"
+# A one-shot search's supernet (training/supernet.py): its weights once for every evaluation, its record,
+# and while it trains the last finished epoch's checkpoint.
+SUPERNET_DIR = "supernet"
+SUPERNET_WEIGHTS = "supernet.safetensors"
+SUPERNET_RECORD = "supernet.json"
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_OPTIMIZER = "checkpoint-optimizer.pt"
+CHECKPOINT_RECORD = "checkpoint.json"
+SUPERNET_FAILURE = "failure.json"  # why the supernet trial failed (its reason and traceback)
 # A trial folder's files (an exported model folder uses the first two too).
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

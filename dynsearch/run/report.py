@@ -266,7 +266,8 @@ def _hover(t: TrialPoint) -> str:
     m = t.metrics
     config = {k: v for k, v in t.config.items() if k not in ("input_shape", "num_classes", "trial")}
     lines = [f"trial {t.number}: {describe_backbone(t.config.get('backbone'))}",
-             f"val acc {m['accuracy']:.4f}, test acc {m['test_accuracy']:.4f}",
+             f"val acc {m['accuracy']:.4f}, test acc " + (f"{m['test_accuracy']:.4f}" if "test_accuracy" in m
+                                                           else "not measured (off the front)"),
              f"MACs {m['macs']:,.0f} ({m['macs'] / m['macs_full']:.0%} of full), params {m['params']:,}"]
     lines += [f"{k}: {json.dumps(v)}" for k, v in config.items()]
     return "<br>".join(html.escape(line, quote=False) for line in lines)

@@ -35,16 +35,19 @@ from dynsearch.recipe import Recipe, parse_recipe, recipe_dict
 # The run directory's file names and file helpers live in files.py (deploy/load.py reads them without the recipe).
 from dynsearch.run.files import (  # noqa: F401 (re-exported)
     RECIPE_FILE, STUDY_FILE, DAMAGED_JOURNAL_PREFIX, TRIALS_DIR, FRONT_FILE, REPORT_PNG, REPORT_HTML, RAY_DIR,
-    WANDB_DIR, LOCK_FILE, PREVIOUS_DIR, CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, PLACEMENT_FILE, POINTS_FILE,
+    WANDB_DIR, LOCK_FILE, PREVIOUS_DIR, SUPERNET_DIR, SUPERNET_WEIGHTS, SUPERNET_RECORD, CHECKPOINT_WEIGHTS,
+    CHECKPOINT_OPTIMIZER, CHECKPOINT_RECORD, CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, PLACEMENT_FILE, POINTS_FILE,
     json_bytes, write_files, config_sha256, write_durable, write_json, trial_files, config_and_placement_files,
     metrics_file, points_file, read_json,
 )
 
 # What makes two searches' trials comparable; the trial budget, sampler and
 # resources may change between runs of the same search.
-RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "lr_schedule", "augment", "latency")
+RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "lr_schedule", "augment", "latency",
+                 "strategy", "supernet")
 # What --new moves aside (everything a search writes, see README "Run directory").
-SEARCH_STATE = (RECIPE_FILE, STUDY_FILE, TRIALS_DIR, FRONT_FILE, RAY_DIR, REPORT_PNG, REPORT_HTML, WANDB_DIR)
+SEARCH_STATE = (RECIPE_FILE, STUDY_FILE, TRIALS_DIR, FRONT_FILE, RAY_DIR, REPORT_PNG, REPORT_HTML, WANDB_DIR,
+                SUPERNET_DIR)
 
 
 class RunDir:
@@ -122,6 +125,10 @@ class RunDir:
         return self.path / RAY_DIR
 
     @property
+    def supernet_dir(self) -> Path:
+        return self.path / SUPERNET_DIR
+
+    @property
     def wandb_dir(self) -> Path:
         return self.path / WANDB_DIR
 
@@ -194,7 +201,8 @@ class RunDir:
             return metrics
         try:
             config = json.loads(self.config_path(number).read_text(encoding="utf-8"))
-            weights = self.weights_path(number).read_bytes()
+            # A one-shot evaluation has no weights of its own: they are sliced from the run's supernet.
+            weights = None if "supernet_sha256" in metrics else self.weights_path(number).read_bytes()
         except (OSError, ValueError):
             return None
         if not isinstance(config, dict) or config.get("trial", number) != number:
@@ -202,7 +210,7 @@ class RunDir:
         if metrics.get("config_sha256") not in (None, config_sha256(config)):
             return None
         recorded = metrics.get("weights_sha256")
-        if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
+        if weights is not None and recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
             return None
         return metrics
 
