@@ -57,6 +57,11 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
                            if model.onnx_form() is not None else "not supported (needs the ONNX form)")},
         "onnx": onnx_manifest,
         "int8": int8,
+        **({"weights": {
+            "source": "one-shot: inherited from the run's supernet (sliced), not retrained",
+            "supernet_sha256": metrics["supernet_sha256"],
+            "batch_norm": f"statistics recomputed on {recipe.supernet.calibration_images} training images",
+        }} if "supernet_sha256" in metrics else {}),
         "versions": _versions(onnx_manifest is not None),
     }
 

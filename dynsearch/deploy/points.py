@@ -26,6 +26,7 @@ from dynsearch.measure.points import (
 from dynsearch.recipe import Recipe
 from dynsearch.run.front import point_of
 from dynsearch.run.rundir import RunDir, write_json
+from dynsearch.run.supernet import is_oneshot_trial, supernet_sha256
 
 
 def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     run = RunDir.of(run_dir)
     path = run.points_path(number)
     stored = _read_points(path)
-    if stored is not None and stored.get("weights_sha256") == _file_sha256(run.weights_path(number)):
+    if stored is not None and stored.get("weights_sha256") == _weights_sha256(run, number):
         return stored
     recipe = run.read_recipe()
     checked = check_trial(run, number, recipe)  # weights verified against the trial's checksum
@@ -51,6 +52,15 @@ def trial_points(run_dir: str | Path, number: int) -> dict[str, Any]:
     except OSError:  # a read-only run directory: computed again next time
         pass
     return record
+
+
+def _weights_sha256(run: RunDir, number: int) -> str | None:
+    """The sha256 of a trial's weights as they are now: its weights file's, or for a one-shot evaluation
+    (no weights of its own) the one its metrics record while the run's supernet is the one it was sliced from."""
+    metrics = run.read_metrics(number)
+    if is_oneshot_trial(metrics):
+        return metrics.get("weights_sha256") if supernet_sha256(run.supernet_dir) == metrics["supernet_sha256"] else None
+    return _file_sha256(run.weights_path(number))
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -1,6 +1,7 @@
 """A trial of a run read back for export or operating points: weights verified, model re-measured."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure_val, same_figures
 from dynsearch.recipe import Recipe
 from dynsearch.run.rundir import METRICS_FILE, RunDir, read_json
+from dynsearch.run.supernet import check_trial_supernet, is_oneshot_trial, load_supernet
 
 
 # -- export --------------------------------------------------------------------
@@ -40,9 +42,13 @@ def check_trial(run: Path, number: int, recipe: Recipe) -> CheckedTrial:
     if "config_sha256" in metrics:
         check_config(run.config_path(number), config, metrics["config_sha256"], fix)
     recorded_sha = metrics.get("weights_sha256")
-    weights = read_bytes(run.weights_path(number), fix)
-    model = build_checked(config, parse_weights(run.weights_path(number), weights, recorded_sha, fix), folder)
     measured_with = metrics.get("measured_with") or settings_from_recipe(recipe)
+    if is_oneshot_trial(metrics):  # no weights of its own: sliced from the run's supernet again
+        model, weights = sliced_trial(run, number, config, metrics, recipe, measured_with)
+        recorded_sha = None if hashlib.sha256(weights).hexdigest() != recorded_sha else recorded_sha
+    else:
+        weights = read_bytes(run.weights_path(number), fix)
+        model = build_checked(config, parse_weights(run.weights_path(number), weights, recorded_sha, fix), folder)
     measured = measure_val(model, recipe.data, measured_with)
     if recorded_sha is None and not same_figures(measured, metrics):
         # No checksum (an older run): the figures are the only evidence these are the trial's weights.
@@ -50,6 +56,25 @@ def check_trial(run: Path, number: int, recipe: Recipe) -> CheckedTrial:
                         f"{measured['macs']}, not the recorded {metrics['accuracy']} and {metrics['macs']}: "
                         f"tampered or from another trial; {fix}")
     return CheckedTrial(number, config, metrics, weights, model, measured)
+
+
+def sliced_trial(run: RunDir, number: int, config: dict[str, Any], metrics: dict[str, Any], recipe: Recipe,
+                 measured_with: dict[str, Any]):
+    """A one-shot trial's model and weights (safetensors bytes): sliced from the run's supernet (checked to be
+    the one it was evaluated on), batch-norm statistics recomputed as its evaluation recomputed them."""
+    from safetensors.torch import save
+
+    from dynsearch.data import cached_splits
+    from dynsearch.dynamic.supernet import calibrated_subnet, calibration_images
+    from dynsearch.measure.device import pinned_threads
+
+    check_trial_supernet(run.supernet_dir, metrics, number)
+    supernet, _ = load_supernet(run.supernet_dir)
+    splits = cached_splits(recipe.data)
+    calibration = calibration_images(splits.train_x, recipe.supernet.calibration_images, recipe.seed)
+    with pinned_threads(int(measured_with["threads"])):
+        model = calibrated_subnet(supernet, config, calibration)
+    return model, save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
 
 
 def settings_from_recipe(recipe: Recipe) -> dict[str, int]:
