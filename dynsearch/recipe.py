@@ -484,8 +484,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> "Recipe":
-        if not self.one_shot:
-            extra = sorted({"supernet", "evaluations", "search_minutes"} & self.model_fields_set)
+        if not self.one_shot:  # set away from their defaults (a dumped recipe names every field)
+            defaults = {"supernet": SupernetSpec(), "evaluations": 1000, "search_minutes": None}
+            extra = sorted(name for name, value in defaults.items() if getattr(self, name) != value)
             if extra:
                 raise ValueError(f"{', '.join(extra)}: for strategy: one-shot only; add strategy: one-shot "
                                  "or remove them")
