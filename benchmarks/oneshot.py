@@ -140,6 +140,7 @@ def part_digits(work: Path) -> dict:
         runs[recipe] = {**timed_search(recipe, out), **summary(out, scale)}
     multi, one = runs["digits-exits"], runs["digits-exits-oneshot"]
     return {
+        **digits_curves(work, scale),
         "macs_scale": scale,
         "runs": runs,
         "hv_multitrial": multi["hv"], "hv_oneshot": one["hv"],
@@ -149,6 +150,22 @@ def part_digits(work: Path) -> dict:
         "goals": {"wall_ratio <= 0.5": one["wall_seconds"] <= 0.5 * multi["wall_seconds"],
                   "front_points >= 10": one["front_points"] >= 10,
                   "hv_oneshot >= hv_multitrial": one["hv"] >= multi["hv"]},
+    }
+
+
+def digits_curves(work: Path, scale: float) -> dict:
+    """Validation HV against wall-clock of both digits runs in ``work``, and when one-shot reaches multi-trial's final HV."""
+    supernet_seconds = json.loads((work / "digits-exits-oneshot" / "supernet" / "supernet.json").read_text())["this_run_seconds"]
+    curves = {"digits-exits": hv_curve(work / "digits-exits", scale),
+              "digits-exits-oneshot": hv_curve(work / "digits-exits-oneshot", scale, start_offset=supernet_seconds)}
+    target = curves["digits-exits"][-1][1] if curves["digits-exits"] else None
+    reached = next((t for t, value in curves["digits-exits-oneshot"] if target is not None and value >= target), None)
+    return {
+        "hv_curves_validation": curves,
+        "hv_curve_note": "seconds from the first trial's start (multi-trial) / after the supernet's training "
+                         "(one-shot, its training seconds added); validation figures, as each search saw them",
+        "oneshot_reaches_multitrial_final_validation_hv_at_s": reached,
+        "multitrial_final_validation_hv_at_s": curves["digits-exits"][-1][0] if curves["digits-exits"] else None,
     }
 
 
@@ -222,7 +239,8 @@ def part_sharing(run_dir: Path, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["digits", "fmnist", "sharing"], required=True)
+    parser.add_argument("--part", choices=["digits", "digits-curves", "fmnist", "sharing"], required=True,
+                        help="digits-curves: add the HV-vs-time curves of the digits runs already in --work")
     parser.add_argument("--work", default="/tmp/oneshot-bench")
     parser.add_argument("--run", help="sharing: the one-shot run directory (default: WORK/digits-exits-oneshot)")
     parser.add_argument("--count", type=int, default=10)
@@ -232,6 +250,14 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_start": os.getloadavg()}
+    if args.part == "digits-curves":
+        path = Path(args.results)
+        merged = json.loads(path.read_text())
+        curves = digits_curves(work, merged["digits"]["macs_scale"])
+        merged["digits"].update(curves, curves_command="python benchmarks/oneshot.py " + " ".join(sys.argv[1:]))
+        path.write_text(json.dumps(merged, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in curves.items() if k != "hv_curves_validation"}, indent=1))
+        return
     if args.part == "digits":
         result = part_digits(work)
     elif args.part == "fmnist":

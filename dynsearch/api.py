@@ -99,7 +99,11 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
     problem = prepare(recipe)  # what the user can fix fails here, before the run directory exists
     if recipe.one_shot:
         run_dir = _one_shot(problem, out, progress, new)
-        return SearchResult(run_dir, pareto(run_dir), recipe.evaluations, trial_counts(run_dir))
+        counts = trial_counts(run_dir)
+        wanted = recipe.evaluations  # a search_minutes budget that ran out first asked for what it got
+        if recipe.search_minutes is not None:
+            wanted = min(wanted, counts.get("COMPLETE", 0))
+        return SearchResult(run_dir, pareto(run_dir), wanted, counts)
     callback = None
     if progress:
         from dynsearch.tuning.progress import Progress
@@ -149,14 +153,19 @@ def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str
 
 
 def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,
-           point: int | None = None, quantize: str | None = None) -> list[Path]:
+           point: int | None = None, quantize: str | None = None, finetune: int | None = None) -> list[Path]:
     """Export trials of a run as model folders ``out/trial-<N>/``; return their paths
     (``dynsearch.deploy.export.export``: trials None exports the Pareto front; ``onnx`` adds the
     staged ONNX graphs, ``quantize="int8"`` their int8 copies; ``point`` exports the one trial of
-    ``trials`` at that operating point). Nothing is written unless every trial checks out."""
+    ``trials`` at that operating point; ``finetune`` trains each model that many more epochs first,
+    the card recording its figures before and after). Nothing is written unless every trial checks out."""
     from dynsearch.deploy.export import export as export_trials
 
-    return export_trials(run_dir, out, trials=trials, onnx=onnx, point=point, quantize=quantize)
+    tune = None
+    if finetune:
+        from dynsearch.training.trial import finetune_model as tune
+    return export_trials(run_dir, out, trials=trials, onnx=onnx, point=point, quantize=quantize,
+                         finetune=finetune, tune=tune)
 
 
 def load(path: str | Path):

@@ -142,23 +142,29 @@ def test_batch_norm_recalibration_is_a_cumulative_average():
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("changes, words", [
-    ({"space": "gates", "backbone": {"kind": "resnet", "widths": [8, 8], "depth": 2, "search": None}},
-     "space 'gates'"),
-    ({"backbone": {"kind": "transformer", "widths": [8, 8], "depth": 1, "search": None}, "data": {"name": "marked-majority"}},
-     "backbone.kind 'transformer'"),
-    ({"objectives": [{"name": "accuracy"}, {"name": "latency_ms"}]}, "latency objectives"),
-])
-def test_unsupported_combination_is_refused_before_anything_is_written(tmp_path, changes, words):
-    recipe = tiny(**changes)
+def test_unsupported_combination_is_refused_before_anything_is_written(tmp_path):
+    recipe = tiny(space="gates", backbone={"kind": "resnet", "widths": [8, 8], "depth": 2, "search": None})
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     result = cli("search", str(path), "--out", str(tmp_path / "run"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0] and "one-shot does not support" in lines[0], result.stderr
+    assert len(lines) == 1 and "one-shot does not support space 'gates'" in lines[0], result.stderr
     assert "space exits with backbone.kind cnn / resnet / mlp" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"backbone": {"kind": "transformer", "widths": [8, 8], "depth": 1, "search": None}, "data": {"name": "marked-majority"}},
+     "backbone.kind 'transformer'"),
+    ({"objectives": [{"name": "accuracy"}, {"name": "latency_ms"}]}, "latency objectives"),
+    ({"backbone": {"kind": "mlp", "widths": [8, 8], "depth": 1, "search": {"dropout": [0.0, 0.5]}}},
+     "backbone.search.dropout"),
+])
+def test_unsupported_combinations_name_what_is_supported(changes, words):
+    with pytest.raises(UserError, match="one-shot does not support") as caught:
+        check_supported(parse_recipe(tiny(**changes)))
+    assert words in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_one_shot_fields_need_the_strategy():
@@ -179,7 +185,7 @@ def test_check_supported_accepts_the_shipped_recipes():
 @pytest.fixture(scope="module")
 def oneshot_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("oneshot") / "run"
-    result = api.search(tiny(), out=out)
+    result = api.search(tiny(wandb={"mode": "offline", "project": "dynsearch-test"}), out=out)
     return out, result
 
 
@@ -237,6 +243,19 @@ def test_search_pareto_export_load(oneshot_run, tmp_path):
     assert card["weights"]["supernet_sha256"] == run.read_metrics(trial)["supernet_sha256"]
 
 
+def test_wandb_summary_run_follows_the_supernet_and_the_evaluations(oneshot_run):
+    from wandb_records import offline_runs
+
+    out, _ = oneshot_run
+    runs = {run["run"]["name"]: run for _, run in offline_runs(out)}
+    assert set(runs) == {"search"}  # no run per evaluation: thousands of them
+    history = runs["search"]["history"]
+    epochs = [row["supernet/epoch"] for row in history if "supernet/epoch" in row]
+    assert epochs == list(range(1, TINY["supernet"]["epochs"] + 1))
+    assert max(row.get("evaluations", 0) for row in history) == TINY["evaluations"]
+    assert runs["search"]["exit_code"] == 0
+
+
 def test_exported_subnetwork_passes_the_conformance_suite(oneshot_run):
     """The exported architecture (its config, with a threshold at which the suite's inputs mix early and
     late exits: several checks prove nothing otherwise) passes every check of the conformance suite."""
@@ -283,6 +302,7 @@ def _wait_for(path_check, process, timeout=300):
     return False
 
 
+@pytest.mark.slow  # resume itself is in the quick tier (test_resume_adds_evaluations_without_training_again)
 def test_killed_search_resumes(tmp_path):
     """SIGKILL after the first supernet epoch, then again during the evaluations: each re-run carries on
     (from the checkpoint, then from the study) and the run ends with every evaluation COMPLETE, once."""
@@ -330,3 +350,20 @@ def _storage(out):
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def test_export_finetune_records_before_and_after(oneshot_run, tmp_path):
+    from dynsearch.data import load_data
+    from dynsearch.measure.evaluate import measure
+
+    out, _ = oneshot_run
+    trial = api.pareto(out)[0]["trial"]
+    [folder] = api.export(out, tmp_path / "tuned", trials=[trial], finetune=1)
+    card = json.loads((folder / "card.json").read_text())
+    tuned = card["finetune"]
+    assert tuned["epochs"] == 1 and tuned["before"]["accuracy"] == RunDir(out).read_metrics(trial)["accuracy"]
+    splits = load_data(RunDir(out).read_recipe().data)
+    torch.set_num_threads(card["measured_with"]["threads"])
+    again = measure(api.load(folder), splits.val_x, splits.val_y, batch_size=card["measured_with"]["batch_size"])
+    assert again["accuracy"] == tuned["after"]["accuracy"] == card["objectives"]["accuracy"]
+    assert "Fine-tuning" in (folder / "card.md").read_text()

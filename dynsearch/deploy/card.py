@@ -131,6 +131,16 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{json.dumps(point['trained_point'])}. {point.get('note', '')}".rstrip(),
             "",
         ]
+    if card.get("weights"):
+        w = card["weights"]
+        lines += ["## Weights", "", f"{w['source']}; supernet sha256 {w['supernet_sha256']}; {w['batch_norm']}.", ""]
+    if card.get("finetune"):
+        f = card["finetune"]
+        lines += ["## Fine-tuning", "",
+                  f"Trained {f['epochs']} more epochs at learning rate {f['lr']:g} ({f['lr_schedule']}) before export: "
+                  f"validation accuracy {f['before']['accuracy']:.4f} -> {f['after']['accuracy']:.4f}, test accuracy "
+                  f"{f['before']['test_accuracy']:.4f} -> {f['after']['test_accuracy']:.4f}, MACs "
+                  f"{f['before']['macs']:,.0f} -> {f['after']['macs']:,.0f}.", ""]
     lines += [
         "## Forms",
         "",

@@ -24,8 +24,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dynsearch.data import cached_splits
 from dynsearch.deploy.card import card_markdown, make_card
@@ -45,7 +46,8 @@ CARD_JSON, CARD_MD = "card.json", "card.md"
 
 
 def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,
-           point: int | None = None, quantize: str | None = None) -> list[Path]:
+           point: int | None = None, quantize: str | None = None, finetune: int | None = None,
+           tune: Callable | None = None) -> list[Path]:
     """Export trials of a run as model folders ``out/trial-<N>/``; return their paths.
 
     Args:
@@ -55,6 +57,9 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
             the config, runtime policy and card; see ``pareto(run_dir, operating_points=True)``).
         quantize: ``"int8"``: also write int8 copies of the graphs (implies ``onnx``), measured
             again with onnxruntime; the card records the float and int8 figures.
+        finetune: train each exported model this many more epochs first, with ``tune(model, config,
+            splits, epochs)`` (``training.trial.finetune_model``, passed in by ``dynsearch.api``); the card
+            records the validation and test figures before and after (``finetune``).
 
     Every trial is checked (COMPLETE, weights intact, figures reproduced) before
     anything is written; the folders are built in a temporary folder and renamed
@@ -69,9 +74,13 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
     _check_targets(out_dir, numbers)
     if point is not None and (trials is None or len(numbers) != 1):
         raise UserError("--point: pass exactly one trial with --trials N (operating points are per trial)")
+    if finetune is not None and (finetune < 1 or tune is None):
+        raise UserError(f"--finetune {finetune}: give a whole number of epochs >= 1")
     checked = [check_trial(run, number, recipe) for number in numbers]
     if point is not None:
         checked = [at_point(run, checked[0], point, recipe)]
+    if finetune:
+        checked = [_finetuned(item, recipe, finetune, tune) for item in checked]
     if onnx:
         for item in checked:
             if item.model.onnx_form() is None:
@@ -97,6 +106,36 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [(out_dir / f"trial-{item.number}").resolve() for item in checked]
+
+
+def _figures(model, splits, measured_with: dict[str, Any]) -> dict[str, Any]:
+    from dynsearch.measure.device import pinned_threads
+    from dynsearch.measure.evaluate import measure
+
+    batch = int(measured_with["batch_size"])
+    with pinned_threads(int(measured_with["threads"])):
+        val = measure(model, splits.val_x, splits.val_y, batch_size=batch)
+        test = measure(model, splits.test_x, splits.test_y, batch_size=batch)
+    return {"accuracy": val["accuracy"], "macs": val["macs"], "stats": val["stats"],
+            "test_accuracy": test["accuracy"], "test_macs": test["macs"], "test_stats": test["stats"]}
+
+
+def _finetuned(item: CheckedTrial, recipe: Recipe, epochs: int, tune: Callable) -> CheckedTrial:
+    """``item`` trained ``epochs`` more epochs (weights, figures and metrics replaced; ``finetune`` says how)."""
+    from safetensors.torch import save
+
+    splits = cached_splits(recipe.data)
+    measured_with = item.measured["measured_with"]
+    keys = ("accuracy", "macs", "test_accuracy", "test_macs")
+    before = _figures(item.model, splits, measured_with)
+    how = tune(item.model, item.config, splits, epochs)
+    model = item.model.eval()
+    after = _figures(model, splits, measured_with)
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    metrics = {**item.metrics, **after, "weights_sha256": hashlib.sha256(weights).hexdigest(),
+               "finetune": {**how, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}}
+    measured = {**item.measured, "accuracy": after["accuracy"], "macs": after["macs"]}
+    return replace(item, weights=weights, metrics=metrics, measured=measured)
 
 
 def _trial_numbers(run: Path, trials: list[int] | None) -> list[int]:
@@ -163,6 +202,8 @@ def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: R
                      int8=int8)
     if item.point is not None:
         card["operating_point"] = item.point
+    if "finetune" in item.metrics:
+        card["finetune"] = item.metrics["finetune"]
     write_json(folder / CARD_JSON, card)
     (folder / CARD_MD).write_text(card_markdown(card), encoding="utf-8")
 

@@ -20,17 +20,20 @@ from dynsearch.training.lightning import DynamicModule, NonFiniteError, Report, 
 
 
 def train_model(config: dict[str, Any], splits, report: Report | None = None, accelerator: str = "cpu",
-                callbacks: list | None = None, objectives: list[str] = ()) -> DynamicModel:
+                callbacks: list | None = None, objectives: list[str] = (), model: DynamicModel | None = None,
+                epochs: int | None = None, lr: float | None = None, lr_schedule: str | None = None) -> DynamicModel:
     """Train the model a trial config describes on ``splits`` with Lightning.
 
     ``accelerator`` is Lightning's ("cpu" or "gpu"); the trained model is
-    returned on the CPU, where it is measured.
+    returned on the CPU, where it is measured. ``model`` (with ``epochs``, ``lr``, ``lr_schedule``
+    replacing the config's): go on training that model instead of a new one (fine-tuning).
     """
     import pytorch_lightning as pl
 
     train = config["train"]
     torch.manual_seed(int(train["seed"]))
-    model = build_model(config)
+    if model is None:
+        model = build_model(config)
     model.component_macs()  # measured once, before training
     generator = torch.Generator().manual_seed(int(train["seed"]))
     train_loader = DataLoader(
@@ -42,7 +45,7 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
     val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
     callbacks = [*(callbacks or []), *([ReportCallback(report, objectives)] if report else [])]
     trainer = pl.Trainer(
-        max_epochs=int(train["epochs"]),
+        max_epochs=int(epochs or train["epochs"]),
         accelerator=accelerator,
         devices=1,
         logger=False,
@@ -53,13 +56,24 @@ def train_model(config: dict[str, Any], splits, report: Report | None = None, ac
         callbacks=callbacks,
         deterministic=False,
     )
-    module = DynamicModule(model, float(train["lr"]), train.get("lr_schedule", "constant"),
+    module = DynamicModule(model, float(lr or train["lr"]), lr_schedule or train.get("lr_schedule", "constant"),
                            channels_last=bool(train.get("channels_last", False)),
                            augment=train.get("augment", ()), augment_seed=int(train["seed"]))
     trainer.fit(module, train_loader, val_loader)
     # Stored (safetensors needs contiguous tensors), measured and exported in the default layout.
     model.cpu().to(memory_format=torch.contiguous_format).eval()
     return model
+
+
+FINETUNE_LR_FACTOR = 0.1  # a fine-tuning run's learning rate: the trial's, times this, annealed (cosine)
+
+
+def finetune_model(model: DynamicModel, config: dict[str, Any], splits, epochs: int) -> dict[str, Any]:
+    """Train ``model`` (its trial config ``config``) ``epochs`` more epochs at a tenth of its learning rate,
+    cosine-annealed, in place; returns what was done (``epochs``, ``lr``, ``lr_schedule``)."""
+    lr = float(config["train"]["lr"]) * FINETUNE_LR_FACTOR
+    train_model(config, splits, model=model.train(), epochs=epochs, lr=lr, lr_schedule="cosine")
+    return {"epochs": int(epochs), "lr": lr, "lr_schedule": "cosine"}
 
 
 def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
