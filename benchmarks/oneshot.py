@@ -214,7 +214,14 @@ def part_sharing(run_dir: Path, count: int) -> dict:
     run = RunDir(run_dir)
     recipe = run.read_recipe()
     splits = load_data(recipe.data)
-    trials = sorted({p["trial"] for p in front_points(run_dir)}, key=lambda n: run.read_metrics(n)["macs"])
+    trials, seen = [], set()
+    for number in sorted({p["trial"] for p in front_points(run_dir)}, key=lambda n: run.read_metrics(n)["macs"]):
+        config = run.read_config(number)
+        exits = {k: v for k, v in config["exits"].items() if k != "threshold"}  # a runtime knob, not architecture
+        architecture = json.dumps({"backbone": config["backbone"], "exits": exits}, sort_keys=True)
+        if architecture not in seen:  # one sub-network per architecture (evaluations may repeat one)
+            seen.add(architecture)
+            trials.append(number)
     if len(trials) > count:  # spread over the front, cheapest to most accurate
         trials = [trials[round(i * (len(trials) - 1) / (count - 1))] for i in range(count)]
     rows = []
