@@ -46,7 +46,7 @@ class _InputShapeCheck:
         if x is not None and got[1:] != self.shape:
             wanted = "[N, " + ", ".join(map(str, self.shape)) + "]"
             raise ValueError(f"input of shape {list(got)}: this model takes a batch of shape {wanted} "
-                             f"(config.json input_shape {list(self.shape)}); add the batch dimension "
+                             f"({CONFIG_FILE} input_shape {list(self.shape)}); add the batch dimension "
                              "(x.unsqueeze(0)) or reshape the input")
 
 
