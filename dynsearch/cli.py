@@ -371,6 +371,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    if args.point is not None and args.trials is not None and len(args.trials) == 1:
+        from dynsearch.run.front import check_recorded_point
+
+        check_recorded_point(args.run_dir, args.trials[0], args.point)  # before torch and the re-measuring
     from dynsearch.api import export
 
     paths = export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx",

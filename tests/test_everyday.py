@@ -145,3 +145,17 @@ def test_the_catalog_matches_the_registry():
 def test_plain_tables_keep_every_cell_whole():
     lines = plain_lines("T", ["a", "long"], [["1", "x" * 120], ["22", "y"]], right=[True, False])
     assert lines == ["T", " a  long", " 1  " + "x" * 120, "22  y"]
+
+
+def test_reading_commands_import_neither_torch_nor_ray(searched):
+    import subprocess
+    import sys
+
+    run = searched[0]
+    for args in (["--help"], ["list"], ["pareto", str(run)], ["trials", str(run)],
+                 ["export", str(run), "--trials", "1", "--point", "99", "--out", str(run / "never")]):
+        code = ("import sys\nfrom dynsearch import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+                "heavy = sorted(m for m in ('torch', 'ray', 'lightning', 'pytorch_lightning') if m in sys.modules)\n"
+                "print('HEAVY', heavy)")
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert "HEAVY []" in proc.stdout, (args, proc.stdout[-500:], proc.stderr[-1000:])

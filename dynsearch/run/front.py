@@ -91,6 +91,20 @@ def point_of(record: dict[str, Any], point: int, run_dir: str | Path) -> dict[st
     return points[point]
 
 
+def check_recorded_point(run_dir: str | Path, number: int, point: int) -> None:
+    """Refuse ``--point`` out of the range trial ``number`` recorded, before anything heavier is imported
+    (a trial without a readable record is checked later, once its points are computed)."""
+    import json
+
+    path = RunDir.existing(run_dir).points_path(number)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and isinstance(record.get("points"), list):
+        point_of({**record, "trial": number}, point, run_dir)
+
+
 def operating_front(run_dir: str | Path, points_of: PointsOf) -> list[dict[str, Any]]:
     """The non-dominated operating points of every COMPLETE trial, most accurate first.
 
