@@ -1,10 +1,10 @@
 """Ctrl-C and SIGTERM stop a real ``dynsearch search`` cleanly, and the same command resumes it.
 
 Real subprocesses (real Ray on loopback, real Optuna journal, Lightning trials).
-One run directory goes through a chain of runs of the same command: SIGINT to the
-process group at start-up (a terminal's Ctrl-C), SIGTERM to the driver mid-trial
-(what ``kill`` or a supervisor sends), Ctrl-C twice mid-trial (stop at once), and
-a last run that finishes the search. The tests read what each run printed and left.
+Ctrl-C to the process group at start-up (a terminal's Ctrl-C) stops with 130. One run
+directory goes through a chain of runs of the same command: SIGTERM to the driver
+mid-trial (what ``kill`` or a supervisor sends), Ctrl-C twice mid-trial (stop at
+once), and a last run that finishes the search. The tests read what each run printed and left.
 """
 import os
 import shutil
@@ -84,13 +84,7 @@ def chain(tmp_path_factory):
     cmd = [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--epochs", EPOCHS, "--out", str(out)]
     seen = SimpleNamespace(out=out)
     try:
-        # 1. Ctrl-C at start-up (the whole process group, as a terminal sends it): no trial has started.
-        run = _Search(cmd, env, base, "startup")
-        run.wait_for(lambda: (out / "study.journal").exists())
-        os.killpg(run.proc.pid, signal.SIGINT)
-        seen.startup = run.finish()
-        seen.startup_states = _states(out)
-        # 2. SIGTERM to the driver once a trial is COMPLETE and another RUNNING.
+        # 1. SIGTERM to the driver once a trial is COMPLETE and another RUNNING.
         run = _Search(cmd, env, base, "sigterm")
         run.wait_for(lambda: _states(out).get("COMPLETE", 0) >= 1 and _states(out).get("RUNNING", 0) >= 1)
         seen.running_at_sigterm = _running(out)
@@ -98,7 +92,7 @@ def chain(tmp_path_factory):
         seen.sigterm = run.finish()
         seen.complete_after_sigterm = _complete(out)
         seen.sigterm_states = _states(out)
-        # 3. Ctrl-C twice while a trial runs: the second stops at once.
+        # 2. Ctrl-C twice while a trial runs: the second stops at once.
         run = _Search(cmd, env, base, "twice")
         run.wait_for(lambda: _states(out).get("RUNNING", 0) >= 1)
         os.killpg(run.proc.pid, signal.SIGINT)
@@ -107,21 +101,30 @@ def chain(tmp_path_factory):
         os.killpg(run.proc.pid, signal.SIGINT)
         seen.twice = run.finish()
         seen.twice_exit_s = run.ended - sent
-        # 4. The same command once more finishes the search.
+        # 3. The same command once more finishes the search.
         seen.last = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         yield seen
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_ctrl_c_at_start_up_stops_with_130_and_one_message(chain):
-    run = chain.startup
-    assert run.rc == 130, run.stderr[-3000:]
-    assert run.stderr.count("dynsearch: " + MESSAGE.format(0)) == 1, run.stderr
-    assert run.stderr.count("interrupted:") == 1 and "Traceback" not in run.stderr
-    assert chain.startup_states.get("RUNNING", 0) == 0 and chain.startup_states.get("COMPLETE", 0) == 0
-    assert run.stdout == "" and run.left == []  # no front table printed; no Ray process outlived the driver
+def test_ctrl_c_at_start_up_stops_with_130_and_one_message(tmp_path):
+    """Ctrl-C to the whole process group (as a terminal sends it) while the search starts; then the
+    same command is refused nothing: its run directory is a search not begun (resume = a fresh start)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--epochs", EPOCHS, "--out", str(out)]
+    run = _Search(cmd, dict(os.environ), tmp_path, "startup")
+    run.wait_for(lambda: (out / "study.journal").exists())
+    os.killpg(run.proc.pid, signal.SIGINT)
+    done = run.finish()
+    assert done.rc == 130, done.stderr[-3000:]
+    assert done.stderr.count("dynsearch: " + MESSAGE.format(0)) == 1, done.stderr
+    assert done.stderr.count("interrupted:") == 1 and "Traceback" not in done.stderr
+    states = _states(out)
+    assert states.get("RUNNING", 0) == 0 and states.get("COMPLETE", 0) == 0
+    assert done.stdout == "" and done.left == []  # no front table printed; no process outlived the driver
 
 
 @pytest.mark.slow
