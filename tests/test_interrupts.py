@@ -204,3 +204,16 @@ def test_trials_stopped_by_a_signal_are_queued_again_even_as_retries(tmp_path):
     assert third.suggest_float("lr", 1e-3, 1e-2) == first.params["lr"]
     assert fail_orphans(study) == [third.number]  # a second crash: not queued again
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_paused_gives_back_the_usual_handling_for_a_loop_without_stop_points():
+    with interrupts.stop_on_signals():
+        ours = signal.getsignal(signal.SIGINT)
+        with interrupts.paused():  # the one-shot search: Ctrl-C raises KeyboardInterrupt there
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) is ours and os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
