@@ -1,8 +1,8 @@
 """A line of progress per trial event during a search (a Ray Tune callback).
 
 Each line: trials done / running / failed, elapsed time, best validation
-accuracy and, once a trial has finished, the search's ETA (the mean wall time of
-the trials finished in this run, times the trials still wanted, over the trials
+accuracy and, once a trial is COMPLETE, the search's ETA (the mean wall time of
+the trials COMPLETE in this run, times the trials still wanted, over the trials
 run at once); when a trial changes the Pareto front, one more line lists the
 front so far (from the study, so it follows the recipe's objectives). While a
 trial trains, an epoch line (epoch, validation accuracy, seconds) is printed at
@@ -83,7 +83,7 @@ class Progress(tune.Callback):
         self.running: set[str] = set()
         self.trial_started: dict[str, float] = {}  # Ray trial id -> when it started (this run)
         self.last_epoch_line: dict[str, float] = {}  # Ray trial id -> when it last printed a line
-        self.durations: list[float] = []  # wall seconds of the trials finished in this run
+        self.durations: list[float] = []  # wall seconds of the trials COMPLETE in this run
         self.done = self.failed = 0
         self.best_accuracy: float | None = None
 
@@ -140,17 +140,17 @@ class Progress(tune.Callback):
         self._line(f"trial {self._number(trial)} epoch {int(result['epoch']) + 1}{of}: {acc} "
                    f"({per_epoch}{so_far:.0f} s so far)")
 
-    def _ended(self, trial) -> None:
+    def _ended(self, trial, complete: bool) -> None:
         self.running.discard(trial.trial_id)
         started = self.trial_started.pop(trial.trial_id, None)
         self.last_epoch_line.pop(trial.trial_id, None)
-        if started is not None:
+        if started is not None and complete:  # a trial failing at once says nothing of the time left
             self.durations.append(time.time() - started)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trial)
         number = self._number(trial)
         metrics = RunDir.of(self.run_dir).read_metrics(number) if number is not None else {}
+        self._ended(trial, complete=metrics.get("status") == "COMPLETE")
         if metrics.get("status") == "COMPLETE":
             self.done += 1
             accuracy = metrics["accuracy"]
@@ -174,7 +174,7 @@ class Progress(tune.Callback):
         self._line(f"trial {self._number(trial)} lost its worker or node; Ray reruns it")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial)
+        self._ended(trial, complete=False)
         self.failed += 1
         number = self._number(trial)
         reason = RunDir.of(self.run_dir).read_metrics(number).get("reason", "see Ray's error file") if number is not None else ""
