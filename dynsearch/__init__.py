@@ -1,12 +1,24 @@
 """dynsearch: search the architecture and runtime policy of dynamic neural networks.
 
-Importing the package is light (no torch, Ray or Optuna): each function imports what it needs.
+Importing the package is light (no torch, Ray or Optuna, and not even the recipe model until a
+name below is used: ``dynsearch --help`` answers at once): each function imports what it needs.
 """
-from dynsearch.api import SearchResult, export, load, pareto, search, train
 from dynsearch.errors import UserError
-from dynsearch.recipe import Recipe, load_recipe
 from dynsearch.version import __version__
 
 __all__ = [
-    "Recipe", "SearchResult", "UserError", "export", "load", "load_recipe", "pareto", "search", "train", "__version__",
+    "Recipe", "SearchResult", "UserError", "export", "load", "load_recipe", "pareto", "search", "train", "trials",
+    "__version__",
 ]
+_FROM = {"Recipe": "dynsearch.recipe", "load_recipe": "dynsearch.recipe"}
+
+
+def __getattr__(name: str):
+    # PEP 562: the API (and with it pydantic and the recipe model) is imported on first use.
+    if name in __all__:
+        import importlib
+
+        value = getattr(importlib.import_module(_FROM.get(name, "dynsearch.api")), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dynsearch' has no attribute {name!r}")

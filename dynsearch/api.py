@@ -1,4 +1,4 @@
-"""The Python API, mirrored by the CLI: train, search, pareto, export, load (the last two from deploy/)."""
+"""The Python API, mirrored by the CLI: train, search, pareto, trials, export, load (the last two from deploy/)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -88,29 +88,37 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
     ``address="HOST:PORT"`` for an existing Ray cluster...).
     ``out`` defaults to ``runs/<recipe name>``. Resuming a search of another
     recipe is refused unless ``new`` (the old search is moved to ``out/previous/<k>``).
+    SIGINT / SIGTERM stop it cleanly (from the main thread): the trials running are failed
+    and queued for retry, and ``dynsearch.interrupts.Interrupted`` is raised.
     """
-    from dynsearch.problem import prepare
-    from dynsearch.run.front import trial_counts
-    from dynsearch.training.trainable import run_trial
-    from dynsearch.tuning.tuner import run_search
+    from dynsearch.interrupts import check, paused, stop_on_signals
 
-    recipe = _recipe(recipe_or_path, overrides)
-    out = Path(out) if out is not None else Path("runs") / recipe.name
-    problem = prepare(recipe)  # what the user can fix fails here, before the run directory exists
-    if recipe.one_shot:
-        run_dir = _one_shot(problem, out, progress, new)
-        counts = trial_counts(run_dir)
-        wanted = recipe.evaluations  # a search_minutes budget that ran out first asked for what it got
-        if recipe.search_minutes is not None:
-            wanted = min(wanted, counts.get("COMPLETE", 0))
-        return SearchResult(run_dir, pareto(run_dir), wanted, counts)
-    callback = None
-    if progress:
-        from dynsearch.tuning.progress import Progress
+    with stop_on_signals():  # SIGINT / SIGTERM: stop cleanly, raise interrupts.Interrupted
+        from dynsearch.problem import prepare
+        from dynsearch.run.front import trial_counts
+        from dynsearch.training.trainable import run_trial
+        from dynsearch.tuning.tuner import run_search
 
-        callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names)
-    run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results)
-    return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))
+        recipe = _recipe(recipe_or_path, overrides)
+        out = Path(out) if out is not None else Path("runs") / recipe.name
+        problem = prepare(recipe)  # what the user can fix fails here, before the run directory exists
+        if recipe.one_shot:
+            check()  # a signal while it started; the one-shot loop has no stop points: signals act as usual there
+            with paused():
+                run_dir = _one_shot(problem, out, progress, new)
+            counts = trial_counts(run_dir)
+            wanted = recipe.evaluations  # a search_minutes budget that ran out first asked for what it got
+            if recipe.search_minutes is not None:
+                wanted = min(wanted, counts.get("COMPLETE", 0))
+            return SearchResult(run_dir, pareto(run_dir), wanted, counts)
+        callback = None
+        if progress:
+            from dynsearch.tuning.progress import Progress
+
+            callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names,
+                                concurrent=recipe.concurrent_trials)
+        run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results)
+        return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))
 
 
 def _one_shot(problem, out: Path, progress: bool, new: bool) -> Path:
@@ -137,7 +145,7 @@ def write_results(run_dir: Path) -> tuple[list[dict[str, Any]], Path]:
 def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str, Any]]:
     """The non-dominated COMPLETE trials of a run, most accurate first.
 
-    Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
+    Each item: ``trial``, ``mechanism``, ``accuracy`` (validation), ``test_accuracy``,
     ``macs``, ``macs_full``, ``params``, ``config`` and ``stats`` (the
     mechanism's statistics on the validation split, e.g. ``exit_histogram``).
     With ``operating_points``: the front over every operating point of every
@@ -150,6 +158,14 @@ def pareto(run_dir: str | Path, operating_points: bool = False) -> list[dict[str
 
         return operating_front(run_dir, trial_points)
     return trial_front(run_dir)
+
+
+def trials(run_dir: str | Path, state: str | None = None) -> list[dict[str, Any]]:
+    """Every trial of a run in order (``dynsearch.run.trials.trial_list``): number, state, mechanism,
+    backbone, objectives, seconds and a FAIL trial's reason; ``state`` keeps one state (``"FAIL"``...)."""
+    from dynsearch.run.trials import trial_list
+
+    return trial_list(run_dir, state)
 
 
 def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None, onnx: bool = False,

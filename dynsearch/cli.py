@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 
-from dynsearch.models.kinds import describe_backbone
-from dynsearch.run.rundir import CONFIG_FILE, METRICS_FILE, REPORT_HTML, REPORT_PNG, WEIGHTS_FILE
+from dynsearch.run.files import CONFIG_FILE, METRICS_FILE, REPORT_HTML, REPORT_PNG, WEIGHTS_FILE
 
 EPILOG = """examples:
   dynsearch train                          train the default recipe's default point
   dynsearch search                         multi-objective search, default recipe
   dynsearch search digits-exits --trials 16 --out runs/demo
   dynsearch pareto runs/demo --json
+  dynsearch trials runs/demo --state FAIL   every trial (here the failed ones) with its reason
   dynsearch bench runs/demo/trials/3      latency of one trial's model vs its static path
   dynsearch report runs/demo               the front drawn: PNG and interactive HTML in the run directory
   dynsearch export runs/demo --pareto --out models --format onnx
@@ -28,6 +30,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line and exit code 2."""
 
     def error(self, message: str):  # noqa: D401
+        wrong = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if wrong:  # a misspelt command or choice: name the closest one
+            from dynsearch.catalog import did_you_mean
+
+            choices = [c.strip().strip("'") for c in wrong.group(3).split(",")]
+            message = message.replace(" (choose from", did_you_mean(wrong.group(2), choices) + " (choose from", 1)
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
@@ -147,13 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "cosine); the card records validation and test accuracy before and after (useful for "
                         "one-shot runs, whose models inherit the supernet's weights)")
 
+    listed = commands.add_parser("trials", help="list every trial of a run: state, mechanism, objectives, seconds",
+                                 description="One row per trial of a run directory: number, state, mechanism, "
+                                 "backbone, where its dynamic parts sit, objectives, seconds and, for a FAIL "
+                                 "trial, the reason.")
+    listed.add_argument("run_dir", help="a search's run directory")
+    listed.add_argument("--json", action="store_true", help="print a JSON list")
+    listed.add_argument("--state", type=str.upper, choices=["COMPLETE", "FAIL", "RUNNING", "WAITING", "PRUNED"],
+                        metavar="STATE", help="only trials in this state: COMPLETE, FAIL, RUNNING, WAITING, PRUNED")
+
     listing = commands.add_parser("list", help="list recipes, search spaces and mechanisms")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
 def _mechanism_class(name: str | None):
-    """The registered class of a mechanism name, None when not installed here."""
+    """The registered class of a mechanism name, None when not installed here (imports torch)."""
     from dynsearch.dynamic import mechanisms
 
     info = mechanisms().get(name)
@@ -161,33 +178,37 @@ def _mechanism_class(name: str | None):
 
 
 def _placement(config: dict) -> str:
-    """Where a front item's exits / gates / experts sit, as its mechanism says."""
+    """Where a front item's exits / gates / experts sit, e.g. 'exits after stages 0,1'. Built-in
+    mechanisms are read from the catalog (no torch); a plugin's says it through its ``placement``."""
+    from dynsearch.catalog import BUILTIN_MECHANISMS, describe_placement
+
+    if config.get("mechanism") in BUILTIN_MECHANISMS:
+        return describe_placement(config)
     cls = _mechanism_class(config.get("mechanism"))
     return cls.placement(config) if cls is not None else "-"
 
 
-def _print_front(front: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+FRONT_COLUMNS = ("trial", "mechanism", "backbone", "val acc", "test acc", "macs", "of full", "params", "dynamic parts")
+RIGHT = {"trial", "val acc", "test acc", "macs", "of full", "params", "seconds"}
 
-    table = Table(title="Pareto front (validation accuracy vs MACs)")
-    for column in ("trial", "backbone", "val acc", "test acc", "macs", "of full", "params", "placed at"):
-        if column == "backbone":  # e.g. "cnn 8-32-64 d1 k3"; wraps at its spaces in a narrow terminal
-            table.add_column(column, justify="left", min_width=10)
-        else:
-            table.add_column(column, justify="right", no_wrap=column != "placed at")
-    for item in front:
-        table.add_row(
-            str(item["trial"]),
-            describe_backbone(item["config"].get("backbone")),
-            f"{item['accuracy']:.4f}",
-            f"{item['test_accuracy']:.4f}",
-            f"{item['macs']:,.0f}",
-            f"{item['macs'] / item['macs_full']:.0%}",
-            f"{item['params']:,}",
-            _placement(item["config"]),
-        )
-    Console().print(table)
+
+def _print_front(front: list[dict]) -> None:
+    from dynsearch.models.kinds import describe_backbone
+    from dynsearch.tables import print_table
+
+    rows = [[
+        str(item["trial"]),
+        str(item.get("mechanism") or item["config"].get("mechanism") or "-"),
+        describe_backbone(item["config"].get("backbone")),
+        f"{item['accuracy']:.4f}",
+        f"{item['test_accuracy']:.4f}",
+        f"{item['macs']:,.0f}",
+        f"{item['macs'] / item['macs_full']:.0%}",
+        f"{item['params']:,}",
+        _placement(item["config"]),
+    ] for item in front]
+    print_table("Pareto front (validation accuracy vs MACs)", FRONT_COLUMNS, rows,
+                right=[c in RIGHT for c in FRONT_COLUMNS], wrap=("backbone", "dynamic parts"))
 
 
 def _cmd_train(args) -> int:
@@ -224,11 +245,24 @@ def _cmd_search(args) -> int:
     else:
         _print_front(result.front)
         print(f"run directory: {result.run_dir}")
+        print(next_steps(result.run_dir))
     if result.complete < result.trials:
         print(f"dynsearch: warning: {result.complete} of {result.trials} trials COMPLETE, "
               f"{result.counts.get('FAIL', 0)} FAIL (reasons: 'fail_reason' in the study); "
               "re-run the same command to try again", file=sys.stderr)
     return 0
+
+
+def next_steps(run_dir) -> str:
+    """What to run next on a finished search, with its run directory."""
+    quoted = shlex.quote(str(run_dir))
+    return "\n".join([
+        "next:",
+        f"  dynsearch pareto {quoted}                 the front again (--json, --operating-points)",
+        f"  dynsearch trials {quoted}                 every trial: state, mechanism, objectives, seconds",
+        f"  dynsearch report {quoted}                 redraw {REPORT_PNG} and {REPORT_HTML} (already written there)",
+        f"  dynsearch export {quoted} --pareto --out models   the front's models (weights, card, --format onnx)",
+    ])
 
 
 def _cmd_pareto(args) -> int:
@@ -245,19 +279,54 @@ def _cmd_pareto(args) -> int:
 
 
 def _print_points(front: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from dynsearch.tables import print_table
 
-    table = Table(title="Operating-point front (validation accuracy vs MACs)")
-    for column in ("trial", "point", "knobs", "val acc", "test acc", "macs", "% of full"):
-        table.add_column(column, justify="right")
+    columns = ("trial", "mechanism", "point", "knobs", "val acc", "test acc", "macs", "of full")
+    rows = []
     for item in front:
         knobs = " ".join(f"{k}={v:g}" for k, v in item["knobs"].items()) or "-"
-        table.add_row(str(item["trial"]), str(item["point"]) + ("*" if item["trained"] else ""), knobs,
-                      f"{item['accuracy']:.4f}", f"{item['test_accuracy']:.4f}", f"{item['macs']:,.0f}",
-                      f"{item['macs'] / item['macs_full']:.0%}")
-    Console().print(table)
-    print("* the trial's own (trained) point; export one: dynsearch export RUN_DIR --trials N --point K --out DIR")
+        rows.append([str(item["trial"]), str(item.get("mechanism") or "-"),
+                     str(item["point"]) + ("*" if item["trained"] else ""), knobs,
+                     f"{item['accuracy']:.4f}", f"{item['test_accuracy']:.4f}", f"{item['macs']:,.0f}",
+                     f"{item['macs'] / item['macs_full']:.0%}"])
+    print_table("Operating-point front (validation accuracy vs MACs)", columns, rows,
+                right=[c not in ("mechanism", "knobs") for c in columns], wrap=("knobs",))
+    if any(item["trained"] for item in front):
+        print("* the trial's own (trained) point")
+    print("export one: dynsearch export RUN_DIR --trials N --point K --out DIR")
+
+
+def _cmd_trials(args) -> int:
+    from dynsearch.api import trials
+
+    rows = trials(args.run_dir, state=args.state)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    from dynsearch.tables import print_table
+
+    names = next((list(r["objectives"]) for r in rows if r["objectives"]), [])
+    columns = ["trial", "state", "mechanism", "backbone", "dynamic parts", *names, "seconds", "note"]
+    table = []
+    for r in rows:
+        values = [_objective_text(name, r["objectives"].get(name)) for name in names]
+        note = r["reason"] or (f"retry of trial {r['retry_of']}" if r["retry_of"] is not None else "")
+        table.append([str(r["trial"]), r["state"], r["mechanism"] or "-", r["backbone"], r["placement"], *values,
+                      "-" if r["seconds"] is None else f"{r['seconds']:.1f}", note])
+    right = [c in RIGHT or c in names for c in columns]
+    title = f"Trials of {args.run_dir}" + (f" ({args.state.upper()})" if args.state else "")
+    print_table(title, columns, table, right=right, wrap=("backbone", "dynamic parts", "note"))
+    return 0
+
+
+def _objective_text(name: str, value) -> str:
+    if value is None:
+        return "-"
+    if name in ("accuracy", "test_accuracy"):
+        return f"{value:.4f}"
+    if name.startswith("latency"):
+        return f"{value:.3f}"
+    return f"{value:,.0f}"
 
 
 def _cmd_bench(args) -> int:
@@ -273,10 +342,19 @@ def _cmd_bench(args) -> int:
         r = result[kind]
         print(f"  {kind:<8} p50 {r['latency_ms']:.4f} ms  mean {r['latency_ms_mean']:.4f} ms  "
               f"p90 {r['latency_ms_p90']:.4f} ms  macs {r['macs']:,.0f}")
-    print(f"  speed-up: MACs {result['macs_speedup']:.2f}x, measured {result['realised_speedup']:.2f}x; "
-          f"params {result['params']:,}")
-    print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms (error {result['lut_error']:.1%})")
+    print(f"  {speedup_line(result)}; params {result['params']:,}")
+    print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms "
+          f"(error {result['lut_error']:.1%} against the dynamic mean)")
     return 0
+
+
+def speedup_line(result: dict) -> str:
+    """'dynamic vs static: 1.52x fewer MACs, p50 1.31x faster', the direction in words, from the p50s printed."""
+    macs = result["macs_speedup"]
+    ratio = result["realised_speedup"]  # static p50 / dynamic p50
+    macs_words = f"{macs:.2f}x fewer MACs" if macs >= 1 else f"{1 / macs:.2f}x more MACs"
+    p50_words = f"p50 {ratio:.2f}x faster" if ratio >= 1 else f"p50 {1 / ratio:.2f}x slower"
+    return f"dynamic vs static: {macs_words}, {p50_words}"
 
 
 def _cmd_report(args) -> int:
@@ -293,6 +371,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    if args.point is not None and args.trials is not None and len(args.trials) == 1:
+        from dynsearch.run.front import check_recorded_point
+
+        check_recorded_point(args.run_dir, args.trials[0], args.point)  # before torch and the re-measuring
     from dynsearch.api import export
 
     paths = export(args.run_dir, args.out, trials=args.trials, onnx=args.format == "onnx",
@@ -318,18 +400,25 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_list(args) -> int:
+def _listed_mechanisms() -> list[dict]:
+    """Built-in mechanisms from the catalog (no torch); the registry only when a plugin is installed."""
+    from importlib import metadata
+
+    from dynsearch.catalog import BUILTIN_MECHANISMS
+    from dynsearch.plugins import GROUP
+
+    if not list(metadata.entry_points(group=GROUP)):
+        return [{"name": m.name, "family": m.family, "paper": m.paper} for m in BUILTIN_MECHANISMS.values()]
     from dynsearch.dynamic import mechanisms
+
+    return [{"name": m.name, "family": m.family, "paper": m.paper} for m in mechanisms().values()]
+
+
+def _cmd_list(args) -> int:
     from dynsearch.recipe import builtin_recipes
     from dynsearch.spaces import available_spaces
 
-    listing = {
-        "recipes": sorted(builtin_recipes()),
-        "spaces": available_spaces(),
-        "mechanisms": [
-            {"name": m.name, "family": m.family, "paper": m.paper} for m in mechanisms().values()
-        ],
-    }
+    listing = {"recipes": sorted(builtin_recipes()), "spaces": available_spaces(), "mechanisms": _listed_mechanisms()}
     if args.json:
         print(json.dumps(listing))
         return 0
@@ -348,16 +437,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from dynsearch.errors import UserError
+    from dynsearch.interrupts import Interrupted, stop_on_signals
 
     handlers = {"train": _cmd_train, "search": _cmd_search, "pareto": _cmd_pareto, "bench": _cmd_bench,
-                "report": _cmd_report, "export": _cmd_export, "list": _cmd_list}
+                "trials": _cmd_trials, "report": _cmd_report, "export": _cmd_export, "list": _cmd_list}
     try:
+        if args.command == "search":  # from here on a signal stops the search cleanly (interrupts.py)
+            with stop_on_signals():
+                return handlers[args.command](args)
         return handlers[args.command](args)
     except UserError as exc:
         print(f"dynsearch: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"dynsearch: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("dynsearch: interrupted; re-run the same command to resume", file=sys.stderr)
+        print("dynsearch: interrupted", file=sys.stderr)
         return 130
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from dynsearch.catalog import did_you_mean
 from dynsearch.errors import UserError
 from dynsearch.models.kinds import BACKBONE_KINDS, CLASSIFIERS, backbone_extras
 
@@ -102,7 +103,7 @@ class DataSpec(_Strict):
 
         source = source_of(info.data)
         if source is None and name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}, "
+            raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; use one of {sorted(DATASETS)}, "
                              "or your own with data.callable / data.file")
         if source is not None and name in DATASETS:
             raise ValueError(f"{name!r} is a built-in dataset but data.{source} is given; "
@@ -449,7 +450,8 @@ class Recipe(_Strict):
         from dynsearch.spaces import available_spaces
 
         if not _stored(info) and space not in available_spaces():
-            raise ValueError(f"unknown search space {space!r}; use one of {available_spaces()}")
+            hint = did_you_mean(space, available_spaces())
+            raise ValueError(f"unknown search space {space!r}" + (hint or f"; use one of {available_spaces()}"))
         return space
 
     @field_validator("objectives")
@@ -536,14 +538,35 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     kind = error["type"]
     where = f"recipe {source}"
     if kind == "extra_forbidden":
-        return f"{where}: unknown field '{loc}'; remove it or check its spelling"
+        parts = [str(part) for part in error["loc"]]
+        hint = did_you_mean(parts[-1], _sibling_fields(parts[:-1]))
+        return f"{where}: unknown field '{loc}'{hint or '; remove it or check its spelling'}"
     if kind == "missing":
         return f"{where}: field '{loc}' is required; add it"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     field = f"field '{loc}'" if loc else "recipe"
+    if isinstance(got, bool) and kind in ("string_type", "literal_error", "enum"):
+        # YAML 1.1 reads unquoted on/off/yes/no as booleans: `mode: off` arrives as False.
+        shown += f"; YAML reads unquoted on/off/yes/no as true/false: quote the value, e.g. {loc.rpartition('.')[2]}: \"off\""
     return f"{where}: {field}: {message}{shown}"
+
+
+def _sibling_fields(parents: list[str]) -> list[str]:
+    """The field names of the recipe section at ``parents`` (a pydantic error's location without its last part)."""
+    import typing
+
+    model: Any = Recipe
+    for part in parents:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
 
 
 def parse_recipe(data: Any, source: str = "<dict>", base_dir: Path | None = None, stored: bool = False) -> Recipe:
@@ -585,9 +608,10 @@ def resolve_recipe_path(recipe: str | Path | None) -> Path:
         return builtin[str(recipe)]
     if path.exists():
         raise UserError(f"recipe {recipe}: is not a file; pass a YAML recipe file")
-    raise UserError(
-        f"recipe {recipe}: no such file or built-in recipe; pass a YAML path or one of {sorted(builtin)}"
-    )
+    hint = did_you_mean(recipe, builtin)
+    raise UserError(f"recipe {recipe}: no such file or built-in recipe"
+                    + (f"{hint} ('dynsearch list' names them all)" if hint else
+                       f"; pass a YAML path or one of {sorted(builtin)}"))
 
 
 def load_recipe(recipe: str | Path | None = None) -> Recipe:

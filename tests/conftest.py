@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import torch
@@ -76,3 +77,51 @@ def two_node_cluster():
         yield cluster, worker
     finally:
         cluster.shutdown()
+
+
+class NanFirstSpace:
+    """The exits space, with trial 0 given a NaN loss weight (it ends FAIL)."""
+
+    DEFAULTS = {}
+
+    @staticmethod
+    def define(trial, recipe, data):
+        from dynsearch.search_spaces import exits
+
+        config = exits.define(trial, recipe, data)
+        if trial.number == 0:
+            config["exits"]["loss_weight"] = float("nan")
+        return config
+
+
+def session_processes(sid: int) -> list:
+    """The processes of session ``sid`` (a search started with ``start_new_session``): psutil.Process objects."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
+def reap_session(sid: int, grace_s: float) -> list[str]:
+    """Wait up to ``grace_s`` for session ``sid``'s processes to exit, then SIGKILL the rest, by pid;
+    return the names of those that had to be killed."""
+    import psutil
+
+    deadline = time.time() + grace_s
+    while session_processes(sid) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors, names = session_processes(sid), []
+    for proc in survivors:
+        try:
+            names.append(proc.name())
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(survivors, timeout=10)
+    return names

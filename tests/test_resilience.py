@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from dynsearch import cli
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, reap_session, session_processes
 from dynsearch.errors import UserError
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, fail_orphans, open_study
@@ -41,33 +41,6 @@ class _Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def _session(sid: int) -> list[psutil.Process]:
-    """The processes of session ``sid`` (the killed driver started it: start_new_session)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid:
-                found.append(proc)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return found
-
-
-def _kill_session(sid: int, grace_s: float) -> int:
-    """Wait up to ``grace_s`` for the session's processes to exit, then SIGKILL the rest, by pid."""
-    deadline = time.time() + grace_s
-    while _session(sid) and time.time() < deadline:
-        time.sleep(0.5)
-    survivors = _session(sid)
-    for proc in survivors:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(survivors, timeout=10)
-    return len(survivors)
 
 
 def _listening(procs):
@@ -122,7 +95,7 @@ def killed(tmp_path_factory):
                 break
         assert first.poll() is None, f"the search ended before it could be killed:\n{first_err.read_text()[-3000:]}"
         assert time.time() < deadline, "no trial became COMPLETE in time"
-        procs = _session(first.pid)
+        procs = session_processes(first.pid)
         seen.sockets, seen.cmdlines = _listening(procs)
         seen.secret_in_worker_env = _has_sentinel_env(procs)
         seen.complete_before = {
@@ -131,7 +104,7 @@ def killed(tmp_path_factory):
         }
         os.killpg(first.pid, signal.SIGKILL)  # kill -9 the driver's whole process group
         first.wait()
-        seen.survivors = _kill_session(first.pid, grace_s=15)
+        seen.survivors = len(reap_session(first.pid, grace_s=15))
         # Ray's pickles in the run dir, replaced by ones that run code when unpickled: resume must not load them.
         seen.marker = base / "unpickled"
         seen.pickles = sorted((out / "ray").rglob("*.pkl"))
@@ -144,7 +117,7 @@ def killed(tmp_path_factory):
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-        _kill_session(first.pid, grace_s=0)
+        reap_session(first.pid, grace_s=0)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -273,7 +246,7 @@ def test_orphans_are_failed_and_retried_once(tmp_path):
     trial.suggest_float("lr", 1e-3, 1e-2)
     assert fail_orphans(study) == [trial.number]
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": trial.number}
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": trial.number, "retry_after": "crash"}
     retry = study.ask()  # what the searcher's next ask gets
     assert retry.number == waiting[0].number
     assert retry.suggest_float("lr", 1e-3, 1e-2) == trial.params["lr"]  # the same parameters

@@ -12,6 +12,8 @@ import pytest
 from optuna.trial import TrialState
 from wandb_records import offline_runs
 
+from conftest import NanFirstSpace
+
 import dynsearch
 from dynsearch.recipe import load_recipe
 from dynsearch.run.study import open_study
@@ -110,21 +112,6 @@ def test_a_trial_whose_online_start_fails_logs_offline(tmp_path, unreachable_wan
     [(_, run)] = offline_runs(tmp_path)
     assert run["run"]["name"] == "trial-7" and run["config"]["exits"] == {"threshold": 0.9}
     assert run["summary"]["accuracy"] == 0.5 and run["summary"]["stats/exit_histogram"] == [1.0]
-
-
-class NanFirstSpace:
-    """The exits space, with trial 0 given a NaN loss weight (it ends FAIL)."""
-
-    DEFAULTS = {}
-
-    @staticmethod
-    def define(trial, recipe, data):
-        from dynsearch.search_spaces import exits
-
-        config = exits.define(trial, recipe, data)
-        if trial.number == 0:
-            config["exits"]["loss_weight"] = float("nan")
-        return config
 
 
 @pytest.mark.slow

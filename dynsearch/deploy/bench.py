@@ -11,7 +11,7 @@ from dynsearch.errors import UserError
 from dynsearch.measure.device import resolve_device
 from dynsearch.measure.evaluate import count_params, measure
 from dynsearch.measure.latency import component_latency_table, measure_latency, predict_latency_ms
-from dynsearch.run.rundir import RunDir
+from dynsearch.run.rundir import STUDY_FILE, TRIALS_DIR, RunDir
 
 
 def _bench_data_section(folder, data: str | None) -> dict:
@@ -28,10 +28,20 @@ def _bench_data_section(folder, data: str | None) -> dict:
     raise UserError(f"{folder}: no {run.recipe_path.name} two levels up and no card.json; pass --data NAME")
 
 
+def _check_bench_folder(folder: Path) -> None:
+    """A run directory given where a model folder is wanted says which command to use."""
+    if (folder / STUDY_FILE).is_file() or (folder / TRIALS_DIR).is_dir():
+        raise UserError(f"{folder}: is a run directory, not a model folder; bench one of its trials "
+                        f"('dynsearch bench {folder}/{TRIALS_DIR}/N', numbers from 'dynsearch trials {folder} "
+                        f"--state COMPLETE') or an exported model ('dynsearch export {folder} --out DIR')")
+
+
 def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: int = 1, threads: int = 1,
           inputs: int = 100, repeats: int = 15, warmup: int = 3) -> dict[str, Any]:
     """Latency of a saved model and of its static full-depth path, side by side, with MACs
-    and the latency table's prediction (and its error against the measurement)."""
+    and the latency table's prediction (and its error against the measured mean).
+    ``realised_speedup``: the static p50 over the dynamic p50 (above 1: dynamic is faster)."""
+    _check_bench_folder(Path(folder))
     model, _ = load_folder(folder)
     section = _bench_data_section(folder, data)
     name = section.get("name")
@@ -52,7 +62,8 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
         "static": {**static, "macs": costs["macs_full"]},
         "params": count_params(model),
         "macs_speedup": costs["macs_full"] / costs["macs"],
-        "realised_speedup": static["latency_ms_mean"] / dynamic["latency_ms_mean"],
+        # The static path's p50 over the dynamic one's: above 1 the dynamic model is the faster.
+        "realised_speedup": static["latency_ms"] / dynamic["latency_ms"],
         "lut_predicted_ms": predicted,
         "lut_error": abs(predicted - dynamic["latency_ms_mean"]) / dynamic["latency_ms_mean"],
     }

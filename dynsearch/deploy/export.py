@@ -32,13 +32,13 @@ from dynsearch.data import cached_splits
 from dynsearch.deploy.card import card_markdown, make_card
 from dynsearch.deploy.load import FORMAT, REEXPORT, load
 from dynsearch.deploy.onnx_export import export_onnx
-from dynsearch.deploy.points import at_point
+from dynsearch.deploy.points import at_point, trial_points
 from dynsearch.deploy.quantize import check_quantize, compare, quantize_graphs
 from dynsearch.deploy.trials import CheckedTrial, check_trial
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import measure_val, same_figures
 from dynsearch.recipe import Recipe
-from dynsearch.run.front import pareto
+from dynsearch.run.front import pareto, point_of
 from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, config_sha256, read_json, write_json
 from dynsearch.run.study import open_existing
 
@@ -76,6 +76,8 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
         raise UserError("--point: pass exactly one trial with --trials N (operating points are per trial)")
     if finetune is not None and (finetune < 1 or tune is None):
         raise UserError(f"--finetune {finetune}: give a whole number of epochs >= 1")
+    if point is not None:  # before any model is re-measured: a wrong --point fails at once
+        point_of(trial_points(run, numbers[0]), point, run_dir)
     checked = [check_trial(run, number, recipe) for number in numbers]
     if point is not None:
         checked = [at_point(run, checked[0], point, recipe)]

@@ -23,9 +23,31 @@ EXPORT_KEYS = ("export", "runtime_policy")  # added to the trial config in an ex
 
 
 def load(path: str | Path):
-    """The DynamicModel of an exported model folder, in eval mode, weights checked against config.json."""
-    model, _ = load_folder(path, exported=True)
+    """The DynamicModel of an exported model folder, in eval mode, weights checked against config.json.
+
+    Its input is checked: a batch whose sample shape is not the config's ``input_shape`` raises a
+    ValueError naming the shape expected (instead of a layer's error from deep inside)."""
+    model, config = load_folder(path, exported=True)
+    expected = config.get("input_shape")
+    if isinstance(expected, list) and all(isinstance(d, int) for d in expected):
+        model.register_forward_pre_hook(_InputShapeCheck(tuple(expected)))
     return model
+
+
+class _InputShapeCheck:
+    """A forward pre-hook: the input is a batch of samples of ``shape`` (picklable, unlike a closure)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+    def __call__(self, module, args):
+        x = args[0] if args else None
+        got = tuple(getattr(x, "shape", ()))
+        if x is not None and got[1:] != self.shape:
+            wanted = "[N, " + ", ".join(map(str, self.shape)) + "]"
+            raise ValueError(f"input of shape {list(got)}: this model takes a batch of shape {wanted} "
+                             f"({CONFIG_FILE} input_shape {list(self.shape)}); add the batch dimension "
+                             "(x.unsqueeze(0)) or reshape the input")
 
 
 def load_folder(path: str | Path, exported: bool = False):
@@ -48,6 +70,13 @@ def load_folder(path: str | Path, exported: bool = False):
     else:  # a trial folder: the checksum the trial recorded with its metrics, if any
         fix = "re-run the trial or pass an exported model folder"
         metrics = read_json(folder / METRICS_FILE, fix) if (folder / METRICS_FILE).is_file() else {}
+        if not metrics and not (folder / WEIGHTS_FILE).is_file():
+            raise UserError(f"{folder}: this trial has no model: it did not finish (interrupted, or still running); "
+                            "pick a COMPLETE trial ('dynsearch trials RUN_DIR --state COMPLETE')")
+        if isinstance(metrics, dict) and metrics.get("status") == "FAIL":
+            reason = str(metrics.get("reason") or "no reason recorded").splitlines()[0]
+            raise UserError(f"{folder}: this trial FAILED ({reason}), so it has no model; pick a COMPLETE "
+                            f"trial ('dynsearch trials RUN_DIR --state COMPLETE')")
         sha256 = metrics.get("weights_sha256") if isinstance(metrics, dict) else None
         if not isinstance(config, dict):
             raise UserError(f"{folder / CONFIG_FILE}: not a model config (a JSON object); {fix}")

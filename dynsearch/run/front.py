@@ -46,7 +46,7 @@ def incomplete_trial(run_dir: str | Path, number: int, folder: Path) -> UserErro
 def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
     """The non-dominated COMPLETE trials of a run (on the study's objectives), most accurate first.
 
-    Each item: ``trial``, ``accuracy`` (validation), ``test_accuracy``,
+    Each item: ``trial``, ``mechanism``, ``accuracy`` (validation), ``test_accuracy``,
     ``macs``, ``macs_full``, ``macs_thop`` (thop's count of the static path; None where thop could not
     count it or the run predates it), ``params``, ``config`` and ``stats`` (the
     mechanism's statistics on the validation split, e.g. ``exit_histogram``),
@@ -64,6 +64,7 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
         front.append(
             {
                 "trial": number,
+                "mechanism": config.get("mechanism"),
                 "accuracy": float(metrics["accuracy"]),
                 "test_accuracy": float(metrics["test_accuracy"]),
                 "macs": float(metrics["macs"]),
@@ -90,6 +91,20 @@ def point_of(record: dict[str, Any], point: int, run_dir: str | Path) -> dict[st
     return points[point]
 
 
+def check_recorded_point(run_dir: str | Path, number: int, point: int) -> None:
+    """Refuse ``--point`` out of the range trial ``number`` recorded, before anything heavier is imported
+    (a trial without a readable record is checked later, once its points are computed)."""
+    import json
+
+    path = RunDir.existing(run_dir).points_path(number)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and isinstance(record.get("points"), list):
+        point_of({**record, "trial": number}, point, run_dir)
+
+
 def operating_front(run_dir: str | Path, points_of: PointsOf) -> list[dict[str, Any]]:
     """The non-dominated operating points of every COMPLETE trial, most accurate first.
 
@@ -98,7 +113,7 @@ def operating_front(run_dir: str | Path, points_of: PointsOf) -> list[dict[str, 
     Points are compared on the recipe's objectives that every point carries:
     validation ``accuracy``, ``macs`` and ``params``; ``latency_ms`` is timed at
     the trained point only, so a latency recipe's points are compared without it.
-    Each item: ``trial``, ``point``, ``knobs``, ``trained``, ``accuracy``, ``macs``,
+    Each item: ``trial``, ``mechanism``, ``point``, ``knobs``, ``trained``, ``accuracy``, ``macs``,
     ``test_accuracy``, ``test_macs``, ``macs_full``, ``params``, ``config`` (as
     trained) and ``stats``."""
     from optuna.trial import TrialState
@@ -117,7 +132,8 @@ def operating_front(run_dir: str | Path, points_of: PointsOf) -> list[dict[str, 
             if (item["accuracy"], item["macs"]) in seen:
                 continue
             seen.add((item["accuracy"], item["macs"]))
-            candidates.append({"trial": trial.number, **item, "macs_full": record["macs_full"],
+            candidates.append({"trial": trial.number, "mechanism": config.get("mechanism"), **item,
+                               "macs_full": record["macs_full"],
                                "params": int(metrics["params"]), "config": config})
     front = non_dominated(candidates, objectives)
     front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"], item["point"]))

@@ -59,23 +59,31 @@ def make_sampler(recipe: Recipe):
 INTERRUPTED = "interrupted: the search driver stopped while this trial ran"
 
 
-def fail_orphans(study, reason: str = INTERRUPTED, retry: bool = True) -> list[int]:
+def fail_orphans(study, reason: str = INTERRUPTED, retry: bool = True, stopped: bool = False) -> list[int]:
     """Mark trials left RUNNING (by a crashed driver) FAIL; return their numbers.
 
     With ``retry``, each orphan's parameters are queued once more (Optuna's
     ``enqueue_trial``; the next ``ask`` takes them), unless the orphan was
-    itself such a retry: a configuration is retried once, not forever.
+    itself such a retry: a configuration is retried once, not forever (it may be
+    what crashed the driver). ``stopped``: the search was stopped on purpose (SIGINT /
+    SIGTERM), no fault of the trial's, so its parameters are queued again even if it was a retry.
     """
     from optuna.trial import TrialState
 
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in orphans:
-        retried = retry and bool(trial.params) and "retry_of" not in trial.user_attrs
+        # A queued retry stopped before its space had suggested everything holds its parameters as Optuna's
+        # fixed_params (what enqueue_trial stored), not yet as params.
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}
+        # Only a crash counts against the once: a trial that was itself queued after a stop may be retried.
+        first = "retry_of" not in trial.user_attrs or trial.user_attrs.get("retry_after") == "stop"
+        retried = retry and bool(params) and (stopped or first)
         why = f"{reason}; its parameters are queued for one retry" if retried else reason
         set_trial_user_attr(study, trial.number, "fail_reason", why)  # before FAIL: a finished trial is read-only
         study.tell(trial.number, state=TrialState.FAIL)
         if retried:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            study.enqueue_trial(dict(params), user_attrs={"retry_of": trial.number,
+                                                          "retry_after": "stop" if stopped else "crash"})
     return [trial.number for trial in orphans]
 
 

@@ -1,8 +1,13 @@
 """A line of progress per trial event during a search (a Ray Tune callback).
 
 Each line: trials done / running / failed, elapsed time, best validation
-accuracy; when a trial changes the Pareto front, one more line lists the
-front so far (from the study, so it follows the recipe's objectives).
+accuracy and, once a trial is COMPLETE, the search's ETA (the mean wall time of
+the trials COMPLETE in this run, times the trials still wanted, over the trials
+run at once); when a trial changes the Pareto front, one more line lists the
+front so far (from the study, so it follows the recipe's objectives). While a
+trial trains, an epoch line (epoch, validation accuracy, seconds) is printed at
+most every ``EPOCH_LINE_EVERY_S`` seconds per trial, so long trials are never
+silent and short ones print none.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_study
 
 MAX_FRONT_POINTS = 8  # points shown on the front line
+EPOCH_LINE_EVERY_S = 10.0  # at most one epoch line per trial this often
 TRIAL_PARTS = ("setup", "training", "evaluation", "latency", "sweep")  # a trial's parts in the order they run
 
 
@@ -39,6 +45,21 @@ def front_line(study, objectives: list[str]) -> str:
     return f"front ({', '.join(objectives)}): {shown}{more}"
 
 
+def clock(seconds: float) -> str:
+    """125 -> '2:05'; 3725 -> '1:02:05'."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def eta_seconds(durations: list[float], wanted: int, concurrent: int) -> float | None:
+    """The seconds left for ``wanted`` more trials, run ``concurrent`` at a time, from finished trials'
+    wall times (``durations``); None before any trial finished."""
+    if not durations:
+        return None
+    return sum(durations) / len(durations) * max(0, wanted) / max(1, concurrent)
+
+
 def time_split(metrics: dict) -> str:
     """', 41.2 s: setup 0.1, training 38.0, evaluation 0.9, sweep 2.2': where a trial's seconds went (metrics.json
     ``train_seconds`` and ``seconds``); empty for trials that recorded no split."""
@@ -53,13 +74,16 @@ class Progress(tune.Callback):
     """Prints trials done / running / failed and elapsed time as trials start and end."""
 
     def __init__(self, total: int, run_dir: Path, console: Console | None = None,
-                 objectives: list[str] | None = None):
-        self.total, self.run_dir = total, run_dir
+                 objectives: list[str] | None = None, concurrent: int = 1):
+        self.total, self.run_dir, self.concurrent = total, run_dir, max(1, concurrent)
         self.objectives = objectives or ["accuracy", "macs"]
         self.front_shown = ""
         self.console = console or Console(stderr=True, highlight=False)
         self.started = time.time()
         self.running: set[str] = set()
+        self.trial_started: dict[str, float] = {}  # Ray trial id -> when it started (this run)
+        self.last_epoch_line: dict[str, float] = {}  # Ray trial id -> when it last printed a line
+        self.durations: list[float] = []  # wall seconds of the trials COMPLETE in this run
         self.done = self.failed = 0
         self.best_accuracy: float | None = None
 
@@ -73,9 +97,11 @@ class Progress(tune.Callback):
     def _line(self, event: str) -> None:
         elapsed = int(time.time() - self.started)
         best = "" if self.best_accuracy is None else f", best val acc {self.best_accuracy:.3f}"
+        eta = eta_seconds(self.durations, self.total - self.done, min(self.concurrent, self.total - self.done or 1))
+        left = "" if eta is None or self.done >= self.total else f", ETA {clock(eta)}"
         self.console.print(
             f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {escape(event)} | {self.done}/{self.total} done, "
-            f"{len(self.running)} running, {self.failed} failed{best}",
+            f"{len(self.running)} running, {self.failed} failed{best}{left}",
             soft_wrap=True,
         )
 
@@ -93,12 +119,38 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
+        self.trial_started[trial.trial_id] = self.last_epoch_line[trial.trial_id] = time.time()
         self._line(f"trial {self._number(trial)} started")
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """An epoch line for a trial that has printed nothing for ``EPOCH_LINE_EVERY_S`` seconds."""
+        if result.get("final") or "epoch" not in result:
+            return
+        now = time.time()
+        if now - self.last_epoch_line.get(trial.trial_id, 0.0) < EPOCH_LINE_EVERY_S:
+            return
+        self.last_epoch_line[trial.trial_id] = now
+        epochs = (trial.config.get("train") or {}).get("epochs") if isinstance(trial.config, dict) else None
+        of = f"/{epochs}" if epochs else ""
+        accuracy = result.get("accuracy")
+        acc = f"val acc {accuracy:.3f}" if isinstance(accuracy, float) and accuracy == accuracy else "val acc -"
+        epoch_s = result.get("time_this_iter_s")
+        per_epoch = f"{epoch_s:.1f} s this epoch, " if isinstance(epoch_s, (int, float)) else ""
+        so_far = now - self.trial_started.get(trial.trial_id, now)
+        self._line(f"trial {self._number(trial)} epoch {int(result['epoch']) + 1}{of}: {acc} "
+                   f"({per_epoch}{so_far:.0f} s so far)")
+
+    def _ended(self, trial, complete: bool) -> None:
         self.running.discard(trial.trial_id)
+        started = self.trial_started.pop(trial.trial_id, None)
+        self.last_epoch_line.pop(trial.trial_id, None)
+        if started is not None and complete:  # a trial failing at once says nothing of the time left
+            self.durations.append(time.time() - started)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
         number = self._number(trial)
         metrics = RunDir.of(self.run_dir).read_metrics(number) if number is not None else {}
+        self._ended(trial, complete=metrics.get("status") == "COMPLETE")
         if metrics.get("status") == "COMPLETE":
             self.done += 1
             accuracy = metrics["accuracy"]
@@ -122,7 +174,7 @@ class Progress(tune.Callback):
         self._line(f"trial {self._number(trial)} lost its worker or node; Ray reruns it")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
+        self._ended(trial, complete=False)
         self.failed += 1
         number = self._number(trial)
         reason = RunDir.of(self.run_dir).read_metrics(number).get("reason", "see Ray's error file") if number is not None else ""

@@ -34,6 +34,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from dynsearch import interrupts
 from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import make_sampler, open_study
@@ -82,6 +83,8 @@ class StudySearch(Searcher):
         pass
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if interrupts.requested():
+            return None  # the search is stopping (SIGINT / SIGTERM): start nothing new
         complete = len(self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         if complete >= self._recipe.trials:
             return Searcher.FINISHED

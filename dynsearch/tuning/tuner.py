@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
+from ray import tune
 
+from dynsearch import interrupts
 from dynsearch.compat import init_ray_on_loopback
 from dynsearch.run.front import trial_counts
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume
+from dynsearch.run.study import (
+    count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume, rebuild_lost_trials,
+)
 from dynsearch.tracking import SearchTracking, Tracking
 from dynsearch.tuning.searcher import StudySearch
 
@@ -102,16 +107,30 @@ def run_search(problem, out: str | Path, trainable: Trainable, progress=None, ne
         finish_resume(study, run_dir, repaired)  # trials whose final record was lost, rebuilt from their folders
         fail_orphans(study)
         remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
-        if remaining > 0:
+        if remaining > 0 and not interrupts.requested():
             try:
                 _fit(problem, run_dir, trainable, attempts=max_attempts(remaining), progress=progress,
                      tracking=tracking.trials)
             except BaseException:
                 tracking.abort()
                 raise
+        if interrupts.requested():
+            _stop_interrupted(study, run_dir, tracking)
         front, png = finish(run_dir.path) if finish is not None else ([], None)
         tracking.finish(front, png, trial_counts(run_dir))
+        interrupts.check(count_states(study).get("COMPLETE", 0))  # a signal while the front was written
     return run_dir.path
+
+
+def _stop_interrupted(study, run_dir: RunDir, tracking: SearchTracking) -> None:
+    """After SIGINT / SIGTERM: keep what finished, fail the trials that were running (their parameters
+    queued for one retry, as after a crash), close the W&B run, and raise ``Interrupted``."""
+    signum = interrupts.requested()
+    rebuild_lost_trials(study, run_dir)  # a trial that wrote its result but was not told yet is kept
+    fail_orphans(study, reason=f"interrupted: the search was stopped by {signal.Signals(signum).name} while this trial ran",
+                 stopped=True)
+    tracking.abort()
+    raise interrupts.Interrupted(signum, count_states(study).get("COMPLETE", 0))
 
 
 def max_attempts(missing_trials: int) -> int:
@@ -119,13 +138,35 @@ def max_attempts(missing_trials: int) -> int:
     return missing_trials + max(4, missing_trials)
 
 
+class _StopOnSignal(tune.Stopper):
+    """Ends the whole experiment once SIGINT / SIGTERM asked the search to stop (interrupts.py); Ray then
+    stops the running trials without telling the searcher, so they stay RUNNING for ``_stop_interrupted``."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return interrupts.requested() is not None
+
+
 def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress,
          tracking: Tracking | None = None) -> None:
-    from ray import tune
-
     recipe = problem.recipe
     searcher = StudySearch(recipe, run_dir, problem.shape)
-    started_ray = init_ray(recipe.address)
+    try:
+        started_ray = init_ray(recipe.address)
+    except SystemExit as exc:  # ray.init's own SIGTERM handler (sys.exit(15)) caught a SIGTERM while it started
+        if exc.code != signal.SIGTERM or not interrupts.active():
+            raise
+        interrupts.record(signal.SIGTERM)
+        if ray.is_initialized():
+            ray.shutdown()
+        return
+    interrupts.reinstall()  # ray.init replaced the SIGTERM handler
+    if interrupts.requested():
+        if started_ray:
+            ray.shutdown()
+        return
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
     files = _trial_files_actor(run_dir)
     trainable = tune.with_resources(
@@ -148,6 +189,7 @@ def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=recipe.trial_retries),
             callbacks=[progress] if progress is not None else None,
+            stop=_StopOnSignal(),
         ),
     )
     try:
