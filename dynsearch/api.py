@@ -27,7 +27,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
 
     Returns ``test_accuracy``, ``macs`` (mean over the test split of what each
     sample's trace says ran), ``macs_full``, ``params``, plus ``val_accuracy``,
-    ``val_macs``, ``macs_thop`` (thop's count of the static path, README "Cost"), ``stats`` (the mechanism's statistics on the test split,
+    ``val_macs``, ``macs_thop`` (thop's count of the static path, docs/concepts.md), ``stats`` (the mechanism's statistics on the test split,
     e.g. ``exit_histogram``: the fraction of samples leaving at each exit) and
     ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean).
     With ``out``, the config, weights and metrics are written there.

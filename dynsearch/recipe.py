@@ -72,9 +72,11 @@ class DataSpec(_Strict):
     download: bool = Field(False, description="let torchvision download the dataset into root")
     module_path: Optional[str] = Field(None, description="folder of the callable's module")
     # After the sources: its validator reads them. Default digits; with a user source, a label (default user).
-    name: Optional[str] = None
-    split_seed: int = 0
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    name: Optional[str] = Field(None, description="a built-in dataset (default digits); with a user source, "
+                                "a label of your own (default user)")
+    split_seed: int = Field(0, description="seeds the stratified train / validation / test split")
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share of the data held out for validation "
+                                "(what the search selects on)")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="not used by fashion-mnist (official test split)")
     train_subset: Optional[int] = Field(None, ge=1, description="train on this many training samples "
                                         "(stratified, seeded by split_seed); validation and test unchanged")
@@ -215,9 +217,10 @@ class BackboneSpec(_Strict):
     user`` it maps the callable's keyword arguments to Optuna distributions.
     """
 
-    kind: Literal[BACKBONE_KINDS] = "cnn"
-    widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8)
-    depth: int = Field(1, ge=1, le=8)
+    kind: Literal[BACKBONE_KINDS] = Field("cnn", description="a built-in backbone, or user (your callable)")
+    widths: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, max_length=8,
+                              description="one stage per width (channels, units or the model width)")
+    depth: int = Field(1, ge=1, le=8, description="blocks or layers per stage")
     heads: int = Field(2, ge=1, le=64, description="attention heads (transformer only)")
     kernel: int = Field(3, ge=1, le=15, description="convolution kernel size (cnn, resnet; odd)")
     dropout: float = Field(0.0, ge=0.0, le=0.9, description="dropout after each hidden layer (mlp)")
@@ -334,8 +337,10 @@ class BackboneSpec(_Strict):
 
 
 class Objective(_Strict):
-    name: Literal["accuracy", "macs", "params", "latency_ms"]
-    direction: Optional[Literal["max", "min"]] = None
+    name: Literal["accuracy", "macs", "params", "latency_ms"] = Field(
+        description="accuracy (max), macs (min), params (min) or latency_ms (min)")
+    direction: Optional[Literal["max", "min"]] = Field(None, description="the objective's natural direction; "
+                                                       "may be left out")
 
     @model_validator(mode="after")
     def _natural_direction(self) -> "Objective":
@@ -352,13 +357,14 @@ class LatencySpec(_Strict):
 
     measure: bool = Field(False, description="measure even when latency_ms is not an objective")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
-    batch_size: int = Field(1, ge=1, le=4096)
+    batch_size: int = Field(1, ge=1, le=4096, description="inputs per timed call")
     inputs: int = Field(100, ge=1, le=100000, description="validation inputs timed")
-    warmup: int = Field(3, ge=0, le=1000)
-    repeats: int = Field(15, ge=1, le=10000)
-    threads: int = Field(1, ge=1, le=1024)
+    warmup: int = Field(3, ge=0, le=1000, description="untimed runs per input")
+    repeats: int = Field(15, ge=1, le=10000, description="timed runs per input (the median is kept)")
+    threads: int = Field(1, ge=1, le=1024, description="torch threads while timing")
     resource: Optional[str] = Field(None, description="a Ray custom resource naming the node to time on")
-    isolation_timeout_s: float = Field(120.0, gt=0)
+    isolation_timeout_s: float = Field(120.0, gt=0, description="longest wait for the node's training epochs "
+                                       "to end before timing anyway (recorded as latency_isolated: false)")
 
     @field_validator("device")
     @classmethod
@@ -369,7 +375,7 @@ class LatencySpec(_Strict):
 
 
 class SamplerSpec(_Strict):
-    name: Literal["nsga2", "tpe", "random"] = "nsga2"
+    name: Literal["nsga2", "tpe", "random"] = Field("nsga2", description="the Optuna sampler")
     population_size: Optional[int] = Field(None, ge=2, description="NSGA-II population; default trials // 3")
     n_startup_trials: Optional[int] = Field(None, ge=1, description="TPE random start; default trials // 4")
 
@@ -405,16 +411,18 @@ class SupernetSpec(_Strict):
 class Recipe(_Strict):
     """A search (or a single training) described in full."""
 
-    name: str = "recipe"
-    data: DataSpec = Field(default_factory=DataSpec)
-    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
-    space: str = "exits"
+    name: str = Field("recipe", description="the recipe's name; the default run directory is runs/<name>")
+    data: DataSpec = Field(default_factory=DataSpec, description="the dataset and its split")
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="the network the mechanism is "
+                                   "built on, and the dimensions of it that are searched")
+    space: str = Field("exits", description="the search space (search_spaces/, or a plugin's; dynsearch list)")
     objectives: list[Objective] = Field(
-        default_factory=lambda: [Objective(name="accuracy"), Objective(name="macs")], min_length=1
+        default_factory=lambda: [Objective(name="accuracy"), Objective(name="macs")], min_length=1,
+        description="what the search trades off, each once"
     )
-    trials: int = Field(16, ge=1, le=100000)
-    epochs: int = Field(15, ge=1, le=10000)
-    batch_size: int = Field(64, ge=1, le=65536)
+    trials: int = Field(16, ge=1, le=100000, description="COMPLETE trials wanted")
+    epochs: int = Field(15, ge=1, le=10000, description="training epochs per trial")
+    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
     lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant", description="cosine: Adam's learning rate annealed to 0 over each trial's steps"
     )
@@ -426,20 +434,21 @@ class Recipe(_Strict):
         False, description="train conv models with 4-D tensors in channels-last layout (faster on many CPUs; "
                            "benchmarks/results/channels_last.json); weights are stored and measured contiguous"
     )
-    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
-    seed: int = 0
-    cpus_per_trial: float = Field(1.0, gt=0.0, le=1024)
-    concurrent_trials: int = Field(1, ge=1, le=1024)
-    gpus_per_trial: float = Field(0.0, ge=0.0, le=64)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="the Optuna sampler and its settings")
+    seed: int = Field(0, description="seeds the sampler; each trial's training seed derives from its number")
+    cpus_per_trial: float = Field(1.0, gt=0.0, le=1024, description="Ray CPUs per trial (torch threads follow)")
+    concurrent_trials: int = Field(1, ge=1, le=1024, description="trials running at once")
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=64, description="Ray GPUs per trial")
     address: Optional[str] = Field(None, description="an existing Ray cluster (HOST:PORT); None: a local instance")
     trial_retries: int = Field(2, ge=0, le=100, description="reruns of a trial whose worker or node was lost")
-    defaults: dict[str, Any] = Field(default_factory=dict)
-    latency: LatencySpec = Field(default_factory=LatencySpec)
-    wandb: WandbSpec = Field(default_factory=WandbSpec)
+    defaults: dict[str, Any] = Field(default_factory=dict, description="parameter values of the default point "
+                                     "(dynsearch train); the space's own defaults fill the rest")
+    latency: LatencySpec = Field(default_factory=LatencySpec, description="how latency_ms is measured")
+    wandb: WandbSpec = Field(default_factory=WandbSpec, description="W&B tracking")
     strategy: Literal[STRATEGIES] = Field("multi-trial", description="multi-trial: every trial trains its own "
                                           "network; one-shot: one supernet is trained, then sub-networks are "
                                           "searched by evaluation alone (docs/oneshot.md)")
-    supernet: SupernetSpec = Field(default_factory=SupernetSpec)
+    supernet: SupernetSpec = Field(default_factory=SupernetSpec, description="one-shot: the supernet and its training")
     evaluations: int = Field(1000, ge=1, le=1000000, description="one-shot: sub-networks evaluated by the search")
     search_minutes: Optional[float] = Field(None, gt=0.0, description="one-shot: stop evaluating after this many "
                                             "minutes (beside evaluations)")

@@ -1,5 +1,6 @@
-"""The README's own-data example, taken from the README text itself and run as written from a
-temporary folder outside the repository: a real search (Ray, Optuna, Lightning), export and load."""
+"""The own-data example of the docs (docs/data.md), taken from the page itself and run as written
+from a temporary folder outside the repository: a real search (Ray, Optuna, Lightning), export and
+load. (The README's tour is run by test_docs.py.)"""
 import json
 import re
 import shlex
@@ -12,24 +13,24 @@ import pytest
 import dynsearch
 from dynsearch.errors import UserError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "data.md"
 
 
 def _blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    return re.findall(rf"```{language}\n(.*?)```", PAGE.read_text(encoding="utf-8"), re.S)
 
 
 def _example():
-    """The ``wine.py`` block and the command that runs it, exactly as the README shows them."""
+    """The ``wine.py`` block and the command that runs it, exactly as the page shows them."""
     code = [block for block in _blocks("python") if block.startswith("# wine.py")]
     commands = [line.split("#")[0].strip() for block in _blocks("bash") for line in block.splitlines()
                 if line.startswith("python wine.py")]
-    assert len(code) == 1 and len(commands) == 1, "the README must hold one wine.py block and one command to run it"
+    assert len(code) == 1 and len(commands) == 1, "docs/data.md must hold one wine.py block and one command to run it"
     return code[0], shlex.split(commands[0])
 
 
 @pytest.mark.slow
-def test_readme_example_runs_as_written_outside_the_repository(tmp_path):
+def test_own_data_example_runs_as_written_outside_the_repository(tmp_path):
     code, command = _example()
     (tmp_path / "wine.py").write_text(code)
     assert command[0] == "python"

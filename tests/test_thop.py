@@ -25,7 +25,7 @@ def test_conv_and_linear_alone_agree_exactly(bias):
 
 
 def test_thop_also_counts_normalisation_and_average_pooling():
-    """Documented in README "Cost": batch-norm 4 per element (2 + 2 affine), average pooling kernel + 1 per
+    """Documented in docs/concepts.md "How MACs are counted": batch-norm 4 per element (2 + 2 affine), average pooling kernel + 1 per
     output, ReLU and max-pooling 0 (ultralytics-thop 2.2); ours counts none of them."""
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
                           nn.Flatten(), nn.Linear(8 * 4 * 4, 10, bias=False))

@@ -11,7 +11,7 @@ A model folder ``DIR/trial-<N>/`` holds:
   onnx_int8/         with ``quantize="int8"``: the same graphs quantized (see quantize.py)
 
 Nothing in it is a pickle, but a config naming a user backbone names code that
-``load`` imports and calls (README "Trust"): config.json records the sha256 of its
+``load`` imports and calls (docs/trust.md): config.json records the sha256 of its
 own content (``export.config_sha256``), and an edited one is refused. ``load`` needs
 torch and dynsearch only (it imports neither Ray nor Optuna) and never unpickles. Before anything is written, every
 trial's weights are checked against the sha256 the trial recorded and the model

@@ -84,7 +84,7 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
         "accuracy": val["accuracy"],
         "macs": val["macs"],
         "macs_full": val["macs_full"],
-        # thop's count of the same static path, for comparison with papers (README "Cost"); None: thop cannot.
+        # thop's count of the same static path, for comparison with papers (docs/concepts.md, "How MACs are counted"); None: thop cannot.
         "macs_thop": thop_macs_full(model),
         "params": count_params(model),
         "test_accuracy": test["accuracy"],
