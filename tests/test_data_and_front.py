@@ -28,11 +28,17 @@ def test_digits_read_from_the_bundled_file_equal_load_digits():
 
 
 def test_mnist1d_is_generated_with_fixed_splits():
+    from dynsearch.data import _mnist1d_generated
+
     first, second = load_splits("mnist1d", 0), load_splits("mnist1d", 0)
     assert first.input_shape == (40,) and first.num_classes == 10
     assert len(first.train_y) + len(first.val_y) + len(first.test_y) == 5000
     assert first.train_x.shape[1:] == (40,)
     assert torch.equal(first.val_x, second.val_x)
+    # A process generates MNIST-1D once; a second, independent generation gives the same arrays (as
+    # another process, a Ray worker or a later load would make them).
+    for cached, again in zip(_mnist1d_generated(), _mnist1d_generated.__wrapped__()):
+        assert np.array_equal(cached, again)
     assert set(DATASETS) >= {"digits", "marked-majority", "mnist1d", "parity"}
 
 

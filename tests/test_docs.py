@@ -85,12 +85,15 @@ def test_every_code_block_says_whether_and_how_it_is_run():
     unmarked = [b.name for b in CODE if b.marker is None]
     assert not unmarked, f"python/bash blocks without a marker (docs/development.md lists them): {unmarked}"
     unknown = [f"{b.name}: {b.marker}" for b in CODE if b.marker not in MARKERS
-               and not b.marker.startswith(("tested: tests/", "not-run: "))]
+               and not b.marker.startswith(("tested: ", "not-run: "))]
     assert not unknown, f"unknown markers: {unknown}"
-    for block in CODE:  # a block tested elsewhere names a test that exists
+    for block in CODE:  # a block tested elsewhere names a test (or CI script) that exists
         if block.marker.startswith("tested: "):
             test = block.marker.split()[1]
             assert (ROOT / test).is_file(), f"{block.name} names {test}, which does not exist"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    [readme_tests] = [b.code.strip() for b in CODE if b.marker.startswith("tested: .ci/run")]
+    assert readme_tests in ci, "the README's test command is the line .ci/run runs"
     assert len(TOUR) >= 6 and all(b.page == "README.md" for b in TOUR), "the README's tour has its six steps"
 
 

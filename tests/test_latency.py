@@ -53,16 +53,18 @@ def test_latency_table_predicts_from_traces(digits):
     assert predicted == pytest.approx(table["stem"] + table["stage0"] + table["exit0"])
 
 
-def test_cuda_target_is_a_usage_error_where_absent(tmp_path):
+def test_cuda_target_is_a_usage_error_where_absent(tmp_path, capsys):
     import torch
+
+    from dynsearch import cli
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     recipe = _latency_recipe(tmp_path, device="cuda")
     for command in (["search", str(recipe), "--out", str(tmp_path / "run")], ["train", str(recipe)]):
-        proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", *command], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2
-        assert proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "no CUDA device" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
@@ -128,23 +130,24 @@ def test_latency_measured_on_the_node_with_the_target_resource(tmp_path, two_nod
     assert cluster.head_node.node_id in trained_on  # training ran elsewhere too
 
 
-def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path):
+def test_bench_cli_times_a_saved_model_and_its_static_path(tmp_path, capsys):
+    """The command in this process (the exit status and one-line errors as a shell sees them are
+    checked in real processes by test_bad_input.py and test_recipe.py)."""
+    from dynsearch import cli
+
     out = tmp_path / "model"
-    train = subprocess.run([sys.executable, "-m", "dynsearch.cli", "train", "--epochs", "1", "--out", str(out)],
-                           capture_output=True, text=True, timeout=300)
-    assert train.returncode == 0, train.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "bench", str(out), "--data", "digits", "--inputs", "5",
-                           "--json"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+    assert cli.main(["train", "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench", str(out), "--data", "digits", "--inputs", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["static"]["macs"] >= result["dynamic"]["macs"] * 0.5 and result["params"] > 0
     assert result["dynamic"]["latency_ms"] > 0 and result["static"]["latency_ms"] > 0
     assert result["realised_speedup"] > 0 and result["lut_predicted_ms"] > 0
     (out / "model.safetensors").write_bytes(b"not a safetensors file")
-    bad = subprocess.run([sys.executable, "-m", "dynsearch.cli", "bench", str(out), "--data", "digits"],
-                         capture_output=True, text=True, timeout=300)
+    assert cli.main(["bench", str(out), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
     # One loader for every model folder (deploy/load.py): the same one-line refusal as dynsearch.load's.
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a valid safetensors file" in bad.stderr
+    assert err.strip().count("\n") == 0 and "not a valid safetensors file" in err and "Traceback" not in err
 
 
 def test_folding_batch_norm_keeps_outputs_and_decisions(digits):

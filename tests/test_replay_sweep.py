@@ -46,8 +46,10 @@ def _figures(point):
     return {k: v for k, v in point.items() if k != "measured_by"}
 
 
-@pytest.mark.parametrize("batch_size", [256, 7])  # 7: many batches whose later stages run on a single sample
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+# 7: many batches whose later stages run on a single sample, where a replay could part from the real
+# pass. SkipNet has no replay (both sweeps are real passes), so it is checked at one batch size.
+@pytest.mark.parametrize("name, batch_size", [(name, batch_size) for name in sorted(CONFIGS) for batch_size in (256, 7)
+                                              if (name, batch_size) != ("skipnet", 7)])
 def test_replayed_sweep_gives_the_points_of_the_real_sweep(name, batch_size, digits):
     model = _trained(name, digits)
     before = model.runtime_policy()

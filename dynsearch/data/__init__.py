@@ -143,6 +143,16 @@ register_dataset(
 
 
 def _mnist1d_arrays():
+    """MNIST-1D's arrays, copies of the one generation this process makes."""
+    x, y = _mnist1d_generated()
+    return x.copy(), y.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_generated():
+    """make_dataset takes seconds (about 10 on one busy core) and gives the same arrays every time (its
+    seed is fixed by the package): a process that loads MNIST-1D again (export, operating points,
+    several recipes) generates it once."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     made = make_dataset(get_dataset_args())  # the standard 4,000 + 1,000 samples, seed fixed by the package
