@@ -32,12 +32,12 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean).
     With ``out``, the config, weights and metrics are written there.
     """
+    recipe = _recipe(recipe_or_path, overrides)  # a bad recipe stops before Lightning is imported (seconds)
     from dynsearch.measure.device import pin_threads
     from dynsearch.problem import prepare
     from dynsearch.spaces import default_config
     from dynsearch.training.trial import evaluate, save_trial, train_model
 
-    recipe = _recipe(recipe_or_path, overrides)
     pin_threads(recipe.cpus_per_trial)
     splits = prepare(recipe, search=False).splits
     config = default_config(recipe, splits)
@@ -94,12 +94,12 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
     from dynsearch.interrupts import check, paused, stop_on_signals
 
     with stop_on_signals():  # SIGINT / SIGTERM: stop cleanly, raise interrupts.Interrupted
+        recipe = _recipe(recipe_or_path, overrides)  # a bad recipe stops before Ray and Lightning are imported
         from dynsearch.problem import prepare
         from dynsearch.run.front import trial_counts
         from dynsearch.training.trainable import run_trial
         from dynsearch.tuning.tuner import run_search
 
-        recipe = _recipe(recipe_or_path, overrides)
         out = Path(out) if out is not None else Path("runs") / recipe.name
         problem = prepare(recipe)  # what the user can fix fails here, before the run directory exists
         if recipe.one_shot:
