@@ -152,9 +152,14 @@ class Evaluator:
             config = self.run.read_config(number)
             with pinned_threads(self.threads):
                 model = self.model(config)
-                val = measure(model, self.splits.val_x, self.splits.val_y, batch_size=MEASURE_BATCH_SIZE)
-                test = measure(model, self.splits.test_x, self.splits.test_y, batch_size=MEASURE_BATCH_SIZE)
                 real = remeasure(model, self.splits, [points[k]["knobs"] for k in wanted], MEASURE_BATCH_SIZE)
+                if trained is None:  # no knobs: the model itself, one real pass of each split
+                    val = measure(model, self.splits.val_x, self.splits.val_y, batch_size=MEASURE_BATCH_SIZE)
+                    test = measure(model, self.splits.test_x, self.splits.test_y, batch_size=MEASURE_BATCH_SIZE)
+                else:  # the trial's own threshold is among the points just measured
+                    own = real[wanted.index(trained)]
+                    val = {"accuracy": own["accuracy"], "macs": own["macs"], "stats": own["stats"]}
+                    test = {"accuracy": own["test_accuracy"], "macs": own["test_macs"]}
             for k, figures in zip(wanted, real):
                 replayed = {"accuracy": points[k]["accuracy"], "macs": points[k]["macs"]}
                 points[k] = {**points[k], **figures, "replayed": replayed, "test_measured_by": "real"}
@@ -163,8 +168,9 @@ class Evaluator:
             record.update(replay_agreement(points))
             replayed = {"accuracy": metrics["accuracy"], "macs": metrics["macs"]}
             metrics.update(accuracy=val["accuracy"], macs=val["macs"], stats=val["stats"], measured_by="real",
-                           replayed=replayed, test_accuracy=test["accuracy"], test_macs=test["macs"],
-                           test_stats=test["stats"])
+                           replayed=replayed, test_accuracy=test["accuracy"], test_macs=test["macs"])
+            if "stats" in test:
+                metrics["test_stats"] = test["stats"]
             self.run.write_trial(number, {POINTS_FILE: json_bytes(record), METRICS_FILE: json_bytes(metrics)})
             counts["trials"] += 1
         return counts
