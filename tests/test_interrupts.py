@@ -207,13 +207,19 @@ def test_trials_stopped_by_a_signal_are_queued_again_even_as_retries(tmp_path):
 
 
 def test_paused_gives_back_the_usual_handling_for_a_loop_without_stop_points():
-    with interrupts.stop_on_signals():
-        ours = signal.getsignal(signal.SIGINT)
-        with interrupts.paused():  # the one-shot search: Ctrl-C raises KeyboardInterrupt there
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-            assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(5)
-        assert signal.getsignal(signal.SIGINT) is ours and os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as a terminal starts it (a background job of a shell inherits SIGINT ignored,
+    # and paused() gives back whatever was there before: that is checked with the handler set here).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with interrupts.stop_on_signals():
+            ours = signal.getsignal(signal.SIGINT)
+            with interrupts.paused():  # the one-shot search: Ctrl-C raises KeyboardInterrupt there
+                assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)
+            assert signal.getsignal(signal.SIGINT) is ours and os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)

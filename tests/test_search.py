@@ -11,7 +11,8 @@ import dynsearch
 from dynsearch.recipe import load_recipe
 from dynsearch.run.study import open_study
 
-FRONT_KEYS = {"trial", "accuracy", "test_accuracy", "macs", "macs_full", "macs_thop", "params", "config", "stats"}
+FRONT_KEYS = {"trial", "accuracy", "test_accuracy", "macs", "macs_full", "macs_thop", "params", "config", "stats",
+              "mechanism"}
 
 
 def _cli(*args, timeout=600):
