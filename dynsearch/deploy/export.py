@@ -39,7 +39,7 @@ from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import measure_val, same_figures
 from dynsearch.recipe import Recipe
 from dynsearch.run.front import pareto, point_of
-from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, config_sha256, read_json, write_json
+from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, config_sha256, read_json, weights_bytes, write_json
 from dynsearch.run.study import open_existing
 
 CARD_JSON, CARD_MD = "card.json", "card.md"
@@ -124,8 +124,6 @@ def _figures(model, splits, measured_with: dict[str, Any]) -> dict[str, Any]:
 
 def _finetuned(item: CheckedTrial, recipe: Recipe, epochs: int, tune: Callable) -> CheckedTrial:
     """``item`` trained ``epochs`` more epochs (weights, figures and metrics replaced; ``finetune`` says how)."""
-    from safetensors.torch import save
-
     splits = cached_splits(recipe.data)
     measured_with = item.measured["measured_with"]
     keys = ("accuracy", "macs", "test_accuracy", "test_macs")
@@ -133,7 +131,7 @@ def _finetuned(item: CheckedTrial, recipe: Recipe, epochs: int, tune: Callable) 
     how = tune(item.model, item.config, splits, epochs)
     model = item.model.eval()
     after = _figures(model, splits, measured_with)
-    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    weights = weights_bytes(model)
     metrics = {**item.metrics, **after, "weights_sha256": hashlib.sha256(weights).hexdigest(),
                "finetune": {**how, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}}
     measured = {**item.measured, "accuracy": after["accuracy"], "macs": after["macs"]}

@@ -11,7 +11,7 @@ from dynsearch.deploy.load import build_checked, check_config, parse_weights, re
 from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure_val, same_figures
 from dynsearch.recipe import Recipe
-from dynsearch.run.rundir import METRICS_FILE, RunDir, read_json
+from dynsearch.run.rundir import METRICS_FILE, RunDir, read_json, weights_bytes
 from dynsearch.run.supernet import check_trial_supernet, is_oneshot_trial, load_supernet
 
 
@@ -62,8 +62,6 @@ def sliced_trial(run: RunDir, number: int, config: dict[str, Any], metrics: dict
                  measured_with: dict[str, Any]):
     """A one-shot trial's model and weights (safetensors bytes): sliced from the run's supernet (checked to be
     the one it was evaluated on), batch-norm statistics recomputed as its evaluation recomputed them."""
-    from safetensors.torch import save
-
     from dynsearch.data import cached_splits
     from dynsearch.dynamic.supernet import calibrated_subnet, calibration_images
     from dynsearch.measure.device import pinned_threads
@@ -74,7 +72,7 @@ def sliced_trial(run: RunDir, number: int, config: dict[str, Any], metrics: dict
     calibration = calibration_images(splits.train_x, recipe.supernet.calibration_images, recipe.seed)
     with pinned_threads(int(measured_with["threads"])):
         model = calibrated_subnet(supernet, config, calibration)
-    return model, save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    return model, weights_bytes(model)
 
 
 def settings_from_recipe(recipe: Recipe) -> dict[str, int]:

@@ -91,6 +91,13 @@ def write_json(path: Path, data: Any) -> None:
     write_files(path.parent, {path.name: json_bytes(data)})
 
 
+def weights_bytes(model) -> bytes:
+    """A module's state (parameters and buffers) as safetensors bytes: on the CPU, contiguous."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def trial_files(config: dict[str, Any], model, metrics: dict[str, Any]) -> dict[str, bytes]:
     """A trial folder's files as bytes, in write order: config, weights (safetensors), metrics last.
 
@@ -101,9 +108,7 @@ def trial_files(config: dict[str, Any], model, metrics: dict[str, Any]) -> dict[
     files = {CONFIG_FILE: json_bytes(config)}
     metrics = {**metrics, "config_sha256": config_sha256(config)}
     if model is not None:
-        from safetensors.torch import save
-
-        weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        weights = weights_bytes(model)
         files[WEIGHTS_FILE] = weights
         metrics = {**metrics, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     files[METRICS_FILE] = json_bytes(metrics)

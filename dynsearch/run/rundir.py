@@ -38,7 +38,7 @@ from dynsearch.run.files import (  # noqa: F401 (re-exported)
     WANDB_DIR, LOCK_FILE, PREVIOUS_DIR, SUPERNET_DIR, SUPERNET_WEIGHTS, SUPERNET_RECORD, CHECKPOINT_WEIGHTS,
     CHECKPOINT_OPTIMIZER, CHECKPOINT_RECORD, CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, PLACEMENT_FILE, POINTS_FILE,
     json_bytes, write_files, config_sha256, write_durable, write_json, trial_files, config_and_placement_files,
-    metrics_file, points_file, read_json,
+    metrics_file, points_file, read_json, weights_bytes,
 )
 
 # What makes two searches' trials comparable; the trial budget, sampler and

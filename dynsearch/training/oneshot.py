@@ -32,7 +32,8 @@ from dynsearch.measure.device import pin_threads, pinned_threads
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, count_params, measure
 from dynsearch.measure.points import point_front_objectives, points_record, remeasure, replay_agreement, sweep
 from dynsearch.run.files import (
-    METRICS_FILE, POINTS_FILE, SUPERNET_FAILURE, json_bytes, points_file, trial_files, write_json,
+    METRICS_FILE, POINTS_FILE, SUPERNET_FAILURE, json_bytes, points_file, read_json, trial_files, weights_bytes,
+    write_json,
 )
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.supernet import load_supernet
@@ -92,8 +93,6 @@ class Evaluator:
         One record pass of the validation split gives every threshold's figures by replay (the trial's
         own threshold included: its objectives); a model without runtime knobs gets one real pass.
         Real passes re-measure the points that reach the front when the search ends (``settle_front``)."""
-        from safetensors.torch import save
-
         started = time.perf_counter()
         with pinned_threads(self.threads):
             model = self.model(config)
@@ -104,7 +103,7 @@ class Evaluator:
                 trained = {**measure(model, self.splits.val_x, self.splits.val_y, batch_size=MEASURE_BATCH_SIZE),
                            "measured_by": "real"}
         sweep_seconds = time.perf_counter() - calibrated
-        weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+        weights = weights_bytes(model)
         metrics = {
             "status": "COMPLETE",
             "strategy": "one-shot",
@@ -143,7 +142,7 @@ class Evaluator:
         counts = {"trials": 0, "points": 0, "replay_matched": 0}
         for number in sorted(set(front_numbers) | set(points_by_trial)):
             metrics = self.run.read_metrics(number)
-            record = _read_json(self.run.points_path(number))
+            record = read_json(self.run.points_path(number), "re-run the search to evaluate it again")
             points = record["points"]
             trained = next((k for k, p in enumerate(points) if p["trained"]), None)
             wanted = sorted(points_by_trial.get(number, set()) | ({trained} if trained is not None else set()))
@@ -174,9 +173,3 @@ class Evaluator:
             self.run.write_trial(number, {POINTS_FILE: json_bytes(record), METRICS_FILE: json_bytes(metrics)})
             counts["trials"] += 1
         return counts
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -35,7 +35,7 @@ from dynsearch.errors import UserError
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, measure
 from dynsearch.run.files import (
     CHECKPOINT_OPTIMIZER, CHECKPOINT_RECORD, CHECKPOINT_WEIGHTS, SUPERNET_RECORD, SUPERNET_WEIGHTS, json_bytes,
-    write_durable,
+    weights_bytes, write_durable,
 )
 from dynsearch.training.augment import augment_batch
 from dynsearch.training.lightning import NonFiniteError
@@ -202,9 +202,6 @@ class SupernetModule(pl.LightningModule):
         return self.start_epoch + self.current_epoch
 
     # -- validation: the extremes, batch-norm recomputed -------------------------------------------
-    def on_validation_epoch_start(self):
-        pass
-
     def validation_step(self, batch, _index):
         pass  # measured whole in on_validation_epoch_end
 
@@ -267,17 +264,11 @@ class EpochCheckpoint(pl.Callback):
             self.report({**entry, "final": False})
 
 
-def _state_bytes(supernet: Supernet) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().cpu().contiguous() for k, v in supernet.state_dict().items()})
-
-
 def save_checkpoint(folder: Path, module: SupernetModule, optimizer) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
-    write_durable(folder / CHECKPOINT_WEIGHTS, _state_bytes(module.supernet))
+    write_durable(folder / CHECKPOINT_WEIGHTS, weights_bytes(module.supernet))
     write_durable(folder / CHECKPOINT_OPTIMIZER, buffer.getvalue())
     record = {"format": FORMAT, "epochs_done": module.epoch + 1, "steps_done": module.start_step + module.global_step,
               "history": module.history}
@@ -331,7 +322,7 @@ def train_supernet(recipe, splits, folder: Path, report: Report | None = None, a
         )
         trainer.fit(module, loader, tiny_val)  # validation measures the extremes whole (on_validation_epoch_end)
     supernet.cpu().eval()
-    weights = _state_bytes(supernet)
+    weights = weights_bytes(supernet)
     result = {
         "format": FORMAT,
         "space": recipe.space,

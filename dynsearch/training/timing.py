@@ -124,9 +124,10 @@ def measure_trial_latency(config: dict[str, Any], model, inputs: torch.Tensor, s
     if not spec.resource:
         return _measure_with_isolation(model, inputs, spec)
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-    from safetensors.torch import save
 
-    weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    from dynsearch.run.files import weights_bytes
+
+    weights = weights_bytes(model)
     task = ray.remote(_measure_from_weights).options(
         resources={spec.resource: 0.001},
         num_cpus=0,

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from ray import tune
 
 from dynsearch.errors import UserError
-from dynsearch.run.files import CHECKPOINT_RECORD, SUPERNET_FAILURE, SUPERNET_RECORD
+from dynsearch.run.files import CHECKPOINT_RECORD, SUPERNET_FAILURE, SUPERNET_RECORD, read_json
 from dynsearch.run.front import front_trials, operating_front, trial_counts
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume
@@ -104,7 +104,7 @@ def run_oneshot(problem, out: str | Path, trainable: Callable[..., None], make_e
 
 def _stored_points(run: RunDir, number: int) -> dict[str, Any]:
     """A one-shot evaluation's operating points as its evaluation recorded them."""
-    return json.loads(run.points_path(number).read_text(encoding="utf-8"))
+    return read_json(run.points_path(number), "re-run the search to evaluate it again")
 
 
 # -- 1. the supernet, one Ray Tune trial ----------------------------------------------------------
