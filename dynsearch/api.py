@@ -72,12 +72,19 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
 class SearchResult:
     run_dir: Path
     front: list[dict[str, Any]]
-    trials: int = 0  # COMPLETE trials asked for
+    trials: int = 0  # COMPLETE trials asked for (with a scheduler: COMPLETE and PRUNED)
     counts: dict[str, int] = field(default_factory=dict)  # trials of the study per state
+    prunes: bool = False  # a scheduler stopped trials early: PRUNED trials count as done
+    time_budget: float | None = None  # the recipe's time_budget (seconds), if any
 
     @property
     def complete(self) -> int:
         return self.counts.get("COMPLETE", 0)
+
+    @property
+    def done(self) -> int:
+        """The trials that count towards ``trials``: COMPLETE, and PRUNED with a scheduler."""
+        return self.complete + (self.counts.get("PRUNED", 0) if self.prunes else 0)
 
 
 def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
@@ -116,9 +123,10 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
             from dynsearch.tuning.progress import Progress
 
             callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names,
-                                concurrent=recipe.concurrent_trials)
+                                concurrent=recipe.concurrent_trials, prunes=recipe.prunes)
         run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results)
-        return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir))
+        return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir), recipe.prunes,
+                            recipe.time_budget)
 
 
 def _one_shot(problem, out: Path, progress: bool, new: bool) -> Path:

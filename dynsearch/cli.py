@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--evaluations", type=_positive_int, help="one-shot: sub-networks to evaluate")
     search.add_argument("--search-minutes", type=float, help="one-shot: stop evaluating after this many minutes")
     search.add_argument("--supernet-epochs", type=_positive_int, help="one-shot: epochs of supernet training")
+    search.add_argument("--scheduler", choices=["mo-asha", "asha"],
+                        help="stop unpromising trials early: mo-asha ranks trials at each rung by every objective, "
+                        "asha by the first alone (docs/early-stopping.md)")
+    search.add_argument("--time-budget", metavar="SECONDS",
+                        help="start no trial after this long (600, 10m, 1.5h); running trials finish or are pruned")
 
     front = commands.add_parser("pareto", help="print the Pareto front of a run",
                                 description="Print the non-dominated trials of a run directory.")
@@ -239,6 +244,7 @@ def _cmd_search(args) -> int:
         seed=args.seed, wandb=wandb or None, **({"sampler": {"name": args.sampler}} if args.sampler else {}),
         strategy=args.strategy, evaluations=args.evaluations, search_minutes=args.search_minutes,
         **({"supernet": {"epochs": args.supernet_epochs}} if args.supernet_epochs else {}),
+        **({"scheduler": {"name": args.scheduler}} if args.scheduler else {}), time_budget=args.time_budget,
     )
     if args.json:
         print(json.dumps(result.front))
@@ -246,7 +252,12 @@ def _cmd_search(args) -> int:
         _print_front(result.front)
         print(f"run directory: {result.run_dir}")
         print(next_steps(result.run_dir))
-    if result.complete < result.trials:
+    if result.done < result.trials and result.time_budget is not None:
+        pruned = f", {result.counts.get('PRUNED', 0)} PRUNED" if result.prunes else ""
+        print(f"dynsearch: warning: the time budget ({result.time_budget:g} s) ended the search at "
+              f"{result.complete} COMPLETE{pruned} of {result.trials} trials; re-run the same command to "
+              "continue (the budget counts again from then)", file=sys.stderr)
+    elif result.done < result.trials:
         print(f"dynsearch: warning: {result.complete} of {result.trials} trials COMPLETE, "
               f"{result.counts.get('FAIL', 0)} FAIL (reasons: 'fail_reason' in the study); "
               "re-run the same command to try again", file=sys.stderr)
@@ -311,6 +322,8 @@ def _cmd_trials(args) -> int:
     for r in rows:
         values = [_objective_text(name, r["objectives"].get(name)) for name in names]
         note = r["reason"] or (f"retry of trial {r['retry_of']}" if r["retry_of"] is not None else "")
+        if r.get("pruned_at_epoch") is not None:
+            note = f"pruned after epoch {r['pruned_at_epoch']} (objectives there)" + (f"; {note}" if note else "")
         table.append([str(r["trial"]), r["state"], r["mechanism"] or "-", r["backbone"], r["placement"], *values,
                       "-" if r["seconds"] is None else f"{r['seconds']:.1f}", note])
     right = [c in RIGHT or c in names for c in columns]

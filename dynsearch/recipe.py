@@ -390,6 +390,47 @@ class WandbSpec(_Strict):
 
 
 STRATEGIES = ("multi-trial", "one-shot")
+SCHEDULERS = ("mo-asha", "asha")  # tuning/schedulers.py implements them
+TIE_BREAKS = ("epsilon-net", "crowding")
+
+
+class SchedulerSpec(_Strict):
+    """Early stopping of a multi-trial search (tuning/schedulers.py): asynchronous successive halving.
+
+    A trial that reaches a rung (``grace_epochs``, then times ``reduction_factor``, below ``max_epochs``)
+    goes on only when it ranks in the best 1/``reduction_factor`` of the trials that reached that rung;
+    otherwise it is stopped and recorded PRUNED. ``mo-asha`` ranks by non-dominated sorting over every
+    objective measured each epoch, ties broken by ``tie_break``; ``asha`` by the first objective alone."""
+
+    name: Literal[SCHEDULERS] = Field("mo-asha", description="mo-asha: ranks by non-dominated sorting over the "
+                                      "objectives; asha: by the first objective alone (Ray Tune's rule)")
+    grace_epochs: int = Field(1, ge=1, le=10000, description="epochs every trial trains before its first rung")
+    reduction_factor: float = Field(3.0, gt=1.0, le=100.0, description="1/reduction_factor of the trials at a rung "
+                                    "go on; the rungs are grace_epochs x reduction_factor^k")
+    max_epochs: Optional[int] = Field(None, ge=1, le=10000, description="the trials' full budget; default and "
+                                      "only allowed value: the recipe's epochs")
+    tie_break: Literal[TIE_BREAKS] = Field("epsilon-net", description="mo-asha: order within a non-dominated "
+                                           "layer (an epsilon-net spreads the kept trials along the front; "
+                                           "crowding keeps NSGA-II's least crowded first)")
+
+    @model_validator(mode="after")
+    def _rungs(self) -> "SchedulerSpec":
+        if self.max_epochs is not None and self.grace_epochs >= self.max_epochs:
+            raise ValueError(f"grace_epochs {self.grace_epochs} is not below max_epochs {self.max_epochs}: no trial "
+                             "could be stopped; lower grace_epochs or raise max_epochs")
+        return self
+
+
+def parse_duration(value: Any) -> Any:
+    """'90' / 90 -> 90.0 seconds; '15m' -> 900.0; '1.5h' -> 5400.0; anything else is returned for pydantic to refuse."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:], None)
+        try:
+            return float(text[:-1]) * scale if scale else float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration; write seconds (600) or 10m, 1.5h") from None
+    return value
 
 
 class SupernetSpec(_Strict):
@@ -420,7 +461,7 @@ class Recipe(_Strict):
         default_factory=lambda: [Objective(name="accuracy"), Objective(name="macs")], min_length=1,
         description="what the search trades off, each once"
     )
-    trials: int = Field(16, ge=1, le=100000, description="COMPLETE trials wanted")
+    trials: int = Field(16, ge=1, le=100000, description="COMPLETE trials wanted (with a scheduler: COMPLETE and PRUNED)")
     epochs: int = Field(15, ge=1, le=10000, description="training epochs per trial")
     batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
     lr_schedule: Literal[LR_SCHEDULES] = Field(
@@ -452,6 +493,16 @@ class Recipe(_Strict):
     evaluations: int = Field(1000, ge=1, le=1000000, description="one-shot: sub-networks evaluated by the search")
     search_minutes: Optional[float] = Field(None, gt=0.0, description="one-shot: stop evaluating after this many "
                                             "minutes (beside evaluations)")
+    scheduler: Optional[SchedulerSpec] = Field(None, description="multi-trial: stop unpromising trials early "
+                                               "(successive halving; they are recorded PRUNED); none: every trial "
+                                               "trains its full epochs")
+    time_budget: Optional[float] = Field(None, gt=0.0, description="multi-trial: seconds (or 10m, 1.5h) after which "
+                                         "this run starts no trial; the running ones finish or are pruned")
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
 
     @field_validator("space")
     @classmethod
@@ -501,6 +552,24 @@ class Recipe(_Strict):
             if extra:
                 raise ValueError(f"{', '.join(extra)}: for strategy: one-shot only; add strategy: one-shot "
                                  "or remove them")
+        else:
+            extra = [name for name in ("scheduler", "time_budget") if getattr(self, name) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: for strategy: multi-trial only (a one-shot search trains "
+                                 "one supernet; its budget is evaluations and search_minutes); remove them")
+        return self
+
+    @model_validator(mode="after")
+    def _scheduler_epochs(self) -> "Recipe":
+        spec = self.scheduler
+        if spec is None:
+            return self
+        if spec.max_epochs is not None and spec.max_epochs != self.epochs:
+            raise ValueError(f"scheduler.max_epochs {spec.max_epochs} is not the recipe's epochs {self.epochs}: "
+                             "every trial that is not stopped trains epochs; set epochs to it or leave max_epochs out")
+        if spec.grace_epochs >= self.epochs:
+            raise ValueError(f"scheduler.grace_epochs {spec.grace_epochs} is not below epochs {self.epochs}: no trial "
+                             "could be stopped; lower grace_epochs or raise epochs")
         return self
 
     # -- derived --------------------------------------------------------------
@@ -519,6 +588,11 @@ class Recipe(_Strict):
     @property
     def one_shot(self) -> bool:
         return self.strategy == "one-shot"
+
+    @property
+    def prunes(self) -> bool:
+        """Whether a scheduler may stop trials early: then ``trials`` counts COMPLETE and PRUNED trials."""
+        return self.scheduler is not None
 
     def population_size(self) -> int:
         """NSGA-II population scaled to the budget: at most a third of the trials; a one-shot search's

@@ -18,7 +18,7 @@ from dynsearch.errors import UserError
 from dynsearch.models.kinds import describe_backbone
 from dynsearch.recipe import builtin_recipes, load_recipe, parse_recipe
 from dynsearch.run.report import RunSummary, TrialPoint
-from dynsearch.spaces import backbone_defaults, check_space, default_config, get_space, num_stages, suggest_backbone
+from dynsearch.spaces import backbone_defaults, check_space, default_config, get_space, num_stages
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

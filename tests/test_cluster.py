@@ -1,6 +1,5 @@
 """Searches on an existing (two-node, loopback) Ray cluster, and the loss of a node mid-search."""
 import json
-import os
 import subprocess
 import sys
 import time

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from dynsearch import api
-from dynsearch.dynamic.supernet import build_supernet, calibrated_subnet, check_supported, recalibrate, slice_to
+from dynsearch.dynamic.supernet import calibrated_subnet, check_supported, recalibrate, slice_to
 from dynsearch.errors import UserError
 from dynsearch.recipe import load_recipe, parse_recipe
 from dynsearch.run.rundir import RunDir

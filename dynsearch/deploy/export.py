@@ -40,7 +40,7 @@ from dynsearch.measure.evaluate import measure_val, same_figures
 from dynsearch.recipe import Recipe
 from dynsearch.run.front import pareto, point_of
 from dynsearch.run.rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, config_sha256, read_json, weights_bytes, write_json
-from dynsearch.run.study import open_existing
+from dynsearch.run.study import PRUNED_AT, open_existing
 
 CARD_JSON, CARD_MD = "card.json", "card.md"
 
@@ -154,7 +154,9 @@ def _trial_numbers(run: Path, trials: list[int] | None) -> list[int]:
                             f"pick one from 'dynsearch pareto {run}'")
         state = by_number[number].state.name
         if state != "COMPLETE":
-            reason = by_number[number].user_attrs.get("fail_reason", "")
+            attrs = by_number[number].user_attrs
+            reason = attrs.get("fail_reason", "") or (f"stopped early by the scheduler after epoch {attrs[PRUNED_AT]}"
+                                                      if PRUNED_AT in attrs else "")
             because = f" ({reason.splitlines()[0][:200]})" if reason else ""
             raise UserError(f"trial {number}: is {state}{because}, not COMPLETE; "
                             f"export a COMPLETE trial (see 'dynsearch pareto {run}')")

@@ -73,6 +73,10 @@ def load_folder(path: str | Path, exported: bool = False):
         if not metrics and not (folder / WEIGHTS_FILE).is_file():
             raise UserError(f"{folder}: this trial has no model: it did not finish (interrupted, or still running); "
                             "pick a COMPLETE trial ('dynsearch trials RUN_DIR --state COMPLETE')")
+        if isinstance(metrics, dict) and metrics.get("status") == "PRUNED":
+            raise UserError(f"{folder}: this trial was stopped early by the search's scheduler (PRUNED after epoch "
+                            f"{metrics.get('pruned_at_epoch')}), so it has no model; pick a COMPLETE trial "
+                            "('dynsearch trials RUN_DIR --state COMPLETE')")
         if isinstance(metrics, dict) and metrics.get("status") == "FAIL":
             reason = str(metrics.get("reason") or "no reason recorded").splitlines()[0]
             raise UserError(f"{folder}: this trial FAILED ({reason}), so it has no model; pick a COMPLETE "

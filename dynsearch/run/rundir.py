@@ -188,16 +188,16 @@ class RunDir:
         """The metrics of trial ``number`` when its folder holds a finished result, else None.
 
         Finished: metrics.json (written last) is a JSON object whose status is
-        COMPLETE or FAIL; for COMPLETE also config.json of this trial and the
+        COMPLETE, FAIL or PRUNED; for COMPLETE also config.json of this trial and the
         weights, whose sha256 matches the one recorded. Never raises for a damaged folder.
         """
         try:
             metrics = json.loads(self.metrics_path(number).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(metrics, dict) or metrics.get("status") not in ("COMPLETE", "FAIL"):
+        if not isinstance(metrics, dict) or metrics.get("status") not in ("COMPLETE", "FAIL", "PRUNED"):
             return None
-        if metrics["status"] == "FAIL":
+        if metrics["status"] in ("FAIL", "PRUNED"):  # a pruned trial (tuning/schedulers.py) left no weights
             return metrics
         try:
             config = json.loads(self.config_path(number).read_text(encoding="utf-8"))

@@ -56,6 +56,11 @@ def make_sampler(recipe: Recipe):
     return optuna.samplers.RandomSampler(seed=recipe.seed)
 
 
+# What a scheduler (tuning/schedulers.py) records on a trial: each rung it reached, ``rung_<epochs>`` ->
+# {objective: value measured there}, and the rung it was stopped at.
+RUNG_PREFIX = "rung_"
+PRUNED_AT = "pruned_at_epoch"
+
 INTERRUPTED = "interrupted: the search driver stopped while this trial ran"
 
 
@@ -85,6 +90,18 @@ def fail_orphans(study, reason: str = INTERRUPTED, retry: bool = True, stopped: 
             study.enqueue_trial(dict(params), user_attrs={"retry_of": trial.number,
                                                           "retry_after": "stop" if stopped else "crash"})
     return [trial.number for trial in orphans]
+
+
+def done_states(recipe: Recipe) -> tuple:
+    """The trial states that count towards ``recipe.trials``: COMPLETE, and PRUNED where a scheduler prunes."""
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED) if recipe.prunes else (TrialState.COMPLETE,)
+
+
+def count_done(study, recipe: Recipe) -> int:
+    """The trials of ``study`` that count towards ``recipe.trials`` (``done_states``)."""
+    return len(study.get_trials(deepcopy=False, states=done_states(recipe)))
 
 
 def count_states(study) -> dict[str, int]:
@@ -134,7 +151,7 @@ def rebuild_lost_trials(study, run: RunDir) -> tuple[list[int], list[int]]:
     to a torn journal, or the driver died between writing the folder and
     telling the study): a complete trial folder (``RunDir.finished_result``)
     makes it COMPLETE with the objectives its metrics recorded, the values the
-    search would have told; a FAIL folder makes it FAIL with its reason. Either
+    search would have told; a FAIL folder makes it FAIL with its reason, a PRUNED one PRUNED. Either
     way the trial gets the user attribute ``rebuilt_from`` (the metrics file).
     Returns ``(rebuilt, left)``: the numbers rebuilt and those still RUNNING
     (no finished folder: resume fails and retries them, ``fail_orphans``).
@@ -156,6 +173,8 @@ def rebuild_lost_trials(study, run: RunDir) -> tuple[list[int], list[int]]:
         set_trial_user_attr(study, trial.number, "rebuilt_from", str(run.metrics_path(trial.number)))
         if metrics["status"] == "COMPLETE":
             study.tell(trial.number, [float(v) for v in values], state=TrialState.COMPLETE)
+        elif metrics["status"] == "PRUNED":
+            study.tell(trial.number, state=TrialState.PRUNED)
         else:
             reason = str(metrics.get("reason") or "the trial failed (see its folder)")
             set_trial_user_attr(study, trial.number, "fail_reason", reason)

@@ -74,8 +74,9 @@ class Progress(tune.Callback):
     """Prints trials done / running / failed and elapsed time as trials start and end."""
 
     def __init__(self, total: int, run_dir: Path, console: Console | None = None,
-                 objectives: list[str] | None = None, concurrent: int = 1):
+                 objectives: list[str] | None = None, concurrent: int = 1, prunes: bool = False):
         self.total, self.run_dir, self.concurrent = total, run_dir, max(1, concurrent)
+        self.prunes = prunes  # a scheduler stops trials: PRUNED trials count as done (recipe.trials)
         self.objectives = objectives or ["accuracy", "macs"]
         self.front_shown = ""
         self.console = console or Console(stderr=True, highlight=False)
@@ -83,7 +84,7 @@ class Progress(tune.Callback):
         self.running: set[str] = set()
         self.trial_started: dict[str, float] = {}  # Ray trial id -> when it started (this run)
         self.last_epoch_line: dict[str, float] = {}  # Ray trial id -> when it last printed a line
-        self.durations: list[float] = []  # wall seconds of the trials COMPLETE in this run
+        self.durations: list[float] = []  # wall seconds of the trials COMPLETE (and PRUNED) in this run
         self.done = self.failed = 0
         self.best_accuracy: float | None = None
 
@@ -107,9 +108,11 @@ class Progress(tune.Callback):
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         counts = count_states(open_study(self.run_dir))
-        self.done = counts.get("COMPLETE", 0)  # kept from earlier runs of this search
+        self.done = counts.get("COMPLETE", 0) + (counts.get("PRUNED", 0) if self.prunes else 0)  # from earlier runs
         if sum(counts.values()):
-            self._line(f"resuming: {self.done} COMPLETE trials kept, {counts.get('FAIL', 0)} FAIL not counted, "
+            pruned = f", {counts.get('PRUNED', 0)} PRUNED" if self.prunes else ""
+            self._line(f"resuming: {counts.get('COMPLETE', 0)} COMPLETE{pruned} trials kept, "
+                       f"{counts.get('FAIL', 0)} FAIL not counted, "
                        f"{counts.get('WAITING', 0)} queued for retry")
 
     @staticmethod
@@ -150,8 +153,14 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         number = self._number(trial)
         metrics = RunDir.of(self.run_dir).read_metrics(number) if number is not None else {}
-        self._ended(trial, complete=metrics.get("status") == "COMPLETE")
-        if metrics.get("status") == "COMPLETE":
+        status = metrics.get("status")
+        self._ended(trial, complete=status == "COMPLETE" or (status == "PRUNED" and self.prunes))
+        if status == "PRUNED":
+            self.done += 1
+            measured = ", ".join(f"{name} {_compact(metrics[name])}" for name in self.objectives if name in metrics)
+            self._line(f"trial {number} PRUNED after epoch {metrics.get('pruned_at_epoch')}: {measured} "
+                       "(not in the best of its rung)")
+        elif status == "COMPLETE":
             self.done += 1
             accuracy = metrics["accuracy"]
             self.best_accuracy = max(self.best_accuracy or 0.0, accuracy)

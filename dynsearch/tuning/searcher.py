@@ -18,7 +18,13 @@ attribute. Each told trial records its Ray trial id as ``ray_trial_id``.
 It also stops proposing once the study holds ``recipe.trials`` COMPLETE trials
 (earlier runs' included) and never has more in flight than are still needed,
 so failed trials are replaced and a search ends with the COMPLETE trials it
-asked for (Ray's ``num_samples`` bounds the attempts).
+asked for (Ray's ``num_samples`` bounds the attempts). With a scheduler
+(tuning/schedulers.py) a trial it stopped is told PRUNED (its ``metrics.json``
+says so, with the rung it reached and its objectives there) and counts as
+started: ``recipe.trials`` counts COMPLETE and PRUNED trials, and a pruned
+trial is not replaced. With ``recipe.time_budget`` it proposes nothing once the
+budget of this run is spent (``out_of_time``); the running trials finish or are
+pruned.
 
 The study holds locks and lives in the run directory: a pickled searcher
 leaves it out and reopens it from the run directory, and ``save`` / ``restore``
@@ -27,6 +33,7 @@ have nothing to do (the study is the durable state).
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,8 +43,10 @@ from ray.tune.search import Searcher
 
 from dynsearch import interrupts
 from dynsearch.recipe import Recipe, is_finite_number
+from dynsearch.run.files import metrics_file
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import make_sampler, open_study
+from dynsearch.run.study import PRUNED_AT, done_states, make_sampler, open_study
+from dynsearch.tuning.schedulers import pruned_metrics
 
 
 def _shape(data_shape: Any) -> Any:
@@ -60,6 +69,8 @@ class StudySearch(Searcher):
         self._run_dir = RunDir.of(run_dir)
         self._recipe = recipe
         self._define = functools.partial(define_trial, recipe.space, recipe, _shape(data_shape))
+        self._deadline = time.monotonic() + recipe.time_budget if recipe.time_budget is not None else None
+        self.out_of_time = False
         self._open()
 
     def _open(self) -> None:
@@ -85,8 +96,11 @@ class StudySearch(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if interrupts.requested():
             return None  # the search is stopping (SIGINT / SIGTERM): start nothing new
-        complete = len(self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        complete = len(self._study.get_trials(deepcopy=False, states=done_states(self._recipe)))
         if complete >= self._recipe.trials:
+            return Searcher.FINISHED
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.out_of_time = True
             return Searcher.FINISHED
         in_flight = len(self._asked.keys() - self._told)
         if complete + in_flight >= self._recipe.trials:
@@ -94,6 +108,10 @@ class StudySearch(Searcher):
         if trial_id not in self._asked:
             self._asked[trial_id] = self._study.ask()
         return self._define(self._asked[trial_id])
+
+    def _stored_user_attrs(self, number: int) -> dict[str, Any]:
+        running = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return next((t.user_attrs for t in running if t.number == number), {})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._told or trial_id not in self._asked:
@@ -109,7 +127,11 @@ class StudySearch(Searcher):
         elif not all(is_finite_number(v) for v in values):
             reason = f"non-finite objective(s) {dict(zip(self.metric, values))}"
         trial.set_user_attr("ray_trial_id", trial_id)
-        if reason is None:
+        attrs = self._stored_user_attrs(trial.number)  # the scheduler's records (an asked Trial caches its own)
+        if reason is not None and not error and PRUNED_AT in attrs:  # stopped by the scheduler
+            self._run_dir.write_trial(trial.number, metrics_file(pruned_metrics(attrs)))
+            self._study.tell(trial, None, state=TrialState.PRUNED)
+        elif reason is None:
             self._study.tell(trial, [float(v) for v in values], state=TrialState.COMPLETE)
         else:
             trial.set_user_attr("fail_reason", reason)

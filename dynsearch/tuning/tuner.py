@@ -24,9 +24,10 @@ from dynsearch.compat import init_ray_on_loopback
 from dynsearch.run.front import trial_counts
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import (
-    count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume, rebuild_lost_trials,
+    count_done, count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume, rebuild_lost_trials,
 )
 from dynsearch.tracking import SearchTracking, Tracking
+from dynsearch.tuning.schedulers import make_scheduler
 from dynsearch.tuning.searcher import StudySearch
 
 Trainable = Callable[..., None]  # training.trainable.run_trial's signature
@@ -106,7 +107,7 @@ def run_search(problem, out: str | Path, trainable: Trainable, progress=None, ne
         study = open_study(run_dir, recipe, make_sampler(recipe))
         finish_resume(study, run_dir, repaired)  # trials whose final record was lost, rebuilt from their folders
         fail_orphans(study)
-        remaining = recipe.trials - count_states(study).get("COMPLETE", 0)
+        remaining = recipe.trials - count_done(study, recipe)
         if remaining > 0 and not interrupts.requested():
             try:
                 _fit(problem, run_dir, trainable, attempts=max_attempts(remaining), progress=progress,
@@ -152,7 +153,7 @@ class _StopOnSignal(tune.Stopper):
 def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress,
          tracking: Tracking | None = None) -> None:
     recipe = problem.recipe
-    searcher = StudySearch(recipe, run_dir, problem.shape)
+    searcher = StudySearch(recipe, run_dir, problem.shape)  # the time budget counts from here
     try:
         started_ray = init_ray(recipe.address)
     except SystemExit as exc:  # ray.init's own SIGTERM handler (sys.exit(15)) caught a SIGTERM while it started
@@ -179,6 +180,7 @@ def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=make_scheduler(recipe, run_dir),  # None: Ray's FIFO, every trial runs its epochs
             num_samples=attempts,  # the searcher stops earlier, once enough trials are COMPLETE
             max_concurrent_trials=recipe.concurrent_trials,
             reuse_actors=True,
