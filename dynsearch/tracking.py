@@ -141,11 +141,15 @@ class TrialTracker:
 
         return report_and_log
 
-    def finish(self, metrics: dict[str, Any] | None = None, fail_reason: str | None = None) -> None:
-        """Store the final objectives (or the failure) in the run's summary and close it."""
+    def finish(self, metrics: dict[str, Any] | None = None, fail_reason: str | None = None,
+               stopped: bool = False) -> None:
+        """Store the final objectives (or the failure) in the run's summary and close it. ``stopped``: the
+        search stopped the trial (its scheduler pruned it: the study says PRUNED; or a signal stopped the search)."""
         if self.run is None:
             return
-        if fail_reason is None:
+        if stopped:
+            summary = {"status": "STOPPED"}
+        elif fail_reason is None:
             summary = {k: v for k, v in metrics.items() if is_finite_number(v)}  # objectives, test figures, timings
             summary.update({f"stats/{k}": v for k, v in metrics.get("stats", {}).items()})
             # The trial's time split (setup, training, evaluation, latency, sweep), as metrics.json records it.
@@ -154,7 +158,7 @@ class TrialTracker:
         else:
             summary = {"status": "FAIL", "fail_reason": fail_reason}
         self.run.summary.update(summary)
-        self.run.finish(exit_code=0 if fail_reason is None else 1)
+        self.run.finish(exit_code=1 if fail_reason is not None else 0)
         self.run = None
 
 
@@ -193,8 +197,11 @@ class SearchTracking:
             self.run.finish(exit_code=1)
             self.run = None
 
-    def finish(self, front: list[dict[str, Any]], plot_png: Path | None, trial_counts: dict[str, int]) -> None:
-        """Log the Pareto table and the front plot to the summary run and close it."""
+    def finish(self, front: list[dict[str, Any]], plot_png: Path | None, trial_counts: dict[str, int],
+               history: dict[str, Any] | None = None, trials: list[dict[str, Any]] | None = None) -> None:
+        """Log the Pareto table and the front plot to the summary run and close it; with ``history``
+        (``run.front.hypervolume_history``) the hypervolume-vs-wall-clock curve, with ``trials``
+        (``run.trials.trial_list``) every trial's state and the epochs it trained (its rung if PRUNED)."""
         if self.run is None:
             return
         import wandb
@@ -205,6 +212,17 @@ class SearchTracking:
             "pareto": table,
             "front": wandb.plot.scatter(table, "macs", "accuracy", title="Pareto front: validation accuracy vs MACs"),
         }
+        if history and history["seconds"]:
+            curve = wandb.Table(columns=["seconds", "hypervolume", "trial"],
+                                data=[list(row) for row in zip(history["seconds"], history["hypervolume"], history["trials"])])
+            logged["hypervolume"] = wandb.plot.line(curve, "seconds", "hypervolume",
+                                                    title="hypervolume of the COMPLETE trials vs wall-clock")
+        if trials:
+            names = sorted({name for row in trials for name in row["objectives"]})
+            logged["trials"] = wandb.Table(
+                columns=["trial", "state", "epochs_trained", *names],
+                data=[[row["trial"], row["state"], row.get("pruned_at_epoch") or row["config"].get("train", {}).get("epochs"),
+                       *(row["objectives"].get(name) for name in names)] for row in trials])
         if plot_png is not None and Path(plot_png).is_file():
             logged["pareto_plot"] = wandb.Image(str(plot_png), caption="validation accuracy vs MACs")
         self.run.log(logged)

@@ -15,6 +15,7 @@ from conftest import NanFirstSpace
 
 import dynsearch
 from dynsearch.recipe import load_recipe
+from dynsearch.run.front import hypervolume_history
 from dynsearch.run.study import open_study
 from dynsearch.tracking import FRONT_COLUMNS, SearchTracking, TrialTracker, Tracking
 
@@ -172,6 +173,14 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     expected = [[p["trial"], p["accuracy"], p["test_accuracy"], p["macs"]] for p in front]
     assert [row[:4] for row in table["data"]] == expected
     assert logged["pareto_plot/_type"] == "image-file"
+    # Every trial with its state and the epochs it trained; the hypervolume-vs-wall-clock curve.
+    trials_table = json.loads((files / logged["trials/path"]).read_text())
+    assert trials_table["columns"][:3] == ["trial", "state", "epochs_trained"]
+    assert [row[:3] for row in trials_table["data"]] == [[n, t.state.name, 2] for n, t in study.items()]
+    curve = json.loads((files / logged["hypervolume_table/path"]).read_text())
+    history = hypervolume_history(run_dir)
+    assert curve["columns"] == ["seconds", "hypervolume", "trial"] and len(curve["data"]) == 2
+    assert [row[1] for row in curve["data"]] == history["hypervolume"] and history["hypervolume"][-1] > 0
     assert (files / logged["pareto_plot/path"]).read_bytes() == (run_dir / "pareto.png").read_bytes()
 
     for path in run_dir.rglob("*"):  # the API key reached no file

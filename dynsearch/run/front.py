@@ -162,3 +162,41 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     if not inside:
         return 0.0
     return compute_hypervolume(inside, [-low_accuracy, high_cost])
+
+
+def hypervolume_history(run_dir: str | Path) -> dict[str, Any]:
+    """The search's hypervolume after each COMPLETE trial, against wall-clock: what the report and the
+    W&B summary draw. Every objective of the study counts (n-dimensional, Optuna's WFG): an objective
+    maximised (accuracy) is taken as it is, reference 0; one minimised (MACs, latency, params) is divided
+    by its largest value over the COMPLETE trials (MACs by the largest ``macs_full``: the static path of
+    the biggest network tried), reference 1. Returns ``seconds`` (since the first trial started),
+    ``hypervolume`` (the same length), ``trials`` (which trial each step added) and ``scale`` (objective ->
+    divisor). PRUNED trials are not counted: their objectives are those of a partly trained network."""
+    from optuna.trial import TrialState
+
+    run = RunDir.of(run_dir)
+    study = open_existing(run)
+    names = list(study.metric_names or run.read_recipe().metric_names)
+    maximised = [d.name == "MAXIMIZE" for d in study.directions]
+    every = study.get_trials(deepcopy=False)
+    trials = sorted((t for t in every if t.state == TrialState.COMPLETE and t.datetime_complete is not None),
+                    key=lambda t: t.datetime_complete)
+    if not trials:
+        return {"seconds": [], "hypervolume": [], "trials": [], "scale": {}}
+    scale: dict[str, float] = {}
+    for i, name in enumerate(names):
+        if not maximised[i]:
+            largest = max(abs(t.values[i]) for t in trials)
+            if name == "macs":
+                largest = max([largest] + [run.read_metrics(t.number).get("macs_full") or 0 for t in trials])
+            scale[name] = float(largest) or 1.0
+    first = min(t.datetime_start for t in every if t.datetime_start is not None)
+    reference = [0.0 if up else 1.0 for up in maximised]
+    losses, history = [], {"seconds": [], "hypervolume": [], "trials": [], "scale": scale}
+    for t in trials:
+        losses.append([-v if up else v / scale[name] for v, up, name in zip(t.values, maximised, names)])
+        inside = [p for p in losses if all(x < r for x, r in zip(p, reference))]
+        history["seconds"].append(round((t.datetime_complete - first).total_seconds(), 1))
+        history["hypervolume"].append(round(compute_hypervolume(inside, reference), 6) if inside else 0.0)
+        history["trials"].append(t.number)
+    return history

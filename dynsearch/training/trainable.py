@@ -59,6 +59,10 @@ def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking
         points = operating_points(model, splits, metrics["measured_with"]["batch_size"], trained=metrics,
                                   front_on=point_front_objectives(recipe))  # the model is in memory here
         sweep_seconds = clock.lap("sweep")
+    except SystemExit:  # Ray stopped the trial at a report: its scheduler pruned it, or the search is stopping
+        if tracker is not None:
+            tracker.finish(stopped=True)
+        raise
     except Exception as caught:
         # The trial's own failure (exception, NaN, out of memory) ends it FAIL without raising:
         # Ray's retries (FailureConfig) are kept for lost workers and nodes, where a rerun helps.

@@ -21,7 +21,8 @@ from ray import tune
 
 from dynsearch import interrupts
 from dynsearch.compat import init_ray_on_loopback
-from dynsearch.run.front import trial_counts
+from dynsearch.run.front import hypervolume_history, trial_counts
+from dynsearch.run.trials import trial_list
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import (
     count_done, count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume, rebuild_lost_trials,
@@ -118,7 +119,8 @@ def run_search(problem, out: str | Path, trainable: Trainable, progress=None, ne
         if interrupts.requested():
             _stop_interrupted(study, run_dir, tracking)
         front, png = finish(run_dir.path) if finish is not None else ([], None)
-        tracking.finish(front, png, trial_counts(run_dir))
+        tracking.finish(front, png, trial_counts(run_dir), history=hypervolume_history(run_dir.path),
+                        trials=trial_list(run_dir.path))
         interrupts.check(count_states(study).get("COMPLETE", 0))  # a signal while the front was written
     return run_dir.path
 
