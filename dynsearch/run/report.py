@@ -319,7 +319,8 @@ def front_figure(run: RunSummary):
         if _connect_front(run):
             ax.step(xs, ys, where="post", c="tab:green", lw=1, alpha=0.7)
         ax.scatter(xs, ys, marker="D", c="tab:green", s=POINT_STYLES["points"], zorder=2.5,  # under the trials
-                   label=f"front of operating points: trials at other knob values ({len(run.points_front)})")
+                   label=f"front of operating points: each trial at every value of its runtime knobs "
+                         f"({len(run.points_front)})")
     static = [t for t in complete if t.static]
     if static:
         ax.scatter([t.metrics["macs"] for t in static], [t.metrics["accuracy"] for t in static], marker="s",
@@ -495,9 +496,7 @@ def _stat_figure(view: StatView, labels: list[Any], series: dict[int, dict[Any, 
             bars.add_trace(go.Bar(name=f"trial {number}", x=[[f"trial {number}"] * len(own), names],
                                   y=[values[label] for label in own], marker_color=colour,
                                   marker_pattern_shape=["/" if k == len(own) - 1 else "" for k in range(len(own))]))
-        bars.add_trace(go.Bar(name=f"{view.final_label} (hatched): the trial's own last stage", x=[[None], [None]],
-                              y=[None], marker_color="#999", marker_pattern_shape="/"))
-        mode = "overlay"
+        mode, title = "overlay", f"{view.title} (front trials; hatched: {view.final_label}, the trial's own last stage)"
     else:
         zeros = absent = False
         for colour, (number, values) in zip(colours, series.items()):
@@ -514,8 +513,8 @@ def _stat_figure(view: StatView, labels: list[Any], series: dict[int, dict[Any, 
             if shown:  # legend entries for the marks written on the bars
                 bars.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
                                           marker=dict(symbol=symbol, color="#555", size=10)))
-        mode = "group"
-    bars.update_layout(title=f"{view.title} (front trials)", xaxis_title=view.x_label, yaxis_title=view.y_label,
+        mode, title = "group", f"{view.title} (front trials)"
+    bars.update_layout(title=title, xaxis_title=view.x_label, yaxis_title=view.y_label,
                        barmode=mode, template="plotly_white", height=380)
     return bars
 
@@ -548,7 +547,7 @@ def draw_html(run: RunSummary, path: Path, label_offsets: dict[int, tuple[float,
         xs, ys = _points_xy(points)
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines+markers" if _connect_front(run) else "markers",
-            name=f"front of operating points: trials at other knob values ({len(points)})",
+            name=f"front of operating points: each trial at every value of its runtime knobs<br>({len(points)})",
             marker=dict(symbol="diamond", color="#2ca02c", size=7), line=dict(shape="hv", width=1, color="#2ca02c"),
             hovertext=[_point_hover(item) for item in points], hoverinfo="text"))
     log = _log_macs(complete)
