@@ -13,19 +13,28 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StatView:
-    """One statistic's panel: its title, axis labels and the stats key naming each bar (else: bar index)."""
+    """One statistic's panel: its title, axis labels and the stats key naming each bar (else: bar index).
+
+    ``final_label``: the last entry is the model's final classifier, not one more position of the same kind
+    (an exit histogram): each trial's bars are then drawn at its own positions, the last named so.
+    ``absent_label``: what a position one trial has and another lacks means for the one that lacks it
+    ("no gate on this block"), drawn apart from a recorded 0.
+    """
 
     title: str
     x_label: str
     y_label: str
     labels_key: str | None = None
+    final_label: str | None = None
+    absent_label: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatView":
-        return cls(str(data["title"]), str(data["x_label"]), str(data["y_label"]), data.get("labels_key"))
+        return cls(str(data["title"]), str(data["x_label"]), str(data["y_label"]), data.get("labels_key"),
+                   data.get("final_label"), data.get("absent_label"))
 
     @classmethod
     def generic(cls, key: str) -> "StatView":

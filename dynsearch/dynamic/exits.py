@@ -154,8 +154,8 @@ class EarlyExitNet(DynamicModel):
         ]
 
     # -- display ------------------------------------------------------------
-    stat_views = {"exit_histogram": StatView("exit histogram", "exit after stage (the last: final classifier)",
-                                             "share of samples", "exit_stages")}
+    stat_views = {"exit_histogram": StatView("exit histogram", "each trial's own exits: after stage n, or its final "
+                                             "classifier", "share of samples", "exit_stages", final_label="final")}
 
     @classmethod
     def placement(cls, config: dict[str, Any]) -> str:

@@ -139,7 +139,8 @@ class GatedResNet(DynamicModel):
         self._component_names = list(self.components())
 
     # -- display ------------------------------------------------------------
-    stat_views = {"gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks")}
+    stat_views = {"gate_rates": StatView("gate execution rate per block", "block", "execution rate", "gate_blocks",
+                                         absent_label="no gate on this block")}
 
     @classmethod
     def placement(cls, config: dict[str, Any]) -> str:
