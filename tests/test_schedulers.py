@@ -203,6 +203,9 @@ def test_pruned_trials_never_reach_the_front_or_an_export(killed_and_resumed, tm
                                        capture_output=True, text=True, check=True).stdout)
     shown = {row["trial"]: row for row in listed}
     assert all(shown[n]["state"] == "PRUNED" and shown[n]["pruned_at_epoch"] >= 1 for n in pruned)
+    page = (out / "pareto.html").read_text()  # the report the search wrote: each pruned trial's rung, the HV curve
+    assert "<h3>Pruned trials</h3>" in page and f"trial {pruned[0]}: pruned after epoch " in page
+    assert "hypervolume of the COMPLETE trials vs wall-clock" in page
     refused = subprocess.run([sys.executable, "-m", "dynsearch.cli", "export", str(out), "--trials", str(pruned[0]),
                               "--out", str(tmp_path / "models")], capture_output=True, text=True)
     assert refused.returncode == 2 and "is PRUNED (stopped early by the scheduler" in refused.stderr

@@ -34,9 +34,10 @@ from typing import Any
 from dynsearch.display import StatView
 from dynsearch.errors import UserError
 from dynsearch.models.kinds import describe_backbone
-from dynsearch.run.front import non_dominated, operating_front, pareto
+from dynsearch.recipe import is_finite_number
+from dynsearch.run.front import hypervolume_history, non_dominated, operating_front, pareto
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import open_existing
+from dynsearch.run.study import PRUNED_AT, open_existing
 
 MAX_STAT_TRIALS = 6  # front points drawn in a statistics panel
 MAX_FULL_LINES = 3  # macs_full lines drawn when the trials have at most this many backbones' costs
@@ -54,6 +55,7 @@ class TrialPoint:
     config: dict[str, Any] = field(default_factory=dict)
     fail_reason: str = ""
     on_front: bool = False
+    pruned_at: int | None = None  # a PRUNED trial's rung (epochs); its metrics: the objectives measured there
 
     @property
     def static(self) -> bool:  # ran exactly its static counterpart: no exit, gate or router paid
@@ -69,6 +71,8 @@ class RunSummary:
     fallback_views: ViewsByMechanism = field(default_factory=dict)
     # The front of the run's operating points (run/front.py's operating_front items), most accurate first.
     points_front: list[dict[str, Any]] = field(default_factory=list)
+    # The search's hypervolume after each COMPLETE trial against wall-clock (run/front.hypervolume_history).
+    history: dict[str, Any] = field(default_factory=dict)
 
     def where(self, state: str) -> list[TrialPoint]:
         return [t for t in self.trials if t.state == state]
@@ -103,12 +107,13 @@ def collect(run_dir: str | Path, fallback_views: ViewsByMechanism | None = None)
             metrics=run.read_metrics(trial.number),
             config=run.read_config(trial.number) or {},
             fail_reason=str(trial.user_attrs.get("fail_reason", "")),
+            pruned_at=trial.user_attrs.get(PRUNED_AT) if trial.state.name == "PRUNED" else None,
             on_front=trial.number in front,
         ))
     if not trials:
         raise UserError(f"run directory {run_dir}: holds no trials yet; run `dynsearch search --out {run_dir}` first")
     points_front = operating_front(run.path, _stored_points) if run.recipe_path.is_file() else []
-    return RunSummary(run.path, objectives, trials, fallback_views or {}, points_front)
+    return RunSummary(run.path, objectives, trials, fallback_views or {}, points_front, hypervolume_history(run.path))
 
 
 def _stored_points(run: RunDir, number: int) -> dict[str, Any]:
@@ -184,9 +189,26 @@ def _spread(points: list[TrialPoint], most: int) -> list[TrialPoint]:
 
 
 def _headline(run: RunSummary) -> str:
-    counts = {state: len(run.where(state)) for state in ("COMPLETE", "FAIL", "RUNNING")}
-    return (f"{run.run_dir.name}: {counts['COMPLETE']} complete ({len(run.front)} on the front), "
+    counts = {state: len(run.where(state)) for state in ("COMPLETE", "FAIL", "RUNNING", "PRUNED")}
+    pruned = f", {counts['PRUNED']} pruned" if counts["PRUNED"] else ""
+    return (f"{run.run_dir.name}: {counts['COMPLETE']} complete ({len(run.front)} on the front){pruned}, "
             f"{counts['FAIL']} failed, {counts['RUNNING']} running")
+
+
+def _pruned(run: RunSummary) -> list[TrialPoint]:
+    """PRUNED trials with the accuracy and MACs measured at the rung they were stopped."""
+    return [t for t in run.where("PRUNED") if is_finite_number(t.metrics.get("accuracy"))
+            and is_finite_number(t.metrics.get("macs"))]
+
+
+def _pruned_lines(run: RunSummary) -> list[str]:
+    return [f"trial {t.number}: pruned after epoch {t.pruned_at} (val acc {t.metrics['accuracy']:.3f}, "
+            f"{t.metrics['macs']:,.0f} MACs there)" for t in _pruned(run)]
+
+
+HISTORY_TITLE = "hypervolume of the COMPLETE trials vs wall-clock"
+HISTORY_NOTE = ("every objective; costs divided by their largest value (MACs: the largest macs_full), reference "
+                "accuracy 0, cost 1; pruned trials, partly trained, not counted")
 
 
 def _failed_lines(run: RunSummary) -> list[str]:
@@ -217,7 +239,7 @@ def _log_macs(points: list[TrialPoint]) -> bool:
 LABEL_OFFSETS_PT = [(dx * r, dy * r) for r in (4, 9, 15, 22)
                     for dx, dy in ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
 POINT_STYLES = {  # scatter sizes (points^2) of what the front panel draws, as the label placement avoids them
-    "dominated": 30, "front": 55, "static": 110, "points": 22,
+    "dominated": 30, "front": 55, "static": 110, "points": 22, "pruned": 18,
 }
 
 
@@ -299,7 +321,8 @@ def front_figure(run: RunSummary):
     shown_trials = _spread(run.front, MAX_STAT_TRIALS)
     panels = stat_panels(shown_trials, run.fallback_views)
     colours = {t.number: f"C{j}" for j, t in enumerate(shown_trials)}  # a trial's colour in every panel
-    stat_rows = (len(panels) + 1) // 2
+    history = run.history if run.history.get("seconds") else {}
+    stat_rows = (len(panels) + 1 + (2 if history else 0)) // 2  # the hypervolume curve takes a row's width
     failed = _failed_lines(run)
     shown = failed[:6] + ([f"... and {len(failed) - 6} more"] if len(failed) > 6 else [])
     key_rows = 4 + (1 + len(shown) if shown else 0)  # legend entries (two columns, at most 8), then the failures
@@ -308,6 +331,11 @@ def front_figure(run: RunSummary):
     dominated = [t for t in complete if not t.on_front]
     ax.scatter([t.metrics["macs"] for t in dominated], [t.metrics["accuracy"] for t in dominated],
                c="0.6", s=POINT_STYLES["dominated"], label=f"dominated trials ({len(dominated)})")
+    pruned = _pruned(run)
+    if pruned:
+        ax.scatter([t.metrics["macs"] for t in pruned], [t.metrics["accuracy"] for t in pruned], marker="x",
+                   c="0.75", s=POINT_STYLES["pruned"], zorder=1.5,
+                   label=f"pruned trials, at the rung they were stopped: partly trained ({len(pruned)})")
     front = run.front
     if front and _connect_front(run):
         ax.step([t.metrics["macs"] for t in front], [t.metrics["accuracy"] for t in front],
@@ -363,6 +391,14 @@ def front_figure(run: RunSummary):
         label.set_in_layout(False)  # placed after the layout, inside the axes
     for index, (_key, view, panel_labels, series) in enumerate(panels):
         _draw_stat_panel(fig.add_subplot(grid[2 + index // 2, index % 2]), view, panel_labels, series, colours)
+    if history:
+        curve = fig.add_subplot(grid[2 + stat_rows - 1, :])
+        curve.step(history["seconds"], history["hypervolume"], where="post", c="tab:blue")
+        curve.scatter(history["seconds"], history["hypervolume"], c="tab:blue", s=12)
+        curve.set_xlabel("seconds since the first trial started")
+        curve.set_ylabel("hypervolume")
+        curve.set_title(f"{HISTORY_TITLE}\n({HISTORY_NOTE})", fontsize=9)
+        curve.grid(alpha=0.3)
     fig.canvas.draw()  # the layout, then the labels placed on it
     fig.set_layout_engine("none")
     place_labels(ax, labels, fig.canvas.get_renderer())
@@ -542,6 +578,13 @@ def draw_html(run: RunSummary, path: Path, label_offsets: dict[int, tuple[float,
         fig.add_trace(go.Scatter(
             x=[t.metrics["macs"] for t in points], y=[t.metrics["accuracy"] for t in points], name=name, mode=mode,
             marker=marker, line=dict(shape="hv", width=1), hovertext=[_hover(t) for t in points], hoverinfo="text"))
+    pruned = _pruned(run)
+    if pruned:
+        fig.add_trace(go.Scatter(
+            x=[t.metrics["macs"] for t in pruned], y=[t.metrics["accuracy"] for t in pruned], mode="markers",
+            name=f"pruned trials, at the rung they were stopped ({len(pruned)})",
+            marker=dict(symbol="x", color="#bbb", size=7), hoverinfo="text",
+            hovertext=[f"trial {t.number}: pruned after epoch {t.pruned_at}" for t in pruned]))
     if run.points_front:
         points = sorted(run.points_front, key=lambda item: item["macs"])
         xs, ys = _points_xy(points)
@@ -576,6 +619,16 @@ def draw_html(run: RunSummary, path: Path, label_offsets: dict[int, tuple[float,
     for _key, view, panel_labels, series in stat_panels(shown_trials, run.fallback_views):
         parts.append(pio.to_html(_stat_figure(view, panel_labels, series, colour_of), full_html=False,
                                  include_plotlyjs=False))
+    if run.history.get("seconds"):
+        curve = go.Figure(go.Scatter(x=run.history["seconds"], y=run.history["hypervolume"], mode="lines+markers",
+                                     line=dict(shape="hv"), hoverinfo="text",
+                                     hovertext=[f"trial {n}" for n in run.history["trials"]]))
+        curve.update_layout(title=f"{HISTORY_TITLE}<br><sub>{HISTORY_NOTE}</sub>", template="plotly_white",
+                            xaxis_title="seconds since the first trial started", yaxis_title="hypervolume", height=360)
+        parts.append(pio.to_html(curve, full_html=False, include_plotlyjs=False))
+    pruned_lines = _pruned_lines(run)
+    if pruned_lines:
+        parts.append("<h3>Pruned trials</h3><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in pruned_lines) + "</ul>")
     failed = _failed_lines(run)
     if failed:
         parts.append("<h3>Failed trials</h3><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in failed) + "</ul>")
