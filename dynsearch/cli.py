@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import sys
@@ -468,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dynsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dynsearch trials RUN | head`: the reader left; as other Unix tools, stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped
 
 
 if __name__ == "__main__":
