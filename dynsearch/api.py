@@ -139,13 +139,17 @@ def _one_shot(problem, out: Path, progress: bool, new: bool) -> Path:
                        new=new, finish=write_results)
 
 
-def write_results(run_dir: Path) -> tuple[list[dict[str, Any]], Path]:
+def write_results(run_dir: Path) -> tuple[list[dict[str, Any]], Path | None]:
     """What a search leaves in its run directory when it ends: the front (``pareto.json``) and the
     report (``pareto.png``, ``pareto.html``); returns the front and the report's PNG."""
     from dynsearch.run.front import write_front
     from dynsearch.run.report import write_report
 
+    from dynsearch.run.front import trial_counts
+
     front = write_front(run_dir)
+    if not sum(trial_counts(run_dir).values()):  # a time budget spent before any trial started: nothing to draw
+        return front, None
     png, _ = write_report(run_dir)
     return front, png
 

@@ -23,8 +23,8 @@ asked for (Ray's ``num_samples`` bounds the attempts). With a scheduler
 says so, with the rung it reached and its objectives there) and counts as
 started: ``recipe.trials`` counts COMPLETE and PRUNED trials, and a pruned
 trial is not replaced. With ``recipe.time_budget`` it proposes nothing once the
-budget of this run is spent (``out_of_time``); the running trials finish or are
-pruned.
+budget of this run is spent (``out_of_time``; it counts from Ray's first request for a
+trial, as Ray Tune's ``time_budget_s``); the running trials finish or are pruned.
 
 The study holds locks and lives in the run directory: a pickled searcher
 leaves it out and reopens it from the run directory, and ``save`` / ``restore``
@@ -42,11 +42,17 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from dynsearch import interrupts
+from dynsearch.errors import warn
 from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run.files import metrics_file
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import PRUNED_AT, done_states, make_sampler, open_study
 from dynsearch.tuning.schedulers import pruned_metrics
+
+
+def in_flight_count(searcher: "StudySearch") -> int:
+    """Trials the searcher proposed that have not ended yet."""
+    return len(searcher._asked.keys() - searcher._told)
 
 
 def _shape(data_shape: Any) -> Any:
@@ -69,7 +75,7 @@ class StudySearch(Searcher):
         self._run_dir = RunDir.of(run_dir)
         self._recipe = recipe
         self._define = functools.partial(define_trial, recipe.space, recipe, _shape(data_shape))
-        self._deadline = time.monotonic() + recipe.time_budget if recipe.time_budget is not None else None
+        self._deadline: float | None = None  # with a time budget: set when Ray first asks for a trial
         self.out_of_time = False
         self._open()
 
@@ -99,7 +105,12 @@ class StudySearch(Searcher):
         complete = len(self._study.get_trials(deepcopy=False, states=done_states(self._recipe)))
         if complete >= self._recipe.trials:
             return Searcher.FINISHED
+        if self._recipe.time_budget is not None and self._deadline is None:  # counts from Ray's start, as Ray's own
+            self._deadline = time.monotonic() + self._recipe.time_budget
         if self._deadline is not None and time.monotonic() >= self._deadline:
+            if not self.out_of_time:
+                warn(f"time budget ({self._recipe.time_budget:g} s) spent: no trial is started from now on; "
+                     f"the {in_flight_count(self)} running finish or are pruned")
             self.out_of_time = True
             return Searcher.FINISHED
         in_flight = len(self._asked.keys() - self._told)

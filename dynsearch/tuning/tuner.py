@@ -155,7 +155,7 @@ class _StopOnSignal(tune.Stopper):
 def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress,
          tracking: Tracking | None = None) -> None:
     recipe = problem.recipe
-    searcher = StudySearch(recipe, run_dir, problem.shape)  # the time budget counts from here
+    searcher = StudySearch(recipe, run_dir, problem.shape)
     try:
         started_ray = init_ray(recipe.address)
     except SystemExit as exc:  # ray.init's own SIGTERM handler (sys.exit(15)) caught a SIGTERM while it started
