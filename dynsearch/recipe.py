@@ -496,8 +496,9 @@ class Recipe(_Strict):
     scheduler: Optional[SchedulerSpec] = Field(None, description="multi-trial: stop unpromising trials early "
                                                "(successive halving; they are recorded PRUNED); none: every trial "
                                                "trains its full epochs")
-    time_budget: Optional[float] = Field(None, gt=0.0, description="multi-trial: seconds (or 10m, 1.5h; from when Ray is ready) after which "
-                                         "this run starts no trial; the running ones finish or are pruned")
+    time_budget: Optional[float] = Field(None, gt=0.0, description="multi-trial: seconds (or 10m, 1.5h), from when "
+                                         "Ray is ready, after which this run starts no trial; the running ones "
+                                         "finish or are pruned")
 
     @field_validator("time_budget", mode="before")
     @classmethod
