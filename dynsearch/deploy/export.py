@@ -215,7 +215,7 @@ def reproduce(path: str | Path) -> dict[str, Any]:
     figures from card.json) and ``matches`` (exactly equal).
     """
     folder = Path(path).expanduser()
-    model = load(folder)
+    model = load(folder, raw=True)  # the trained form, as the trial measured it (figures compared exactly)
     card = read_json(folder / CARD_JSON, REEXPORT)
     measured = measure_val(model, card["data"], card["measured_with"])
     recorded = {k: card["objectives"][k] for k in ("accuracy", "macs")}

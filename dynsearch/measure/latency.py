@@ -23,15 +23,16 @@ import torch
 from dynsearch.measure.device import pinned_threads, resolve_device
 
 
-def fold_batch_norm(model):
-    """A copy of ``model`` for inference with each Conv2d -> BatchNorm2d pair of a
-    Sequential folded into one convolution (same outputs up to round-off, fewer ops)."""
+def fold_batch_norm(model, inplace: bool = False):
+    """A copy of ``model`` (``model`` itself when ``inplace``) for inference, in eval mode, with each
+    Conv2d -> BatchNorm2d pair of a Sequential folded into one convolution (same outputs up to
+    round-off, fewer ops). The folded model cannot be trained further: its batch norms are gone."""
     import copy
 
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    folded = copy.deepcopy(model).eval()
+    folded = (model if inplace else copy.deepcopy(model)).eval()
     for module in folded.modules():
         if not isinstance(module, nn.Sequential):
             continue

@@ -442,7 +442,7 @@ def check_export_load_round_trip(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_model_files(Path(tmp), json.loads(json.dumps(model.config)), model, weights)
         written = json.loads((Path(tmp) / CONFIG_FILE).read_text(encoding="utf-8"))
-        loaded = load(tmp)
+        loaded = load(tmp, raw=True)
     assert written["export"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     assert not loaded.training, "load returns the model in eval mode"
     assert loaded.runtime_policy() == written["runtime_policy"] == model.runtime_policy(), "runtime policy differs"
@@ -453,6 +453,35 @@ def check_export_load_round_trip(config: dict[str, Any]) -> None:
         assert torch.equal(count, second.trace.counts[name]), f"the loaded model decides {name} otherwise"
     for name, record in first.trace.records.items():
         assert torch.equal(record, second.trace.records[name]), f"the loaded model records {name} otherwise"
+
+
+SERVED_TOLERANCE = 1e-5
+
+
+def check_served_form_matches_trained_form(config: dict[str, Any]) -> None:
+    """``load`` returns the served form (batch norm folded, as latency is measured): at batch 1 and at
+    batch 32 its logits are within 1e-5 of the trained form's (``load(raw=True)``) and it decides alike."""
+    from safetensors.torch import save
+
+    from dynsearch.deploy.export import write_model_files
+    from dynsearch.deploy.load import load
+
+    model, x, _ = _model(config)
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_files(Path(tmp), json.loads(json.dumps(model.config)), model, weights)
+        trained, served = load(tmp, raw=True), load(tmp)
+    assert not served.training
+    x32 = torch.cat([x, 0.7 * x.flip(0) + 0.1])  # 32 inputs: the suite's 16 and 16 more
+    for batch_size in (1, 32):
+        for start in range(0, len(x32), batch_size):
+            batch = x32[start : start + batch_size]
+            want, got = _eval(trained, batch), _eval(served, batch)
+            where = f"batch {batch_size} at {start}"
+            for name, count in want.trace.counts.items():
+                assert torch.equal(count, got.trace.counts[name]), f"{where}: the served form decides {name} otherwise"
+            gap = float((want.logits - got.logits).abs().max())
+            assert gap <= SERVED_TOLERANCE, f"{where}: served logits differ from the trained form's by {gap:.2e}"
 
 
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
@@ -467,6 +496,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_sweep_matches_rebuilt_model_at_each_knob_value,
     check_replay_matches_real_eval_at_each_knob_value,
     check_export_load_round_trip,
+    check_served_form_matches_trained_form,
     check_onnx_graph_parity_and_staged_decisions,
     check_staged_runtime_follows_runtime_knobs,
 ]
