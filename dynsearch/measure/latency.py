@@ -117,3 +117,97 @@ def predict_latency_ms(model, inputs: torch.Tensor, table: dict[str, float]) -> 
         trace = model(inputs).trace
     per_sample = sum(trace.counts[name].double() * table[name] for name in trace.counts)
     return float(per_sample.mean())
+
+
+WIDE_INTERVAL = 0.05  # a speed-up whose 95% interval reaches further than +-5% of it says so
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """A distribution-free ``confidence`` interval for the median of ``values`` (order statistics,
+    ``scipy.stats.quantile_test``); ``(None, None)`` when there are too few values for one."""
+    import math
+
+    from scipy.stats import quantile_test
+
+    if len(values) < 2:
+        return None, None
+    interval = quantile_test(values, p=0.5).confidence_interval(confidence)
+    low, high = float(interval.low), float(interval.high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else (None, None)
+
+
+@torch.inference_mode()
+def paired_speedup(
+    dynamic: Callable[[torch.Tensor], Any],
+    static: Callable[[torch.Tensor], Any],
+    batches: list[torch.Tensor],
+    *,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 15,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """The speed-up of ``dynamic`` over ``static`` on the same ``batches``, timed in alternation.
+
+    Each repeat times one pass of each over every batch, back to back, the order swapped every
+    repeat, so drift in the machine's load falls on both alike; its ratio (static time over dynamic
+    time) is one paired measurement. ``speedup`` is the median of those ratios, with a 95%
+    distribution-free interval (``median_interval``); ``interval_halfwidth`` is the interval's larger
+    distance from the median as a fraction of it, and ``interval_wide`` says it exceeds +-5% (or that
+    there were too few repeats for an interval). Per path: the per-batch latency distribution
+    (each batch's median over the repeats: p50, mean, p90, as ``measure_latency``) and the median
+    throughput in samples per second. Threads are pinned for the whole measurement.
+    """
+    target = resolve_device(device)
+    sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
+    batches = [x.to(target) for x in batches]
+    samples = sum(len(x) for x in batches)
+    paths = {"dynamic": dynamic, "static": static}
+    per_batch: dict[str, list[list[float]]] = {name: [[] for _ in batches] for name in paths}
+    totals: dict[str, list[float]] = {name: [] for name in paths}
+
+    def one_pass(name: str, record: bool) -> None:
+        forward, total = paths[name], 0.0
+        for i, x in enumerate(batches):
+            start = time.perf_counter()
+            forward(x)
+            sync()
+            seconds = time.perf_counter() - start
+            total += seconds
+            if record:
+                per_batch[name][i].append(seconds * 1e3)
+        if record:
+            totals[name].append(total)
+
+    with pinned_threads(threads):
+        for _ in range(warmup):
+            one_pass("dynamic", False)
+            one_pass("static", False)
+        for r in range(repeats):
+            for name in ("dynamic", "static") if r % 2 == 0 else ("static", "dynamic"):
+                one_pass(name, True)
+    ratios = [s / d for s, d in zip(totals["static"], totals["dynamic"])]
+    speedup = statistics.median(ratios)
+    low, high = median_interval(ratios)
+    halfwidth = None if low is None else max(high - speedup, speedup - low) / speedup
+    result: dict[str, Any] = {
+        "speedup": speedup, "interval": None if low is None else [low, high],
+        "interval_halfwidth": halfwidth, "interval_wide": halfwidth is None or halfwidth > WIDE_INTERVAL,
+        "repeats": repeats, "batches": len(batches), "samples": samples,
+    }
+    for name in paths:
+        result[name] = {**_distribution([statistics.median(times) for times in per_batch[name]]),
+                        "throughput": samples / statistics.median(totals[name])}
+    return result
+
+
+def interval_text(result: dict[str, Any]) -> str:
+    """'1.23x (95% interval 1.20-1.26, +-2.4%)', and what a wide or missing interval means."""
+    speedup = result["speedup"]
+    if result["interval"] is None:
+        return f"{speedup:.2f}x (too few repeats for a 95% interval: not a figure to trust)"
+    low, high = result["interval"]
+    text = f"{speedup:.2f}x (95% interval {low:.2f}-{high:.2f}, +-{result['interval_halfwidth']:.1%})"
+    if result["interval_wide"]:
+        text += f"; wider than +-{WIDE_INTERVAL:.0%}: too noisy to tell a gap this size from noise"
+    return text
