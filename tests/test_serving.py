@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,10 +26,22 @@ def exported(tmp_path_factory):
     from dynsearch.deploy.onnx_export import export_onnx
     from dynsearch.dynamic import build_model
 
+    from dynsearch.data import load_splits
+
     torch.manual_seed(0)
-    config = {**exits_config(stages=(0, 1), threshold=0.13, widths=(4, 8, 8), head_width=8),
-              "input_shape": [1, 8, 8], "num_classes": 10}
-    model = build_model(config).eval()
+    config = {**exits_config(stages=(0, 1), widths=(4, 8, 8), head_width=8), "input_shape": [1, 8, 8]}
+    model = build_model(config)
+    splits = load_splits("digits", 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(40):  # a few steps, so that the exit heads' confidence differs between samples
+        batch = slice(32 * step % 1000, 32 * step % 1000 + 32)
+        optimizer.zero_grad()
+        model.training_loss(model(splits.train_x[batch]), splits.train_y[batch]).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():  # halfway between the two middle first-exit scores of the inputs the tests use
+        middle = model.record(splits.val_x[:64])["scores"][:, 0].sort().values[31:33]
+    model.set_runtime_knobs({"threshold": float(middle.mean())})
     folder = tmp_path_factory.mktemp("served") / "model"
     folder.mkdir()
     weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
@@ -128,3 +141,29 @@ def test_parse_shifts():
         parse_shifts("snow")
     with pytest.raises(UserError, match="severity '0'"):
         parse_shifts("contrast:0")
+
+
+def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
+    """``StagedRuntime.run_batch`` at batch 1, 7 and 32 against ``dynsearch.load`` at the same batch size:
+    same classes, exits and MACs, logits within the export's parity tolerance."""
+    import dynsearch
+    from dynsearch.data import load_splits
+    from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
+
+    model = dynsearch.load(exported)
+    runtime = StagedRuntime(exported)
+    x = load_splits("digits", 0).val_x[:64]
+    for size in (1, 7, 32):
+        decisions = runtime.run_batch(x.numpy(), batch_size=size)
+        with torch.no_grad():
+            outs = [model(x[start : start + size]) for start in range(0, len(x), size)]
+        logits = torch.cat([out.logits for out in outs])
+        exits = torch.cat([out.trace.records["exit_index"] for out in outs])
+        macs = torch.cat([out.trace.macs_per_sample(model.component_macs()) for out in outs])
+        assert [d.prediction for d in decisions] == logits.argmax(dim=1).tolist()
+        assert [d.exit_stage for d in decisions] == exits.tolist()
+        assert [d.macs for d in decisions] == [int(m) for m in macs]
+        assert len(set(exits.tolist())) > 1, "the samples must leave at different exits"
+        gap = float((torch.from_numpy(np.stack([d.logits for d in decisions])) - logits).abs().max())
+        assert gap <= PARITY_TOLERANCE

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from dynsearch.dynamic.cost import count_macs
@@ -304,9 +305,11 @@ def check_onnx_graph_parity_and_staged_decisions(config: dict[str, Any]) -> None
         assert max(diffs) <= PARITY_TOLERANCE, f"onnxruntime differs from PyTorch by {max(diffs):.3g}"
         runtime = StagedRuntime(folder, card={"runtime_policy": model.runtime_policy(), "onnx": manifest})
         got = _runtime_decisions(runtime, x)
+        batched = {size: runtime.run_batch(x.numpy(), batch_size=size) for size in (5, BATCH)}
     expected = [staged_decision(model, sample) for sample in x]
     for i, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"sample {i}: the staged runtime decided {g}, PyTorch {e} (class, exit, gates, MACs)"
+    _check_batched_runtime(model, x, batched, got)
     # The decisions are really taken: some inputs leave early / some gated blocks are skipped.
     if any(g["role"] == "gate" for g in manifest["graphs"]):
         gates = {on for _, _, decided, _ in got for on in decided}
@@ -314,6 +317,22 @@ def check_onnx_graph_parity_and_staged_decisions(config: dict[str, Any]) -> None
     else:
         exits = {stage for _, stage, _, _ in got}
         assert len(exits) > 1, f"every input left at {exits}: the check would not see a wrong exit"
+
+
+def _check_batched_runtime(model: DynamicModel, x: torch.Tensor, batched: dict, one_at_a_time: list) -> None:
+    """The batched staged runtime (``run_batch``) decides as it does one input at a time, and its
+    logits match the served PyTorch form's (``load``: batch norm folded) at the same batch size."""
+    from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
+    from dynsearch.measure.latency import fold_batch_norm
+
+    served = fold_batch_norm(model)
+    for size, decisions in batched.items():
+        got = [(d.prediction, d.exit_stage, d.gates, d.macs) for d in decisions]
+        assert got == one_at_a_time, f"batch {size}: the batched staged runtime decided otherwise than one at a time"
+        with torch.no_grad():
+            want = torch.cat([served(x[start : start + size]).logits for start in range(0, len(x), size)])
+        gap = float((torch.from_numpy(np.stack([d.logits for d in decisions])) - want).abs().max())
+        assert gap <= PARITY_TOLERANCE, f"batch {size}: batched staged logits differ from the served model's by {gap:.3g}"
 
 
 def check_staged_runtime_follows_runtime_knobs(config: dict[str, Any]) -> None:
