@@ -167,3 +167,12 @@ def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
         assert len(set(exits.tolist())) > 1, "the samples must leave at different exits"
         gap = float((torch.from_numpy(np.stack([d.logits for d in decisions])) - logits).abs().max())
         assert gap <= PARITY_TOLERANCE
+
+
+def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
+    import dynsearch
+
+    served, trained = dynsearch.load(exported), dynsearch.load(exported, raw=True)
+    kinds = {type(m).__name__ for m in served.modules()}
+    assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "AvgPool2d" in kinds
+    assert {"BatchNorm2d", "AdaptiveAvgPool2d"} <= {type(m).__name__ for m in trained.modules()}

@@ -14,7 +14,7 @@ from dynsearch.deploy.load import load_folder
 from dynsearch.errors import UserError
 from dynsearch.measure.device import resolve_device
 from dynsearch.measure.evaluate import count_params, measure
-from dynsearch.measure.latency import component_latency_table, fold_batch_norm, paired_speedup, predict_latency_ms
+from dynsearch.measure.latency import component_latency_table, serving_form, paired_speedup, predict_latency_ms
 from dynsearch.measure.shift import corrupt, shifted_figures
 from dynsearch.run.rundir import STUDY_FILE, TRIALS_DIR, RunDir
 
@@ -53,7 +53,7 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
           shift: list[tuple[str, int]] | None = None, seed: int = 0) -> dict[str, Any]:
     """Latency and throughput of a saved model beside its static full-depth path, at each batch size.
 
-    The model is timed as ``dynsearch.load`` serves it (batch norm folded). At each batch size,
+    The model is timed as ``dynsearch.load`` serves it (``measure.latency.serving_form``). At each batch size,
     ``inputs`` batches of validation inputs are timed in alternation on both paths
     (``measure.latency.paired_speedup``): ``realised_speedup`` is the median of the paired ratios
     (static time over dynamic time: above 1 the dynamic path is faster), with its 95% interval,
@@ -63,7 +63,7 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     mechanism's statistics and the speed-up at the first batch size under each, beside clean.
     """
     _check_bench_folder(Path(folder))
-    model = fold_batch_norm(load_folder(folder)[0], inplace=True)
+    model = serving_form(load_folder(folder)[0], inplace=True)
     section = _bench_data_section(folder, data)
     name = section.get("name")
     if source_of(section) is None and name not in DATASETS:
@@ -91,7 +91,7 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     per_size = [timed(splits.val_x, size) for size in sizes]
     result: dict[str, Any] = {
         "path": str(folder), "data": name, "device": device, "threads": threads, "params": count_params(model),
-        "served_form": "dynsearch.load: eager PyTorch, batch norm folded", **per_size[0], "batch_sizes": per_size,
+        "served_form": "dynsearch.load: eager PyTorch, batch norm folded, fixed pools", **per_size[0], "batch_sizes": per_size,
         "load_average": list(os.getloadavg()),
     }
     if 1 in sizes:  # the latency table predicts batch-1 latency from the traces

@@ -323,9 +323,9 @@ def _check_batched_runtime(model: DynamicModel, x: torch.Tensor, batched: dict, 
     """The batched staged runtime (``run_batch``) decides as it does one input at a time, and its
     logits match the served PyTorch form's (``load``: batch norm folded) at the same batch size."""
     from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
-    from dynsearch.measure.latency import fold_batch_norm
+    from dynsearch.measure.latency import serving_form
 
-    served = fold_batch_norm(model)
+    served = serving_form(model)
     for size, decisions in batched.items():
         got = [(d.prediction, d.exit_stage, d.gates, d.macs) for d in decisions]
         assert got == one_at_a_time, f"batch {size}: the batched staged runtime decided otherwise than one at a time"
