@@ -5,7 +5,7 @@ protocol, measure/latency.py `paired_speedup`), and the batched staged ONNX runt
   python benchmarks/serving.py                       # a seeded 12-trial digits-exits search, exported
   python benchmarks/serving.py --models DIR [DIR...] # folders of exported models (dynsearch export --out DIR)
 
-Without --models it runs `dynsearch search --trials 12 --seed 0` (the default recipe) and exports its
+Without --models it runs `dynsearch search --trials 12 --seed 0 --concurrent 1` (the default recipe) and exports its
 front plus every other COMPLETE trial with exit heads (a small front is often exit-free), then times
 every exported model: batch 1 (--inputs-1 inputs) and --batch-sizes (--inputs-batched batches each),
 1 torch thread, the model as `dynsearch.load` serves it. Writes benchmarks/results/serving.json:
@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serving.json"
-SEARCH = ["dynsearch", "search", "--trials", "12", "--seed", "0", "--wandb", "off"]
+SEARCH = ["dynsearch", "search", "--trials", "12", "--seed", "0", "--concurrent", "1", "--wandb", "off"]
 
 
 def exported_models(work: Path) -> tuple[list[Path], list[list[str]]]:
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--inputs-1", type=int, default=100, help="inputs timed at batch 1")
     parser.add_argument("--inputs-batched", type=int, default=8, help="batches timed at each larger size")
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--work", help="where the search and its exports go without --models (default: a temp folder)")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -95,7 +96,9 @@ def main() -> None:
         folders = sorted((p for d in args.models for p in Path(d).iterdir() if (p / "config.json").is_file()),
                          key=lambda p: (str(p.parent), int(p.name.split("-")[1])))
     else:
-        folders, commands = exported_models(Path(tempfile.mkdtemp(prefix="dynsearch-serving-")))
+        work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dynsearch-serving-"))
+        folders, commands = exported_models(work)
+        print(f"models exported to {work / 'models'}", flush=True)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     models, batch1, batch1_interval, batch128, batch128_interval, onnx = {}, {}, {}, {}, {}, {}
     for folder in folders:
