@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--inputs-1", type=int, default=100, help="inputs timed at batch 1")
     parser.add_argument("--inputs-batched", type=int, default=8, help="batches timed at each larger size")
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--models-made-by", help="with --models: the commands that wrote them (recorded)")
     parser.add_argument("--work", help="where the search and its exports go without --models (default: a temp folder)")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -138,7 +139,7 @@ def main() -> None:
 
     result = {
         "command": " ".join(["python benchmarks/serving.py", *sys.argv[1:]]),
-        "model_commands": [" ".join(c) for c in commands] or "given with --models",
+        "model_commands": [" ".join(c) for c in commands] or args.models_made_by or "given with --models",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
