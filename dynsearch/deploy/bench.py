@@ -91,8 +91,8 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     per_size = [timed(splits.val_x, size) for size in sizes]
     result: dict[str, Any] = {
         "path": str(folder), "data": name, "device": device, "threads": threads, "params": count_params(model),
-        "served_form": "dynsearch.load: eager PyTorch, batch norm folded, fixed pools", **per_size[0], "batch_sizes": per_size,
-        "load_average": list(os.getloadavg()),
+        "served_form": "dynsearch.load: eager PyTorch, batch norm folded, fixed pools",
+        **per_size[0], "batch_sizes": per_size, "load_average": list(os.getloadavg()),
     }
     if 1 in sizes:  # the latency table predicts batch-1 latency from the traces
         one = per_size[sizes.index(1)]
