@@ -196,9 +196,11 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
                          finetune=finetune, tune=tune)
 
 
-def load(path: str | Path):
+def load(path: str | Path, raw: bool = False):
     """The DynamicModel of an exported model folder, in eval mode, its weights checked against
-    config.json (``dynsearch.deploy.load.load``; imports neither Ray nor Optuna, never unpickles)."""
+    config.json (``dynsearch.deploy.load.load``; imports neither Ray nor Optuna, never unpickles).
+
+    The inference-ready form (batch norm folded, as latency is measured); ``raw=True``: the trained form."""
     from dynsearch.deploy.load import load as load_folder
 
-    return load_folder(path)
+    return load_folder(path, raw=raw)

@@ -50,6 +50,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_ints(text: str) -> list[int]:
+    """``1,32,128``: whole numbers of at least 1."""
+    return [_positive_int(part.strip()) for part in text.split(",") if part.strip()] or [_positive_int(text)]
+
+
 def _trial_numbers(text: str) -> list[int]:
     try:
         numbers = [int(part) for part in text.split(",")]
@@ -132,9 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "full-depth path, with MACs, params and the latency table's prediction.")
     bench.add_argument("path", help=f"a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    bench.add_argument("--batch-size", type=_positive_int, default=1, help="inputs per timed call (default: 1)")
+    bench.add_argument("--batch-size", type=_positive_ints, default=[1],
+                       help="inputs per timed call, or a list (1,32,128,256): throughput at each (default: 1)")
     bench.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: 1)")
-    bench.add_argument("--inputs", type=_positive_int, default=100, help="validation batches timed (default: 100)")
+    bench.add_argument("--inputs", type=_positive_int, default=100,
+                       help="validation batches timed at each batch size (default: 100)")
+    bench.add_argument("--repeats", type=_positive_int, default=15,
+                       help="paired timings of both paths (default: 15; 6 or more give a 95%% interval)")
+    bench.add_argument("--shift", metavar="NAMES",
+                       help="also measure under generated corruptions: noise,blur,contrast,occlude "
+                       "(NAME: severities 1-3; NAME:N: one severity)")
     bench.add_argument("--data", help="dataset to time on (default: the run's or the card's)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -345,30 +357,75 @@ def _objective_text(name: str, value) -> str:
 
 def _cmd_bench(args) -> int:
     from dynsearch.deploy.bench import bench
+    from dynsearch.measure.shift import parse_shifts
 
+    shift = parse_shifts(args.shift) if args.shift is not None else None  # before loading anything
     result = bench(args.path, data=args.data, device=args.device, batch_size=args.batch_size,
-                   threads=args.threads, inputs=args.inputs)
+                   threads=args.threads, inputs=args.inputs, repeats=args.repeats, shift=shift)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['path']} on {result['device']}, batch {result['batch_size']}, {result['threads']} thread(s)")
-    for kind in ("dynamic", "static"):
-        r = result[kind]
-        print(f"  {kind:<8} p50 {r['latency_ms']:.4f} ms  mean {r['latency_ms_mean']:.4f} ms  "
-              f"p90 {r['latency_ms_p90']:.4f} ms  macs {r['macs']:,.0f}")
-    print(f"  {speedup_line(result)}; params {result['params']:,}")
-    print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms "
-          f"(error {result['lut_error']:.1%} against the dynamic mean)")
+    from dynsearch.measure.latency import interval_text
+
+    load = ", ".join(f"{v:.2f}" for v in result["load_average"])
+    print(f"{result['path']} ({result['served_form']}) on {result['device']}, {result['threads']} thread(s), "
+          f"{result['repeats']} paired repeats, load average {load}")
+    for sized in result["batch_sizes"]:
+        print(f"  batch {sized['batch_size']} ({sized['inputs']} batches, timed in alternation)")
+        for kind in ("dynamic", "static"):
+            r = sized[kind]
+            print(f"    {kind:<8} p50 {r['latency_ms']:.4f} ms  p90 {r['latency_ms_p90']:.4f} ms  "
+                  f"{r['throughput']:,.0f} samples/s  macs {r['macs']:,.0f}")
+        print(f"    {speedup_line(sized)}")
+        print(f"    speed-up {interval_text({**sized, 'speedup': sized['realised_speedup']})}; "
+              f"{sized['realised_over_macs']:.2f} of the MACs speed-up")
+    print(f"  params {result['params']:,}")
+    if "lut_predicted_ms" in result:
+        print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms at batch 1 "
+              f"(error {result['lut_error']:.1%} against the dynamic mean)")
+    if "shift" in result:
+        _print_shift(result["shift"])
     return 0
 
 
+def _print_shift(shift: dict) -> None:
+    clean = shift["clean"]
+    print(f"  shifted inputs (seed {shift['seed']}, {shift['samples']} validation samples; latency at batch "
+          f"{shift['batch_size']}):")
+    print(f"    {'':<12} {'accuracy':>8} {'macs':>10} {'vs clean':>8} {'p50 ms':>8} {'speed-up':>8}  statistics")
+
+    def row(label: str, entry: dict, change: str) -> None:
+        stats = _stats_text(entry["stats"])
+        print(f"    {label:<12} {entry['accuracy']:>8.4f} {entry['macs']:>10,.0f} {change:>8} "
+              f"{entry['timing']['latency_ms']:>8.4f} {entry['timing']['realised_speedup']:>7.2f}x  {stats}")
+
+    row("clean", clean, "")
+    for entry in shift["shifted"]:
+        flag = "  cost up > 20%" if entry["cost_rise_flag"] else ""
+        row(f"{entry['corruption']}:{entry['severity']}", entry, f"{entry['macs_change']:+.1%}")
+        if flag:
+            print(f"    {'':<12} ^ expected MACs {entry['macs_change']:+.1%} over clean: flagged (> 20%)")
+    if shift["flagged"]:
+        print(f"  expected cost rises more than 20% under {', '.join(shift['flagged'])}")
+
+
+def _stats_text(stats: dict) -> str:
+    """The mechanism's list-valued statistics (exit histogram, gate rates) in one short line."""
+    parts = []
+    for key, value in stats.items():
+        if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+            parts.append(f"{key} " + "/".join(f"{v:.2f}" for v in value))
+    return "; ".join(parts) or "-"
+
+
 def speedup_line(result: dict) -> str:
-    """'dynamic vs static: 1.52x fewer MACs, p50 1.31x faster', the direction in words, from the p50s printed."""
+    """'dynamic vs static: 1.52x fewer MACs, timed 1.31x faster', the direction in words; the timed
+    ratio is the median of the paired timings (static time over dynamic time)."""
     macs = result["macs_speedup"]
-    ratio = result["realised_speedup"]  # static p50 / dynamic p50
+    ratio = result["realised_speedup"]
     macs_words = f"{macs:.2f}x fewer MACs" if macs >= 1 else f"{1 / macs:.2f}x more MACs"
-    p50_words = f"p50 {ratio:.2f}x faster" if ratio >= 1 else f"p50 {1 / ratio:.2f}x slower"
-    return f"dynamic vs static: {macs_words}, {p50_words}"
+    timed_words = f"timed {ratio:.2f}x faster" if ratio >= 1 else f"timed {1 / ratio:.2f}x slower"
+    return f"dynamic vs static: {macs_words}, {timed_words}"
 
 
 def _cmd_report(args) -> int:

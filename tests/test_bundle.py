@@ -185,6 +185,9 @@ def test_each_mechanism_exports_a_complete_folder_with_card_and_onnx(exported, n
     assert card["data"]["name"] == recipe.data.name and card["recipe"]["name"] == recipe.name
     assert card["versions"]["torch"] == torch.__version__
     assert f"Mechanism `{config['mechanism']}`" in (folder / "card.md").read_text()
+    shift = card["shift"]  # cost under shifted inputs: 4 corruptions x 3 severities beside the clean figures
+    assert len(shift["shifted"]) == 12 and shift["clean"]["accuracy"] == recorded["accuracy"]
+    assert "## Cost under shifted inputs" in (folder / "card.md").read_text()
     if case["supports_onnx"]:
         assert card["versions"]["onnxruntime"] and card["onnx"]["parity"]["max_abs_diff"] <= 1e-4
         assert onnx_parity(folder, splits) <= 1e-4

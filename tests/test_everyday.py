@@ -109,9 +109,9 @@ def test_export_point_out_of_range_fails_first_and_load_checks_the_input_shape(s
 
 def test_speedup_line_names_its_direction():
     assert cli.speedup_line({"macs_speedup": 1.5, "realised_speedup": 1.25}) == \
-        "dynamic vs static: 1.50x fewer MACs, p50 1.25x faster"
+        "dynamic vs static: 1.50x fewer MACs, timed 1.25x faster"
     assert cli.speedup_line({"macs_speedup": 0.8, "realised_speedup": 0.5}) == \
-        "dynamic vs static: 1.25x more MACs, p50 2.00x slower"
+        "dynamic vs static: 1.25x more MACs, timed 2.00x slower"
 
 
 def test_did_you_mean_for_commands_recipes_spaces_and_fields(tmp_path, capsys):

@@ -211,7 +211,7 @@ def test_search_pareto_export_load(oneshot_run, tmp_path):
     trial = front[0]["trial"]
     [folder] = api.export(out, tmp_path / "models", trials=[trial])
     code = ("import json, sys, torch, dynsearch\n"
-            "m = dynsearch.load(sys.argv[1])\n"
+            "m = dynsearch.load(sys.argv[1], raw=True)\n"
             "assert 'supernet' not in ' '.join(sys.modules), 'loading imported supernet code'\n"
             "x = torch.load(sys.argv[2], weights_only=True)\n"
             "with torch.no_grad():\n"
@@ -364,6 +364,6 @@ def test_export_finetune_records_before_and_after(oneshot_run, tmp_path):
     assert tuned["epochs"] == 1 and tuned["before"]["accuracy"] == RunDir(out).read_metrics(trial)["accuracy"]
     splits = load_data(RunDir(out).read_recipe().data)
     torch.set_num_threads(card["measured_with"]["threads"])
-    again = measure(api.load(folder), splits.val_x, splits.val_y, batch_size=card["measured_with"]["batch_size"])
+    again = measure(api.load(folder, raw=True), splits.val_x, splits.val_y, batch_size=card["measured_with"]["batch_size"])
     assert again["accuracy"] == tuned["after"]["accuracy"] == card["objectives"]["accuracy"]
     assert "Fine-tuning" in (folder / "card.md").read_text()

@@ -89,7 +89,7 @@ def test_export_at_a_point_round_trip(run, tmp_path, capsys):
     assert card["objectives"] == {"accuracy": item["accuracy"], "macs": item["macs"]}
     for name, value in item["knobs"].items():
         assert config["runtime_policy"][name] == value
-    model = dynsearch.load(folder)  # runs at the point: the point's validation accuracy and macs
+    model = dynsearch.load(folder, raw=True)  # runs at the point: the point's validation accuracy and macs
     assert current_knobs(model) == item["knobs"]
     measured = measure_val(model, card["data"], card["measured_with"])
     assert (measured["accuracy"], measured["macs"]) == (item["accuracy"], item["macs"])
@@ -170,7 +170,7 @@ def test_export_at_a_point_off_the_trials_own_front_measures_its_test_figures(ru
     from dynsearch.measure.device import pinned_threads
     from dynsearch.measure.evaluate import measure
 
-    model, splits, with_ = dynsearch.load(folder), cached_splits(card["data"]), card["measured_with"]
+    model, splits, with_ = dynsearch.load(folder, raw=True), cached_splits(card["data"]), card["measured_with"]
     with pinned_threads(with_["threads"]):
         test = measure(model, splits.test_x, splits.test_y, batch_size=with_["batch_size"])
     assert card["operating_point"]["measured"]["test_accuracy"] == test["accuracy"]

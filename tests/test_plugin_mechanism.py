@@ -207,7 +207,7 @@ PREDICT = textwrap.dedent("""\
     from dynsearch.data import load_splits
 
     torch.set_num_threads(1)  # as the tests run (conftest.py)
-    model = dynsearch.load(sys.argv[1])
+    model = dynsearch.load(sys.argv[1], raw=True)  # the trained form: compared exactly with the trial's
     out = model(load_splits("digits", 0).val_x)
     print(json.dumps({"mechanism": type(model).__module__, "predictions": out.logits.argmax(dim=1).tolist(),
                       "exit_index": out.trace.records["exit_index"].tolist(),

@@ -1,16 +1,21 @@
-"""``dynsearch bench``: latency of a saved model (trial or exported folder) beside its static path."""
+"""``dynsearch bench``: latency and throughput of a saved model (trial or exported folder) beside its
+static path, at one or more batch sizes, and its cost under shifted inputs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dynsearch.data import DATASETS, load_data, load_splits, source_of
 from dynsearch.deploy.load import load_folder
 from dynsearch.errors import UserError
 from dynsearch.measure.device import resolve_device
 from dynsearch.measure.evaluate import count_params, measure
-from dynsearch.measure.latency import component_latency_table, measure_latency, predict_latency_ms
+from dynsearch.measure.latency import component_latency_table, serving_form, paired_speedup, predict_latency_ms
+from dynsearch.measure.shift import corrupt, shifted_figures
 from dynsearch.run.rundir import STUDY_FILE, TRIALS_DIR, RunDir
 
 
@@ -36,34 +41,78 @@ def _check_bench_folder(folder: Path) -> None:
                         f"--state COMPLETE') or an exported model ('dynsearch export {folder} --out DIR')")
 
 
-def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: int = 1, threads: int = 1,
-          inputs: int = 100, repeats: int = 15, warmup: int = 3) -> dict[str, Any]:
-    """Latency of a saved model and of its static full-depth path, side by side, with MACs
-    and the latency table's prediction (and its error against the measured mean).
-    ``realised_speedup``: the static p50 over the dynamic p50 (above 1: dynamic is faster)."""
+def _batches(x: torch.Tensor, batch_size: int, count: int) -> list[torch.Tensor]:
+    """``count`` batches of ``batch_size`` validation inputs in order, wrapping round the split
+    when it holds fewer (a throughput figure needs full batches)."""
+    index = torch.arange(count * batch_size) % len(x)
+    return list(x[index].split(batch_size))
+
+
+def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: int | list[int] = 1,
+          threads: int = 1, inputs: int = 100, repeats: int = 15, warmup: int = 3,
+          shift: list[tuple[str, int]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Latency and throughput of a saved model beside its static full-depth path, at each batch size.
+
+    The model is timed as ``dynsearch.load`` serves it (``measure.latency.serving_form``). At each batch size,
+    ``inputs`` batches of validation inputs are timed in alternation on both paths
+    (``measure.latency.paired_speedup``): ``realised_speedup`` is the median of the paired ratios
+    (static time over dynamic time: above 1 the dynamic path is faster), with its 95% interval,
+    beside ``macs_speedup`` on the same inputs. The top-level figures are the first batch size's;
+    ``batch_sizes`` holds every size's. At batch size 1 the latency table's prediction is added.
+    ``shift``: (corruption, severity) pairs (``measure.shift``): accuracy, expected MACs, the
+    mechanism's statistics and the speed-up at the first batch size under each, beside clean.
+    """
     _check_bench_folder(Path(folder))
-    model, _ = load_folder(folder)
+    model = serving_form(load_folder(folder)[0], inplace=True)
     section = _bench_data_section(folder, data)
     name = section.get("name")
     if source_of(section) is None and name not in DATASETS:
         raise UserError(f"--data {name}: unknown dataset; use one of {sorted(DATASETS)}")
     resolve_device(device)
     splits = load_data({**section, "split_seed": 0}) if source_of(section) else load_splits(name, 0)
-    x = splits.val_x[: inputs * batch_size]
-    costs = measure(model, x, splits.val_y[: len(x)])
-    kwargs = dict(device=device, batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
-    dynamic = measure_latency(model, x, **kwargs)
-    static = measure_latency(model, x, static=True, **kwargs)
-    table = component_latency_table(model, device=device, threads=threads)
-    predicted = predict_latency_ms(model, x, table)
-    return {
-        "path": str(folder), "data": name, "device": device, "batch_size": batch_size, "threads": threads,
-        "dynamic": {**dynamic, "macs": costs["macs"]},
-        "static": {**static, "macs": costs["macs_full"]},
-        "params": count_params(model),
-        "macs_speedup": costs["macs_full"] / costs["macs"],
-        # The static path's p50 over the dynamic one's: above 1 the dynamic model is the faster.
-        "realised_speedup": static["latency_ms"] / dynamic["latency_ms"],
-        "lut_predicted_ms": predicted,
-        "lut_error": abs(predicted - dynamic["latency_ms_mean"]) / dynamic["latency_ms_mean"],
+    sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
+    timing = dict(device=device, warmup=warmup, repeats=repeats, threads=threads)
+
+    def timed(x: torch.Tensor, size: int) -> dict[str, Any]:
+        batches = _batches(x, size, inputs)
+        index = torch.arange(inputs * size) % len(x)
+        costs = measure(model, x[index], splits.val_y[index])
+        paired = paired_speedup(model, model.forward_static, batches, **timing)
+        return {
+            "batch_size": size, "inputs": inputs,
+            "dynamic": {**paired["dynamic"], "macs": costs["macs"]},
+            "static": {**paired["static"], "macs": costs["macs_full"]},
+            "macs_speedup": costs["macs_full"] / costs["macs"],
+            "realised_speedup": paired["speedup"],
+            "realised_over_macs": paired["speedup"] / (costs["macs_full"] / costs["macs"]),
+            **{k: paired[k] for k in ("interval", "interval_halfwidth", "interval_wide", "repeats")},
+        }
+
+    per_size = [timed(splits.val_x, size) for size in sizes]
+    result: dict[str, Any] = {
+        "path": str(folder), "data": name, "device": device, "threads": threads, "params": count_params(model),
+        "served_form": "dynsearch.load: eager PyTorch, batch norm folded, fixed pools",
+        **per_size[0], "batch_sizes": per_size, "load_average": list(os.getloadavg()),
     }
+    if 1 in sizes:  # the latency table predicts batch-1 latency from the traces
+        one = per_size[sizes.index(1)]
+        table = component_latency_table(model, device=device, threads=threads)
+        predicted = predict_latency_ms(model, splits.val_x[torch.arange(inputs) % len(splits.val_x)], table)
+        result["lut_predicted_ms"] = predicted
+        result["lut_error"] = abs(predicted - one["dynamic"]["latency_ms_mean"]) / one["dynamic"]["latency_ms_mean"]
+    if shift:
+        figures = shifted_figures(model, splits.val_x, splits.val_y, shift, seed=seed)
+        first = sizes[0]
+        figures["clean"]["timing"] = _shift_timing(per_size[0])
+        for entry in figures["shifted"]:
+            shifted = corrupt(splits.val_x, entry["corruption"], entry["severity"], seed)
+            entry["timing"] = _shift_timing(timed(shifted, first))
+        figures["batch_size"] = first
+        result["shift"] = figures
+    return result
+
+
+def _shift_timing(sized: dict[str, Any]) -> dict[str, Any]:
+    return {"latency_ms": sized["dynamic"]["latency_ms"], "throughput": sized["dynamic"]["throughput"],
+            "realised_speedup": sized["realised_speedup"], "interval": sized["interval"],
+            "interval_wide": sized["interval_wide"]}

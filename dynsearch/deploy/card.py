@@ -82,6 +82,22 @@ def _versions(with_onnx: bool) -> dict[str, str | None]:
     return versions
 
 
+def _shift_lines(shift: dict[str, Any]) -> list[str]:
+    clean = shift["clean"]
+    lines = ["## Cost under shifted inputs", "",
+             f"The validation split under generated corruptions (seed {shift['seed']}, `dynsearch.measure.shift`; "
+             f"`dynsearch bench PATH --shift noise,blur,contrast,occlude` adds latency). "
+             + (f"Expected MACs rise more than 20% under {', '.join(shift['flagged'])}." if shift["flagged"] else
+                "Expected MACs rise more than 20% under none of them."), "",
+             "| input | accuracy | macs | vs clean |", "|---|---|---|---|",
+             f"| clean | {clean['accuracy']:.4f} | {clean['macs']:,.0f} | |"]
+    for s in shift["shifted"]:
+        flag = " (flagged)" if s["cost_rise_flag"] else ""
+        lines.append(f"| {s['corruption']} {s['severity']} | {s['accuracy']:.4f} | {s['macs']:,.0f} | "
+                     f"{s['macs_change']:+.1%}{flag} |")
+    return [*lines, ""]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """card.md: the same content as card.json, for people."""
     m, policy = card["measured"], card["runtime_policy"]
@@ -141,6 +157,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                   f"validation accuracy {f['before']['accuracy']:.4f} -> {f['after']['accuracy']:.4f}, test accuracy "
                   f"{f['before']['test_accuracy']:.4f} -> {f['after']['test_accuracy']:.4f}, MACs "
                   f"{f['before']['macs']:,.0f} -> {f['after']['macs']:,.0f}.", ""]
+    if card.get("shift"):
+        lines += _shift_lines(card["shift"])
     lines += [
         "## Forms",
         "",

@@ -206,8 +206,21 @@ def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: R
         card["operating_point"] = item.point
     if "finetune" in item.metrics:
         card["finetune"] = item.metrics["finetune"]
+    card["shift"] = shift_section(model, cached_splits(recipe.data), int(item.measured["measured_with"]["threads"]))
     write_json(folder / CARD_JSON, card)
     (folder / CARD_MD).write_text(card_markdown(card), encoding="utf-8")
+
+
+def shift_section(model, splits, threads: int) -> dict[str, Any]:
+    """The card's cost under shifted inputs: accuracy, expected MACs and the mechanism's statistics on
+    the validation split under each generated corruption at each severity (``measure.shift``), beside
+    the clean figures; ``flagged`` names those whose expected MACs rise more than 20%."""
+    from dynsearch.measure.device import pinned_threads
+    from dynsearch.measure.shift import CORRUPTIONS, SEVERITIES, shifted_figures
+
+    shifts = [(name, severity) for name in CORRUPTIONS for severity in SEVERITIES]
+    with pinned_threads(threads):
+        return shifted_figures(model, splits.val_x, splits.val_y, shifts)
 
 
 def reproduce(path: str | Path) -> dict[str, Any]:
@@ -217,7 +230,7 @@ def reproduce(path: str | Path) -> dict[str, Any]:
     figures from card.json) and ``matches`` (exactly equal).
     """
     folder = Path(path).expanduser()
-    model = load(folder)
+    model = load(folder, raw=True)  # the trained form, as the trial measured it (figures compared exactly)
     card = read_json(folder / CARD_JSON, REEXPORT)
     measured = measure_val(model, card["data"], card["measured_with"])
     recorded = {k: card["objectives"][k] for k in ("accuracy", "macs")}

@@ -15,6 +15,7 @@ from typing import Any
 
 from dynsearch.dynamic import build_model
 from dynsearch.errors import UserError, warn
+from dynsearch.measure.latency import serving_form
 from dynsearch.run.files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, config_sha256, read_json
 
 FORMAT = "dynsearch-model/1"
@@ -22,12 +23,20 @@ REEXPORT = "export it again with 'dynsearch export'"
 EXPORT_KEYS = ("export", "runtime_policy")  # added to the trial config in an exported config.json
 
 
-def load(path: str | Path):
+def load(path: str | Path, raw: bool = False):
     """The DynamicModel of an exported model folder, in eval mode, weights checked against config.json.
+
+    By default the model is the inference-ready form that ``dynsearch bench``, the latency objective
+    and the card's latency figures time: batch norm folded into the convolutions before it and
+    adaptive pools of a known size made fixed (``measure.latency.serving_form``; outputs equal the trained form's up to float round-off, and
+    it can no longer be trained). ``raw=True`` returns the trained form, batch norms kept, for
+    fine-tuning or for reproducing the trial's recorded figures exactly.
 
     Its input is checked: a batch whose sample shape is not the config's ``input_shape`` raises a
     ValueError naming the shape expected (instead of a layer's error from deep inside)."""
     model, config = load_folder(path, exported=True)
+    if not raw:
+        model = serving_form(model, inplace=True)
     expected = config.get("input_shape")
     if isinstance(expected, list) and all(isinstance(d, int) for d in expected):
         model.register_forward_pre_hook(_InputShapeCheck(tuple(expected)))

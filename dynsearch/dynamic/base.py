@@ -27,7 +27,10 @@ class Trace:
         records: mechanism-specific per-sample records, e.g. ``exit_index``.
 
     ``Trace.single`` builds the trace of one sample lazily from the names of
-    the components that ran, so the batch-1 hot path allocates no tensors.
+    the components that ran, so the batch-1 hot path allocates no tensors;
+    ``Trace.derived`` builds a batch's counts only when they are read, from
+    the records that decide them, so serving that never reads them pays no
+    per-component bookkeeping.
     """
 
     def __init__(self, counts: dict[str, torch.Tensor] | None = None,
@@ -37,6 +40,15 @@ class Trace:
         self._ran: list[str] | None = None
         self._names: list[str] = []
         self._scalars: dict[str, Any] = {}
+        self._derive: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def derived(cls, records: dict[str, torch.Tensor],
+                counts_of: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> "Trace":
+        """A batch's trace whose counts ``counts_of(records)`` computes when first read."""
+        trace = cls(None, records)
+        trace._derive = counts_of
+        return trace
 
     @classmethod
     def single(cls, names: list[str], ran: list[str], **scalars: Any) -> "Trace":
@@ -47,6 +59,8 @@ class Trace:
 
     @property
     def counts(self) -> dict[str, torch.Tensor]:
+        if self._counts is None and self._derive is not None:
+            self._counts = self._derive(self.records)
         if self._counts is None:
             ran = self._ran or []
             self._counts = {name: torch.tensor([float(ran.count(name))]) for name in self._names}

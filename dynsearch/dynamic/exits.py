@@ -392,26 +392,26 @@ class EarlyExitNet(DynamicModel):
         return calls
 
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
+        """A batch: samples that leave drop out of it. What ran per sample follows from where it left
+        (``exit_index``), so the trace's counts are derived from it only when read (``_exit_counts``);
+        a head that no sample leaves at costs no indexing, and no bookkeeping runs per stage."""
         batch = x.shape[0]
         if batch == 1:
             return self._forward_one(x)
         last = len(self.stages) - 1
-        counts = {name: x.new_zeros(batch) for name in self.components()}
-        counts["stem"] += 1
         exit_index = torch.full((batch,), last, dtype=torch.long)
         logits_out = None
-        alive = torch.arange(batch)  # samples still running
+        alive = None  # indices of the samples still running; None: all of them, in order
         previous, streak = None, torch.zeros(batch, dtype=torch.long)  # PABEE's state, per alive sample
         h = self.stem(x)
         for i, stage in enumerate(self.stages):
             h = stage(h)
-            counts[f"stage{i}"][alive] += 1
             if i == last:
                 break
-            if i not in self._exit_set:
+            head = self._head_by_stage[i]
+            if head is None:
                 continue
-            logits = self.heads[str(i)](h)
-            counts[f"exit{i}"][alive] += 1
+            logits = head(h)
             if self.policy == "patience":
                 prediction = logits.argmax(dim=1)
                 streak = rules.patience_streak(streak, prediction, previous)
@@ -419,25 +419,38 @@ class EarlyExitNet(DynamicModel):
                 leave = rules.patience_leaves(streak, self.patience)
             else:
                 leave = self._leave(logits)
+            if not leave.any():
+                continue
             if logits_out is None:
                 logits_out = logits.new_zeros(batch, logits.shape[1])
-            if leave.any():
-                gone = alive[leave]
-                logits_out[gone] = logits[leave]
-                exit_index[gone] = i
-                stay = ~leave
-                alive, h, streak = alive[stay], h[stay], streak[stay]
-                if previous is not None:
-                    previous = previous[stay]
-                if alive.numel() == 0:
-                    return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+            gone = leave.nonzero().squeeze(1) if alive is None else alive[leave]
+            logits_out[gone] = logits[leave]
+            exit_index[gone] = i
+            stay = (~leave).nonzero().squeeze(1)
+            if stay.numel() == 0:
+                return DynamicOutput(logits_out, Trace.derived({"exit_index": exit_index}, self._exit_counts))
+            alive = stay if alive is None else alive[stay]
+            h, streak = h.index_select(0, stay), streak.index_select(0, stay)
+            if previous is not None:
+                previous = previous.index_select(0, stay)
         logits = self.classifier(h)
-        counts["classifier"][alive] += 1
         if logits_out is None:
             logits_out = logits
         else:
             logits_out[alive] = logits
-        return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+        return DynamicOutput(logits_out, Trace.derived({"exit_index": exit_index}, self._exit_counts))
+
+    def _exit_counts(self, records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per component, whether it ran for each sample of a batch, from where the sample left: the
+        stem, every stage and exit head up to its exit, and the final classifier if it left there."""
+        exit_index = records["exit_index"]
+        last = len(self.stages) - 1
+        reached = {i: (exit_index >= i).float() for i in range(len(self.stages))}
+        counts = {"stem": torch.ones(len(exit_index))}
+        counts.update({f"stage{i}": reached[i] for i in range(len(self.stages))})
+        counts.update({f"exit{i}": reached[i] for i in self.exit_stages})
+        counts["classifier"] = (exit_index == last).float()
+        return counts
 
     # -- operating points from one pass: every head on every sample, then the policy --
     @torch.no_grad()

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from dynsearch.dynamic.cost import count_macs
@@ -304,9 +305,11 @@ def check_onnx_graph_parity_and_staged_decisions(config: dict[str, Any]) -> None
         assert max(diffs) <= PARITY_TOLERANCE, f"onnxruntime differs from PyTorch by {max(diffs):.3g}"
         runtime = StagedRuntime(folder, card={"runtime_policy": model.runtime_policy(), "onnx": manifest})
         got = _runtime_decisions(runtime, x)
+        batched = {size: runtime.run_batch(x.numpy(), batch_size=size) for size in (5, BATCH)}
     expected = [staged_decision(model, sample) for sample in x]
     for i, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"sample {i}: the staged runtime decided {g}, PyTorch {e} (class, exit, gates, MACs)"
+    _check_batched_runtime(model, x, batched, got)
     # The decisions are really taken: some inputs leave early / some gated blocks are skipped.
     if any(g["role"] == "gate" for g in manifest["graphs"]):
         gates = {on for _, _, decided, _ in got for on in decided}
@@ -314,6 +317,22 @@ def check_onnx_graph_parity_and_staged_decisions(config: dict[str, Any]) -> None
     else:
         exits = {stage for _, stage, _, _ in got}
         assert len(exits) > 1, f"every input left at {exits}: the check would not see a wrong exit"
+
+
+def _check_batched_runtime(model: DynamicModel, x: torch.Tensor, batched: dict, one_at_a_time: list) -> None:
+    """The batched staged runtime (``run_batch``) decides as it does one input at a time, and its
+    logits match the served PyTorch form's (``load``: batch norm folded) at the same batch size."""
+    from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
+    from dynsearch.measure.latency import serving_form
+
+    served = serving_form(model)
+    for size, decisions in batched.items():
+        got = [(d.prediction, d.exit_stage, d.gates, d.macs) for d in decisions]
+        assert got == one_at_a_time, f"batch {size}: the batched staged runtime decided otherwise than one at a time"
+        with torch.no_grad():
+            want = torch.cat([served(x[start : start + size]).logits for start in range(0, len(x), size)])
+        gap = float((torch.from_numpy(np.stack([d.logits for d in decisions])) - want).abs().max())
+        assert gap <= PARITY_TOLERANCE, f"batch {size}: batched staged logits differ from the served model's by {gap:.3g}"
 
 
 def check_staged_runtime_follows_runtime_knobs(config: dict[str, Any]) -> None:
@@ -442,7 +461,7 @@ def check_export_load_round_trip(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_model_files(Path(tmp), json.loads(json.dumps(model.config)), model, weights)
         written = json.loads((Path(tmp) / CONFIG_FILE).read_text(encoding="utf-8"))
-        loaded = load(tmp)
+        loaded = load(tmp, raw=True)
     assert written["export"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     assert not loaded.training, "load returns the model in eval mode"
     assert loaded.runtime_policy() == written["runtime_policy"] == model.runtime_policy(), "runtime policy differs"
@@ -453,6 +472,35 @@ def check_export_load_round_trip(config: dict[str, Any]) -> None:
         assert torch.equal(count, second.trace.counts[name]), f"the loaded model decides {name} otherwise"
     for name, record in first.trace.records.items():
         assert torch.equal(record, second.trace.records[name]), f"the loaded model records {name} otherwise"
+
+
+SERVED_TOLERANCE = 1e-5
+
+
+def check_served_form_matches_trained_form(config: dict[str, Any]) -> None:
+    """``load`` returns the served form (batch norm folded, as latency is measured): at batch 1 and at
+    batch 32 its logits are within 1e-5 of the trained form's (``load(raw=True)``) and it decides alike."""
+    from safetensors.torch import save
+
+    from dynsearch.deploy.export import write_model_files
+    from dynsearch.deploy.load import load
+
+    model, x, _ = _model(config)
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_files(Path(tmp), json.loads(json.dumps(model.config)), model, weights)
+        trained, served = load(tmp, raw=True), load(tmp)
+    assert not served.training
+    x32 = torch.cat([x, 0.7 * x.flip(0) + 0.1])  # 32 inputs: the suite's 16 and 16 more
+    for batch_size in (1, 32):
+        for start in range(0, len(x32), batch_size):
+            batch = x32[start : start + batch_size]
+            want, got = _eval(trained, batch), _eval(served, batch)
+            where = f"batch {batch_size} at {start}"
+            for name, count in want.trace.counts.items():
+                assert torch.equal(count, got.trace.counts[name]), f"{where}: the served form decides {name} otherwise"
+            gap = float((want.logits - got.logits).abs().max())
+            assert gap <= SERVED_TOLERANCE, f"{where}: served logits differ from the trained form's by {gap:.2e}"
 
 
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
@@ -467,6 +515,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_sweep_matches_rebuilt_model_at_each_knob_value,
     check_replay_matches_real_eval_at_each_knob_value,
     check_export_load_round_trip,
+    check_served_form_matches_trained_form,
     check_onnx_graph_parity_and_staged_decisions,
     check_staged_runtime_follows_runtime_knobs,
 ]

@@ -1,0 +1,166 @@
+"""Batched serving: realised vs MACs speed-up of exported models at batch 1 and throughput at larger
+batches, each the median of paired, alternated timings with a 95% interval (`dynsearch bench`'s
+protocol, measure/latency.py `paired_speedup`), and the batched staged ONNX runtime's throughput.
+
+  python benchmarks/serving.py                       # a seeded 12-trial digits-exits search, exported
+  python benchmarks/serving.py --models DIR [DIR...] # folders of exported models (dynsearch export --out DIR)
+
+Without --models it runs `dynsearch search --trials 12 --seed 0 --concurrent 1` (the default recipe) and exports its
+front plus every other COMPLETE trial with exit heads (a small front is often exit-free), then times
+every exported model: batch 1 (--inputs-1 inputs) and --batch-sizes (--inputs-batched batches each),
+1 torch thread, the model as `dynsearch.load` serves it. Writes benchmarks/results/serving.json:
+`batch1_realised_over_macs` and `batch128_throughput_over_macs` (model -> realised / MACs speed-up),
+their 95% intervals, every figure, the command, date, machine and load average before and after.
+Timings of a busy machine are upper bounds of the noise: read the intervals and the load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "serving.json"
+SEARCH = ["dynsearch", "search", "--trials", "12", "--seed", "0", "--concurrent", "1", "--wandb", "off"]
+
+
+def exported_models(work: Path) -> tuple[list[Path], list[list[str]]]:
+    """Search, then export the front and every other COMPLETE trial with exit heads; the commands run."""
+    run, out = work / "run", work / "models"
+    commands = [[*SEARCH, "--out", str(run)], ["dynsearch", "export", str(run), "--pareto", "--out", str(out),
+                                                  "--format", "onnx"]]
+    for command in commands:
+        subprocess.run(command, check=True, capture_output=True)
+    front = {int(p.name.split("-")[1]) for p in out.iterdir()}
+    extra = []
+    for trial in sorted((run / "trials").iterdir(), key=lambda p: int(p.name)):
+        metrics = json.loads((trial / "metrics.json").read_text()) if (trial / "metrics.json").is_file() else {}
+        config = json.loads((trial / "config.json").read_text())
+        if metrics.get("status", "COMPLETE") == "COMPLETE" and "accuracy" in metrics \
+                and config.get("exits", {}).get("stages") and int(trial.name) not in front:
+            extra.append(trial.name)
+    if extra:
+        commands.append(["dynsearch", "export", str(run), "--trials", ",".join(extra), "--out", str(out),
+                         "--format", "onnx"])
+        subprocess.run(commands[-1], check=True, capture_output=True)
+    return sorted(out.iterdir(), key=lambda p: int(p.name.split("-")[1])), commands
+
+
+def onnx_throughput(folder: Path, samples: int, batch_size: int) -> dict | None:
+    """Samples per second of the staged ONNX runtime one input at a time and ``batch_size`` at a time."""
+    from dynsearch.data import load_splits
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
+
+    card = json.loads((folder / "card.json").read_text())
+    if not card.get("onnx"):
+        return None
+    x = load_splits(card["data"]["name"], 0).val_x[:samples].numpy()
+    runtime = StagedRuntime(folder)
+    timings = {}
+    for name, call in (("one_at_a_time", lambda: runtime.run(x)), ("batched", lambda: runtime.run_batch(x, batch_size))):
+        call()  # warm-up
+        best = []
+        for _ in range(3):
+            start = time.perf_counter()
+            call()
+            best.append(time.perf_counter() - start)
+        timings[name] = len(x) / min(best)
+    return {"samples": len(x), "batch_size": batch_size, "throughput": timings,
+            "batched_over_one_at_a_time": timings["batched"] / timings["one_at_a_time"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", help="folders holding exported model folders (trial-N)")
+    parser.add_argument("--name", default="digits-exits-s0", help="prefix of the model names in the results")
+    parser.add_argument("--batch-sizes", default="32,128,256")
+    parser.add_argument("--inputs-1", type=int, default=100, help="inputs timed at batch 1")
+    parser.add_argument("--inputs-batched", type=int, default=8, help="batches timed at each larger size")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--models-made-by", help="with --models: the commands that wrote them (recorded)")
+    parser.add_argument("--work", help="where the search and its exports go without --models (default: a temp folder)")
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+
+    from dynsearch.deploy.bench import bench
+
+    load_before = os.getloadavg()
+    commands = []
+    if args.models:
+        folders = sorted((p for d in args.models for p in Path(d).iterdir() if (p / "config.json").is_file()),
+                         key=lambda p: (str(p.parent), int(p.name.split("-")[1])))
+    else:
+        work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dynsearch-serving-"))
+        folders, commands = exported_models(work)
+        print(f"models exported to {work / 'models'}", flush=True)
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    models, batch1, batch1_interval, batch128, batch128_interval, onnx = {}, {}, {}, {}, {}, {}
+    for folder in folders:
+        name = f"{args.name}/{folder.name}"
+        one = bench(folder, batch_size=1, inputs=args.inputs_1, repeats=args.repeats)
+        many = bench(folder, batch_size=sizes, inputs=args.inputs_batched, repeats=args.repeats)
+        config = json.loads((folder / "config.json").read_text())
+        per_size = {str(s["batch_size"]): {k: s[k] for k in (
+            "macs_speedup", "realised_speedup", "realised_over_macs", "interval", "interval_halfwidth",
+            "interval_wide", "inputs")} | {"dynamic_throughput": s["dynamic"]["throughput"],
+                                           "static_throughput": s["static"]["throughput"],
+                                           "dynamic_latency_ms": s["dynamic"]["latency_ms"],
+                                           "static_latency_ms": s["static"]["latency_ms"]}
+                    for s in [*one["batch_sizes"], *many["batch_sizes"]]}
+        models[name] = {"backbone": config["backbone"], "exit_stages": config.get("exits", {}).get("stages"),
+                        "threshold": config.get("runtime_policy", {}).get("threshold"), "sizes": per_size}
+        b1 = per_size["1"]
+        batch1[name] = b1["realised_over_macs"]
+        batch1_interval[name] = b1["interval"] and [v / b1["macs_speedup"] for v in b1["interval"]]
+        if "128" in per_size:
+            b128 = per_size["128"]
+            batch128[name] = b128["realised_over_macs"]
+            batch128_interval[name] = b128["interval"] and [v / b128["macs_speedup"] for v in b128["interval"]]
+        onnx[name] = onnx_throughput(folder, samples=256, batch_size=128)
+        print(f"{name}: MACs {b1['macs_speedup']:.2f}x; batch 1 {b1['realised_speedup']:.2f}x "
+              f"({batch1[name]:.2f} of MACs, +-{(b1['interval_halfwidth'] or float('nan')):.1%}); batch 128 "
+              f"{per_size.get('128', {}).get('realised_speedup', float('nan')):.2f}x "
+              f"({batch128.get(name, float('nan')):.2f} of MACs)", flush=True)
+
+    def goal_batch1(name):
+        b1 = models[name]["sizes"]["1"]
+        return b1["realised_over_macs"] >= 0.9 and b1["interval_halfwidth"] is not None and b1["interval_halfwidth"] <= 0.05
+
+    def goal_batch128(name):
+        b = models[name]["sizes"]["128"]
+        return b["realised_speedup"] >= 0.95 and (b["macs_speedup"] < 1.5 or b["realised_over_macs"] >= 0.8)
+
+    result = {
+        "command": " ".join(["python benchmarks/serving.py", *sys.argv[1:]]),
+        "model_commands": [" ".join(c) for c in commands] or args.models_made_by or "given with --models",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "threads": 1, "repeats": args.repeats, "inputs_batch1": args.inputs_1, "batches_timed": args.inputs_batched,
+        "protocol": "dynamic and static timed in alternation over the same inputs (order swapped every repeat), "
+                    "1 torch thread; speed-up = median of the paired ratios (static time / dynamic time), 95% "
+                    "interval from order statistics (scipy.stats.quantile_test); served form (batch norm folded, "
+                    "fixed pools)",
+        "batch1_realised_over_macs": batch1, "batch1_realised_over_macs_interval": batch1_interval,
+        "batch128_throughput_over_macs": batch128, "batch128_throughput_over_macs_interval": batch128_interval,
+        "goals": {
+            "batch1: realised >= 0.9 x MACs speed-up, interval within +-5%": {n: goal_batch1(n) for n in models},
+            "batch128: throughput speed-up >= 0.8 x MACs where MACs >= 1.5, never below 0.95":
+                {n: goal_batch128(n) for n in models if "128" in models[n]["sizes"]},
+        },
+        "onnx_staged_runtime_throughput": onnx,
+        "models": models,
+    }
+    Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Serving: the paired timing protocol, `dynsearch bench` at several batch sizes and under shifted
+inputs (in a fresh process, as a user runs it), the generated corruptions, and the batched staged
+ONNX runtime against the loaded model."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import exits_config
+from dynsearch import cli
+from dynsearch.errors import UserError
+from dynsearch.measure.latency import median_interval, paired_speedup
+from dynsearch.measure.shift import CORRUPTIONS, corrupt, parse_shifts
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny exported exit model (digits-shaped, ONNX graphs and card), some samples leaving early."""
+    from safetensors.torch import save
+
+    from dynsearch.deploy.export import write_model_files
+    from dynsearch.deploy.onnx_export import export_onnx
+    from dynsearch.dynamic import build_model
+
+    from dynsearch.data import load_splits
+
+    torch.manual_seed(0)
+    config = {**exits_config(stages=(0, 1), widths=(4, 8, 8), head_width=8), "input_shape": [1, 8, 8]}
+    model = build_model(config)
+    splits = load_splits("digits", 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(40):  # a few steps, so that the exit heads' confidence differs between samples
+        batch = slice(32 * step % 1000, 32 * step % 1000 + 32)
+        optimizer.zero_grad()
+        model.training_loss(model(splits.train_x[batch]), splits.train_y[batch]).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():  # halfway between the two middle first-exit scores of the inputs the tests use
+        middle = model.record(splits.val_x[:64])["scores"][:, 0].sort().values[31:33]
+    model.set_runtime_knobs({"threshold": float(middle.mean())})
+    folder = tmp_path_factory.mktemp("served") / "model"
+    folder.mkdir()
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    write_model_files(folder, json.loads(json.dumps(model.config)), model, weights)
+    manifest = export_onnx(model, folder / "onnx", torch.rand(8, 1, 8, 8))
+    card = {"data": {"name": "digits"}, "runtime_policy": model.runtime_policy(), "onnx": manifest}
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dynsearch.cli", "bench", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_at_batch_sizes_and_under_shift_in_a_fresh_process(exported):
+    proc = _bench(str(exported), "--batch-size", "1,128", "--inputs", "2", "--repeats", "6",
+                  "--shift", "noise,occlude:2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert [s["batch_size"] for s in result["batch_sizes"]] == [1, 128]
+    for sized in result["batch_sizes"]:
+        assert sized["dynamic"]["throughput"] > 0 and sized["static"]["throughput"] > 0
+        assert sized["static"]["macs"] > sized["dynamic"]["macs"], "some samples leave early"
+        assert sized["macs_speedup"] == pytest.approx(sized["static"]["macs"] / sized["dynamic"]["macs"])
+        assert sized["realised_speedup"] > 0 and sized["repeats"] == 6
+        low, high = sized["interval"]  # 6 paired repeats: the smallest count with a 95% interval
+        assert low <= sized["realised_speedup"] <= high
+        assert sized["interval_wide"] == (sized["interval_halfwidth"] > 0.05)
+    assert result["lut_predicted_ms"] > 0 and len(result["load_average"]) == 3
+    shift = result["shift"]
+    assert [(s["corruption"], s["severity"]) for s in shift["shifted"]] == \
+        [("noise", 1), ("noise", 2), ("noise", 3), ("occlude", 2)]
+    clean_macs = shift["clean"]["macs"]
+    for entry in shift["shifted"]:
+        assert 0 <= entry["accuracy"] <= 1 and entry["timing"]["latency_ms"] > 0
+        assert entry["macs_change"] == pytest.approx(entry["macs"] / clean_macs - 1)
+        assert entry["cost_rise_flag"] == (entry["macs_change"] > 0.2)
+        assert sum(entry["stats"]["exit_histogram"]) == pytest.approx(1)
+    assert shift["flagged"] == [f"{s['corruption']}:{s['severity']}" for s in shift["shifted"] if s["cost_rise_flag"]]
+
+
+def test_bench_prints_the_interval_and_says_when_it_is_wide(exported, capsys):
+    assert cli.main(["bench", str(exported), "--batch-size", "4", "--inputs", "2", "--repeats", "3",
+                     "--shift", "contrast:3"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 4 (2 batches, timed in alternation)" in out
+    assert "too few repeats for a 95% interval" in out  # 3 repeats give none: said, not hidden
+    assert "contrast:3" in out and "exit_histogram" in out
+
+
+@pytest.mark.parametrize("shift, words", [("noise,fog", "unknown corruption 'fog'"),
+                                          ("blur:4", "severity '4' is not one of 1, 2, 3")])
+def test_a_bad_shift_exits_2_with_one_line(exported, shift, words):
+    proc = _bench(str(exported), "--shift", shift)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_paired_speedup_measures_a_known_ratio():
+    def slow(x):
+        time.sleep(0.002)
+
+    def fast(x):
+        time.sleep(0.001)
+
+    result = paired_speedup(fast, slow, [torch.zeros(1)] * 2, repeats=9, warmup=1)
+    assert 1.6 < result["speedup"] < 2.4
+    low, high = result["interval"]
+    assert low <= result["speedup"] <= high
+    assert result["dynamic"]["throughput"] > result["static"]["throughput"]
+
+
+def test_median_interval_is_the_order_statistics_interval():
+    values = [float(v) for v in range(1, 16)]  # 15 values: the 95% interval of the median is the 4th to 12th
+    assert median_interval(values) == (4.0, 12.0)
+    assert median_interval([1.0, 2.0, 3.0]) == (None, None)  # too few for a 95% interval
+
+
+def test_corruptions_are_seeded_keep_the_shape_and_grow_with_severity():
+    x = torch.rand(16, 1, 8, 8)
+    for name in CORRUPTIONS:
+        changes = []
+        for severity in (1, 2, 3):
+            shifted = corrupt(x, name, severity, seed=3)
+            assert shifted.shape == x.shape and torch.isfinite(shifted).all()
+            assert torch.equal(shifted, corrupt(x, name, severity, seed=3)), f"{name}: not reproducible"
+            changes.append(float((shifted - x).abs().mean()))
+        assert changes[0] > 0 and changes[0] < changes[1] < changes[2], f"{name}: {changes}"
+    assert not torch.equal(corrupt(x, "noise", 1, seed=0), corrupt(x, "noise", 1, seed=1))
+    assert corrupt(torch.rand(4, 1, 40), "blur", 2).shape == (4, 1, 40)  # 1-D inputs too
+
+
+def test_parse_shifts():
+    assert parse_shifts("noise,blur:2") == [("noise", 1), ("noise", 2), ("noise", 3), ("blur", 2)]
+    with pytest.raises(UserError, match="unknown corruption 'snow'"):
+        parse_shifts("snow")
+    with pytest.raises(UserError, match="severity '0'"):
+        parse_shifts("contrast:0")
+
+
+def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
+    """``StagedRuntime.run_batch`` at batch 1, 7 and 32 against ``dynsearch.load`` at the same batch size:
+    same classes, exits and MACs, logits within the export's parity tolerance."""
+    import dynsearch
+    from dynsearch.data import load_splits
+    from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
+    from dynsearch.deploy.onnx_runtime import StagedRuntime
+
+    model = dynsearch.load(exported)
+    runtime = StagedRuntime(exported)
+    x = load_splits("digits", 0).val_x[:64]
+    for size in (1, 7, 32):
+        decisions = runtime.run_batch(x.numpy(), batch_size=size)
+        with torch.no_grad():
+            outs = [model(x[start : start + size]) for start in range(0, len(x), size)]
+        logits = torch.cat([out.logits for out in outs])
+        exits = torch.cat([out.trace.records["exit_index"] for out in outs])
+        macs = torch.cat([out.trace.macs_per_sample(model.component_macs()) for out in outs])
+        assert [d.prediction for d in decisions] == logits.argmax(dim=1).tolist()
+        assert [d.exit_stage for d in decisions] == exits.tolist()
+        assert [d.macs for d in decisions] == [int(m) for m in macs]
+        assert len(set(exits.tolist())) > 1, "the samples must leave at different exits"
+        gap = float((torch.from_numpy(np.stack([d.logits for d in decisions])) - logits).abs().max())
+        assert gap <= PARITY_TOLERANCE
+
+
+def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
+    import dynsearch
+
+    served, trained = dynsearch.load(exported), dynsearch.load(exported, raw=True)
+    kinds = {type(m).__name__ for m in served.modules()}
+    assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "AvgPool2d" in kinds
+    assert {"BatchNorm2d", "AdaptiveAvgPool2d"} <= {type(m).__name__ for m in trained.modules()}
