@@ -69,16 +69,19 @@ def _tiny(**glance: Any) -> dict[str, Any]:
 
 
 class FeatureNet(nn.Module):
-    """A small CNN (models/backbones.build_cnn) then global average pooling and a linear layer to ``features``."""
+    """A small CNN (models/backbones.build_cnn), its maps average-pooled to ``pool`` x ``pool`` (some
+    layout kept: a global average loses where things are), then a linear layer to ``features``."""
 
-    def __init__(self, in_channels: int, size: int, widths: list[int], depth: int, kernel: int, features: int):
+    def __init__(self, in_channels: int, size: int, widths: list[int], depth: int, kernel: int, features: int,
+                 pool: int = 2):
         super().__init__()
         stem, stages = build_cnn([in_channels, size, size], widths, depth, kernel)
         self.body = nn.Sequential(stem, *stages)
-        self.project = nn.Linear(widths[-1], features)
+        self.pool = pool
+        self.project = nn.Linear(widths[-1] * pool * pool, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
+        return self.project(F.adaptive_avg_pool2d(self.body(x), self.pool).flatten(1))
 
 
 def grid_positions(height: int, width: int, patch: int, grid: int) -> list[tuple[int, int]]:
@@ -105,7 +108,8 @@ class GlanceFocusNet(DynamicModel):
     ``glance_widths`` (the glance network's), ``hidden`` (feature and GRU width), ``max_steps``
     (glance included, >= 2), ``threshold`` (max softmax probability to leave), ``crop_policy``
     (``learned`` or ``fixed``), ``grid`` (positions per side), ``policy_start`` (fraction of training
-    in stage 1), ``entropy_weight`` (REINFORCE entropy bonus).
+    in stage 1), ``entropy_weight`` (REINFORCE entropy bonus), ``feature_pool`` (each network's maps are pooled to
+    that many cells a side before its linear layer; default 2).
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -134,8 +138,9 @@ class GlanceFocusNet(DynamicModel):
         depth, kernel = int(backbone.get("depth", 1)), int(backbone.get("kernel", 3))
         hidden = int(g["hidden"])
         self.hidden = hidden
-        self.glance_net = FeatureNet(channels, self.glance_size, list(g["glance_widths"]), depth, kernel, hidden)
-        self.local_net = FeatureNet(channels, self.patch_size, list(backbone["widths"]), depth, kernel, hidden)
+        pool = int(g.get("feature_pool", 2))
+        self.glance_net = FeatureNet(channels, self.glance_size, list(g["glance_widths"]), depth, kernel, hidden, pool)
+        self.local_net = FeatureNet(channels, self.patch_size, list(backbone["widths"]), depth, kernel, hidden, pool)
         self.cell = nn.GRUCell(hidden, hidden)
         self.classifier = nn.Linear(hidden, config["num_classes"])
         self.positions = grid_positions(self.height, self.width, self.patch_size, int(g.get("grid", 3)))
