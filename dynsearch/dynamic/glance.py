@@ -39,7 +39,6 @@ runtime does not feed a graph.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
