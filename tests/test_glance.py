@@ -145,3 +145,17 @@ def test_export_loads_in_a_fresh_process_and_onnx_is_refused_in_one_line(tmp_pat
     recorded = json.loads((run / "trials" / "0" / "metrics.json").read_text())
     assert result["matches"] and (result["accuracy"], result["macs"]) == (recorded["accuracy"], recorded["macs"])
     assert recorded["stats"]["mean_steps"] < 3  # some samples stopped before the last step
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FMNIST.is_file(), reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+def test_fmnist_glance_search_then_pareto_with_step_statistics(tmp_path):
+    out = tmp_path / "run"
+    recipe = load_recipe("fmnist-glance").with_overrides(data={"train_subset": 1000})
+    result = dynsearch.search(recipe, out=out, trials=2, epochs=1, wandb={"mode": "off"})
+    assert result.complete == 2
+    for item in dynsearch.pareto(out):
+        steps = item["config"]["glance"]["max_steps"]
+        assert item["stats"]["steps"] == list(range(1, steps + 1))
+        assert sum(item["stats"]["step_histogram"]) == pytest.approx(1.0)
+        assert 1 <= item["stats"]["mean_steps"] <= steps and 0 < item["macs"]
