@@ -97,29 +97,43 @@ def compare_curves(learned: list[dict], fixed: list[dict]) -> dict:
             "learned_envelope": a, "fixed_envelope": b}
 
 
-def policy_pair(run_dir: Path, trial: int, recipe) -> dict:
-    """The trial's config retrained with the learned and the fixed crop policy; both threshold curves."""
+def train_and_sweep(job: tuple[dict, dict]) -> dict:
+    """One config trained (one thread) and swept over its threshold grid on validation and test."""
     import torch
 
     from dynsearch.data import load_data
     from dynsearch.measure.points import sweep
-    from dynsearch.run.rundir import RunDir
+    from dynsearch.recipe import parse_recipe
     from dynsearch.training.trial import train_model
 
     torch.set_num_threads(1)
-    splits = load_data(recipe.data)
+    cfg, recipe_data = job
+    splits = load_data(parse_recipe({"data": recipe_data}, "benchmark").data)
+    started = time.perf_counter()
+    model = train_model(cfg, splits)
+    seconds = time.perf_counter() - started
+    points = sweep(model, splits, 256)
+    return {"train_seconds": round(seconds, 1), "macs_full": model.macs_full(),
+            "points": [{k: p[k] for k in ("knobs", "accuracy", "macs", "test_accuracy", "test_macs")}
+                       | {"mean_steps": p["stats"]["mean_steps"]} for p in points]}
+
+
+def policy_pair(run_dir: Path, trial: int, recipe) -> dict:
+    """The trial's config retrained with the learned and the fixed crop policy (two processes at once,
+    one thread each, the same seed); both threshold curves."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dynsearch.run.rundir import RunDir
+
     config = RunDir(run_dir).read_config(trial)
-    out = {}
+    jobs = []
     for policy in ("learned", "fixed"):
         cfg = json.loads(json.dumps(config))
         cfg["glance"]["crop_policy"] = policy
-        started = time.perf_counter()
-        model = train_model(cfg, splits)
-        seconds = time.perf_counter() - started
-        points = sweep(model, splits, 256)
-        out[policy] = {"train_seconds": round(seconds, 1), "macs_full": model.macs_full(),
-                       "points": [{k: p[k] for k in ("knobs", "accuracy", "macs", "test_accuracy", "test_macs")}
-                                  | {"mean_steps": p["stats"]["mean_steps"]} for p in points]}
+        jobs.append((cfg, recipe.data.model_dump(exclude_none=True)))
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        learned, fixed = pool.map(train_and_sweep, jobs)
+    out = {"learned": learned, "fixed": fixed}
     return {"trial": trial, "config": config, **out,
             "comparison": compare_curves(out["learned"]["points"], out["fixed"]["points"])}
 
