@@ -46,7 +46,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.dynamic import rules
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, register_mechanism, tiny_train
+from dynsearch.dynamic.base import (
+    DynamicModel, DynamicOutput, StatView, Trace, probability_knob, register_mechanism, tiny_train,
+)
 from dynsearch.dynamic.exits import CONFIDENCE_GRID, exit_score
 from dynsearch.models.backbones import build_cnn
 
@@ -201,14 +203,9 @@ class GlanceFocusNet(DynamicModel):
         return {KNOB: sorted({*CONFIDENCE_GRID, self.threshold})}
 
     def set_runtime_knobs(self, values: dict[str, float]) -> None:
-        unknown = sorted(set(values) - {KNOB})
-        if unknown:
-            raise ValueError(f"glance has the runtime knob {[KNOB]}, not {unknown}")
-        if KNOB in values:
-            threshold = float(values[KNOB])
-            if not 0.0 < threshold <= 1.0:
-                raise ValueError(f"{KNOB} must be in (0, 1] (got {threshold})")
-            self.threshold = self.config["glance"][KNOB] = threshold
+        threshold = probability_knob(values, KNOB, "glance")
+        if threshold is not None:
+            self.threshold = self.config["glance"][KNOB] = threshold  # an export rebuilds at this point
 
     def timed_components(self, device: torch.device):
         calls = super().timed_components(device)
