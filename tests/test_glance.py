@@ -123,7 +123,7 @@ def test_fmnist_glance_default_point_builds():
     recipe = load_recipe("fmnist-glance")
     data = type("Data", (), {"input_shape": (1, 28, 28), "num_classes": 10})()
     config = default_config(recipe, data)
-    assert config["mechanism"] == "glance" and config["glance"]["crop_policy"] == "learned"
+    assert config["mechanism"] == "glance" and config["glance"]["crop_policy"] == "fixed"
     assert build_model(config).macs_full() > 0
 
 
