@@ -44,6 +44,7 @@ BUILTIN_MECHANISMS: dict[str, MechanismCard] = {card.name: card for card in (
                   "gates", "blocks", "gated blocks"),
     MechanismCard("act", "halting", "Adaptive Computation Time (Graves 2016, arXiv 1603.08983)"),
     MechanismCard("pondernet", "halting", "PonderNet (Banino, Balaguer & Blundell 2021, arXiv 2107.05407)"),
+    MechanismCard("glance", "glance", "Glance and Focus networks, GFNet (Wang et al., NeurIPS 2020, arXiv 2010.05300)"),
 )}
 
 

@@ -9,11 +9,11 @@ CASES = list(cases())
 # Mechanisms without a staged ONNX form (their cards say "ONNX not supported"; test_bundle.py checks
 # that), for which the suite's ONNX checks skip: halting loops a cell a data-dependent number of times;
 # CondConv's per-example grouped convolution bakes the batch size into the graph; MoE routes tokens to
-# experts by index.
-NO_ONNX_FORM = {"act", "pondernet", "moe", "condconv"}
+# experts by index; glance crops the original image at a position chosen at run time and carries a GRU state.
+NO_ONNX_FORM = {"act", "pondernet", "moe", "condconv", "glance"}
 # Mechanisms whose knobs only decide where a sample stops, so their operating points are replayed from one
 # recorded pass (measure/points.py); gates and experts change what runs downstream: one real pass per value.
-REPLAYS = {"exits", "depth_adaptive", "act", "pondernet"}
+REPLAYS = {"exits", "depth_adaptive", "act", "pondernet", "glance"}
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))

@@ -229,7 +229,7 @@ def test_the_shipped_recipe_searches_end_to_end_on_a_subset(tmp_path):
 
 
 FMNIST_RECIPES = {"fmnist-exits": "exits", "fmnist-gates": "aig", "fmnist-condconv": "condconv",
-                  "fmnist-moe": "moe", "fmnist-cross-family": "condconv"}
+                  "fmnist-moe": "moe", "fmnist-cross-family": "condconv", "fmnist-glance": "glance"}
 
 
 def test_every_family_has_a_shipped_fashion_mnist_recipe():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynsearch.dynamic import depth, exits, experts, gates, halting  # noqa: F401  (registration side effect)
+from dynsearch.dynamic import depth, exits, experts, gates, glance, halting  # noqa: F401  (registration side effect)
 from dynsearch.dynamic.base import MECHANISMS, DynamicModel, DynamicOutput, MechanismInfo, Trace, register_mechanism
 from dynsearch.errors import UserError
 from dynsearch.plugins import load_plugins

@@ -141,6 +141,20 @@ def listed(positions) -> str:
     return ",".join(map(str, positions or [])) or "-"
 
 
+def probability_knob(values: dict[str, float], knob: str, owner: str) -> float | None:
+    """The value ``set_runtime_knobs(values)`` gives a mechanism's one knob in (0, 1] (a threshold);
+    None when ``values`` does not name it. A ValueError names another knob or a value outside (0, 1]."""
+    unknown = sorted(set(values) - {knob})
+    if unknown:
+        raise ValueError(f"{owner} has no runtime knob(s) {unknown}; use {knob!r}")
+    if knob not in values:
+        return None
+    value = float(values[knob])
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{knob} must be in (0, 1] (got {value})")
+    return value
+
+
 def tiny_train() -> dict[str, Any]:
     """The training settings of every mechanism's tiny configs (``tiny_configs``): one short epoch."""
     return {"lr": 0.005, "epochs": 1, "batch_size": 16, "seed": 0}

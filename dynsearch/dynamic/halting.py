@@ -36,7 +36,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dynsearch.dynamic import rules
-from dynsearch.dynamic.base import DynamicModel, DynamicOutput, StatView, Trace, register_mechanism, tiny_train
+from dynsearch.dynamic.base import (
+    DynamicModel, DynamicOutput, StatView, Trace, probability_knob, register_mechanism, tiny_train,
+)
 
 KNOB = "halting_threshold"
 
@@ -118,13 +120,8 @@ class HaltingNet(DynamicModel):
         return {KNOB: sorted({*self.knob_values, self.threshold})}  # the trained value is a point too
 
     def set_runtime_knobs(self, values: dict[str, float]) -> None:
-        unknown = sorted(set(values) - {KNOB})
-        if unknown:
-            raise ValueError(f"{type(self).__name__} has no runtime knob(s) {unknown}; use {KNOB!r}")
-        if KNOB in values:
-            threshold = float(values[KNOB])
-            if not 0.0 < threshold <= 1.0:
-                raise ValueError(f"{KNOB} must be in (0, 1] (got {threshold})")
+        threshold = probability_knob(values, KNOB, type(self).__name__)
+        if threshold is not None:
             self.threshold = self.config["halting"]["threshold"] = threshold  # an export rebuilds at this point
 
     def timed_components(self, device: torch.device):
