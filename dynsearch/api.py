@@ -76,6 +76,7 @@ class SearchResult:
     counts: dict[str, int] = field(default_factory=dict)  # trials of the study per state
     prunes: bool = False  # a scheduler stopped trials early: PRUNED trials count as done
     time_budget: float | None = None  # the recipe's time_budget (seconds), if any
+    out_of_time: bool = False  # the time budget ended this run of the search
 
     @property
     def complete(self) -> int:
@@ -124,9 +125,10 @@ def search(recipe_or_path: RecipeLike = None, out: str | Path | None = None,
 
             callback = Progress(recipe.trials, out.expanduser().resolve(), objectives=recipe.metric_names,
                                 concurrent=recipe.concurrent_trials, prunes=recipe.prunes)
-        run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results)
+        outcome: dict[str, Any] = {}
+        run_dir = run_search(problem, out, run_trial, progress=callback, new=new, finish=write_results, outcome=outcome)
         return SearchResult(run_dir, pareto(run_dir), recipe.trials, trial_counts(run_dir), recipe.prunes,
-                            recipe.time_budget)
+                            recipe.time_budget, bool(outcome.get("out_of_time")))
 
 
 def _one_shot(problem, out: Path, progress: bool, new: bool) -> Path:

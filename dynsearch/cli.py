@@ -265,7 +265,7 @@ def _cmd_search(args) -> int:
         _print_front(result.front)
         print(f"run directory: {result.run_dir}")
         print(next_steps(result.run_dir))
-    if result.done < result.trials and result.time_budget is not None:
+    if result.done < result.trials and result.out_of_time:
         pruned = f", {result.counts.get('PRUNED', 0)} PRUNED" if result.prunes else ""
         print(f"dynsearch: warning: the time budget ({result.time_budget:g} s) ended the search at "
               f"{result.complete} COMPLETE{pruned} of {result.trials} trials; re-run the same command to "

@@ -66,15 +66,18 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def _epsilon_net(layer: list[int], scaled: list[tuple[float, ...]]) -> list[int]:
     first = min(layer, key=lambda i: (-scaled[i][0], i))
-    chosen, rest = [first], [i for i in layer if i != first]
+    chosen = [first]
 
-    def gap(i: int) -> float:
-        return min(sum((a - b) ** 2 for a, b in zip(scaled[i], scaled[c])) for c in chosen)
+    def distance(i: int, j: int) -> float:
+        return sum((a - b) ** 2 for a, b in zip(scaled[i], scaled[j]))
 
-    while rest:
-        far = max(rest, key=lambda i: (gap(i), -i))
+    gap = {i: distance(i, first) for i in layer if i != first}  # each item's distance to the nearest chosen one
+    while gap:
+        far = max(gap, key=lambda i: (gap[i], -i))
         chosen.append(far)
-        rest.remove(far)
+        del gap[far]
+        for i in gap:
+            gap[i] = min(gap[i], distance(i, far))
     return chosen
 
 

@@ -413,6 +413,17 @@ class SchedulerSpec(_Strict):
                                            "layer (an epsilon-net spreads the kept trials along the front; "
                                            "crowding keeps NSGA-II's least crowded first)")
 
+    def rungs(self, epochs: int) -> list[int]:
+        """The rungs (epochs completed) below ``epochs``: grace, grace*factor, grace*factor^2, ... (rounded, distinct)."""
+        rungs, k = [], 0
+        while True:
+            milestone = int(round(self.grace_epochs * self.reduction_factor ** k))
+            if milestone >= epochs:
+                return rungs
+            if not rungs or milestone > rungs[-1]:
+                rungs.append(milestone)
+            k += 1
+
     @model_validator(mode="after")
     def _rungs(self) -> "SchedulerSpec":
         if self.max_epochs is not None and self.grace_epochs >= self.max_epochs:
@@ -496,7 +507,7 @@ class Recipe(_Strict):
     scheduler: Optional[SchedulerSpec] = Field(None, description="multi-trial: stop unpromising trials early "
                                                "(successive halving; they are recorded PRUNED); none: every trial "
                                                "trains its full epochs")
-    time_budget: Optional[float] = Field(None, gt=0.0, description="multi-trial: seconds (or 10m, 1.5h), from when "
+    time_budget: Optional[float] = Field(None, gt=0.0, allow_inf_nan=False, description="multi-trial: seconds (or 10m, 1.5h), from when "
                                          "Ray is ready, after which this run starts no trial; the running ones "
                                          "finish or are pruned")
 
@@ -597,9 +608,14 @@ class Recipe(_Strict):
 
     def population_size(self) -> int:
         """NSGA-II population scaled to the budget: at most a third of the trials; a one-shot search's
-        a twentieth of its evaluations, between 8 and 100 (thousands of evaluations: tens of generations)."""
+        a twentieth of its evaluations, between 8 and 100 (thousands of evaluations: tens of generations).
+        With a scheduler, a third of the trials expected to COMPLETE (1 in reduction_factor^rungs; Optuna's
+        NSGA-II closes a generation once it holds a population of COMPLETE trials), at most 50."""
         if self.one_shot:
             return self.sampler.population_size or min(100, max(8, self.evaluations // 20))
+        if self.scheduler is not None:
+            complete = self.trials / self.scheduler.reduction_factor ** len(self.scheduler.rungs(self.epochs))
+            return self.sampler.population_size or min(50, max(2, int(complete // 3)))
         return self.sampler.population_size or max(2, self.trials // 3)
 
     def n_startup_trials(self) -> int:

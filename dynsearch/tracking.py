@@ -198,13 +198,23 @@ class SearchTracking:
             self.run = None
 
     def finish(self, front: list[dict[str, Any]], plot_png: Path | None, trial_counts: dict[str, int],
-               history: dict[str, Any] | None = None, trials: list[dict[str, Any]] | None = None) -> None:
-        """Log the Pareto table and the front plot to the summary run and close it; with ``history``
-        (``run.front.hypervolume_history``) the hypervolume-vs-wall-clock curve, with ``trials``
-        (``run.trials.trial_list``) every trial's state and the epochs it trained (its rung if PRUNED)."""
+               run_dir: str | Path | None = None) -> None:
+        """Log the Pareto table and the front plot to the summary run and close it; with ``run_dir``, also
+        the hypervolume-vs-wall-clock curve (``run.front.hypervolume_history``) and every trial's state and
+        epochs trained (``run.trials.trial_list``: its rung if PRUNED)."""
         if self.run is None:
             return
         import wandb
+
+        from dynsearch.run.front import hypervolume_history
+        from dynsearch.run.trials import trial_list
+
+        history = trials = None
+        if run_dir is not None:
+            try:
+                history, trials = hypervolume_history(run_dir), trial_list(run_dir)
+            except Exception as exc:  # a finished search is not failed by its summary's extras
+                notice(f"the trials table and hypervolume curve were not logged ({exc.__class__.__name__}: {exc})")
 
         columns, rows = front_table(front)
         table = wandb.Table(columns=columns, data=rows)
@@ -221,14 +231,21 @@ class SearchTracking:
             names = sorted({name for row in trials for name in row["objectives"]})
             logged["trials"] = wandb.Table(
                 columns=["trial", "state", "epochs_trained", *names],
-                data=[[row["trial"], row["state"], row.get("pruned_at_epoch") or row["config"].get("train", {}).get("epochs"),
-                       *(row["objectives"].get(name) for name in names)] for row in trials])
+                data=[[row["trial"], row["state"], _epochs_trained(row), *(row["objectives"].get(name) for name in names)]
+                      for row in trials])
         if plot_png is not None and Path(plot_png).is_file():
             logged["pareto_plot"] = wandb.Image(str(plot_png), caption="validation accuracy vs MACs")
         self.run.log(logged)
         self.run.summary.update({"front_size": len(front), **{f"trials/{k}": n for k, n in trial_counts.items()}})
         self.run.finish()
         self.run = None
+
+
+def _epochs_trained(row: dict[str, Any]) -> int | None:
+    """A listed trial's epochs: its rung if PRUNED, its full epochs if COMPLETE; unknown otherwise."""
+    if row["state"] == "PRUNED":
+        return row.get("pruned_at_epoch")
+    return row["config"].get("train", {}).get("epochs") if row["state"] == "COMPLETE" else None
 
 
 def front_table(front: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:

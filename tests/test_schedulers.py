@@ -16,7 +16,12 @@ from dynsearch.dominance import promotion_order
 from dynsearch.recipe import parse_recipe
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import PRUNED_AT, count_states, open_study
-from dynsearch.tuning.schedulers import SuccessiveHalving, rung_epochs, rung_records
+from dynsearch.recipe import SchedulerSpec
+from dynsearch.tuning.schedulers import SuccessiveHalving, rung_records
+
+
+def rung_epochs(grace: int, factor: float, epochs: int) -> list[int]:
+    return SchedulerSpec(grace_epochs=grace, reduction_factor=factor).rungs(epochs)
 
 
 def _recipe(scheduler: dict, epochs: int = 9):
@@ -56,6 +61,10 @@ def test_a_dominated_trial_is_stopped_at_the_first_rung_and_a_dominating_one_pro
     assert halving.decide(1, 1, {"accuracy": 0.7, "macs": 2000.0}) == (1, False)  # dominated by trial 0
     assert halving.decide(2, 1, {"accuracy": 0.9, "macs": 500.0}) == (1, True)  # dominates both
     assert halving.decide(2, 1, {"accuracy": 0.1, "macs": 9e9}) == (None, True)  # a rung is decided once
+    assert halving.decide(3, 1, {"accuracy": 0.9, "macs": 500.0}) == (1, True)  # a tie: the newcomer goes on
+    assert halving.decide(0, 3, {"accuracy": 0.9, "macs": 500.0}) == (None, True)  # epoch 3 is no rung (1, 2, 4, 8)
+    halving.forget(3)  # a trial that failed leaves the rungs, as a resumed search would see them
+    assert 3 not in halving.recorded[1]
 
 
 def test_mo_asha_keeps_a_cheap_non_dominated_trial_that_accuracy_alone_would_stop(tmp_path):
@@ -224,3 +233,52 @@ def test_a_time_budget_ends_the_search_early_and_says_so(tmp_path):
     assert "the time budget (15 s) ended the search at " in done.stderr and "Traceback" not in done.stderr
     states = count_states(open_study(out))
     assert 0 < states.get("COMPLETE", 0) < 200 and set(states) == {"COMPLETE"}  # the running trials finished
+
+
+def test_objectives_measured_only_at_a_trials_end_are_left_out_at_the_rungs(tmp_path):
+    """A recipe of accuracy and latency: at a rung latency is NaN (measured at the end), so the rung ranks on
+    accuracy; before, such a search pruned nothing."""
+    from types import SimpleNamespace
+
+    data = {"name": "lat", "data": {"name": "digits"}, "space": "exits", "trials": 8, "epochs": 9,
+            "objectives": [{"name": "accuracy"}, {"name": "latency_ms"}],
+            "scheduler": {"grace_epochs": 1, "reduction_factor": 2}}
+    recipe = parse_recipe(data)
+    run = RunDir.create(tmp_path / "run")
+    study = open_study(run, recipe)
+    numbers = [study.ask().number for _ in range(2)]
+    halving = SuccessiveHalving(recipe, run)
+    decisions = [halving.on_trial_result(None, SimpleNamespace(config={"trial": n}),
+                                         {"epoch": 0, "accuracy": accuracy, "latency_ms": float("nan"), "final": False})
+                 for n, accuracy in zip(numbers, (0.9, 0.5))]
+    assert decisions == ["CONTINUE", "STOP"]
+    attrs = {t.number: t.user_attrs for t in open_study(run).get_trials()}
+    assert attrs[numbers[1]][PRUNED_AT] == 1 and attrs[numbers[1]]["rung_1"] == {"accuracy": 0.5}
+
+
+def test_a_trial_the_scheduler_stopped_is_pruned_on_resume_even_if_the_driver_died_before_telling(tmp_path):
+    from dynsearch.run.study import rebuild_lost_trials
+
+    recipe = _recipe({"grace_epochs": 1, "reduction_factor": 2})
+    run = RunDir.create(tmp_path / "run")
+    study = open_study(run, recipe)
+    trial = study.ask()
+    trial.set_user_attr("rung_1", {"accuracy": 0.4, "macs": 900.0})
+    trial.set_user_attr(PRUNED_AT, 1)  # the scheduler's records; then the driver died (no metrics.json, no tell)
+    rebuilt, left = rebuild_lost_trials(study, run)
+    assert (rebuilt, left) == ([trial.number], [])
+    assert open_study(run).trials[0].state == TrialState.PRUNED  # not failed and run again
+    metrics = json.loads((run.path / "trials" / str(trial.number) / "metrics.json").read_text())
+    assert metrics == {"status": "PRUNED", "pruned_at_epoch": 1, "accuracy": 0.4, "macs": 900.0}
+
+
+def test_changing_the_scheduler_of_a_search_is_refused_on_resume(tmp_path):
+    from dynsearch.errors import UserError
+
+    run = RunDir.create(tmp_path / "run")
+    recipe = _recipe({"grace_epochs": 1, "reduction_factor": 2})
+    run.write_recipe(recipe)
+    open_study(run, recipe)
+    with pytest.raises(UserError, match=r"changed: scheduler"):
+        run.check_resume(recipe.with_overrides(scheduler={"reduction_factor": 3}))
+    run.check_resume(recipe.with_overrides(time_budget=60))  # the budget of a run may change

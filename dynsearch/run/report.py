@@ -208,7 +208,7 @@ def _pruned_lines(run: RunSummary) -> list[str]:
 
 HISTORY_TITLE = "hypervolume of the COMPLETE trials vs wall-clock"
 HISTORY_NOTE = ("every objective; costs divided by their largest value (MACs: the largest macs_full), reference "
-                "accuracy 0, cost 1; pruned trials, partly trained, not counted")
+                "accuracy 0, cost 1; pruned trials, partly trained, not counted; a resumed search's pauses included")
 
 
 def _failed_lines(run: RunSummary) -> list[str]:

@@ -15,7 +15,7 @@ from dynsearch.compat import set_trial_user_attr
 from dynsearch.errors import UserError
 from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run import journal
-from dynsearch.run.rundir import METRICS_FILE, RunDir
+from dynsearch.run.rundir import METRICS_FILE, RunDir, metrics_file
 
 STUDY_NAME = "dynsearch"
 
@@ -60,6 +60,13 @@ def make_sampler(recipe: Recipe):
 # {objective: value measured there}, and the rung it was stopped at.
 RUNG_PREFIX = "rung_"
 PRUNED_AT = "pruned_at_epoch"
+
+
+def pruned_metrics(trial_user_attrs: dict) -> dict:
+    """What a pruned trial's metrics.json holds: status, the rung it reached and its objectives there."""
+    rung = int(trial_user_attrs[PRUNED_AT])
+    return {"status": "PRUNED", "pruned_at_epoch": rung, **trial_user_attrs.get(f"{RUNG_PREFIX}{rung}", {})}
+
 
 INTERRUPTED = "interrupted: the search driver stopped while this trial ran"
 
@@ -162,6 +169,9 @@ def rebuild_lost_trials(study, run: RunDir) -> tuple[list[int], list[int]]:
     names = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         metrics = run.finished_result(trial.number)
+        if metrics is None and PRUNED_AT in trial.user_attrs:  # the scheduler stopped it; the driver died before telling
+            metrics = pruned_metrics(trial.user_attrs)
+            run.write_trial(trial.number, metrics_file(metrics))
         if metrics is None:
             left.append(trial.number)
             continue
@@ -174,6 +184,11 @@ def rebuild_lost_trials(study, run: RunDir) -> tuple[list[int], list[int]]:
         if metrics["status"] == "COMPLETE":
             study.tell(trial.number, [float(v) for v in values], state=TrialState.COMPLETE)
         elif metrics["status"] == "PRUNED":
+            rung = metrics.get("pruned_at_epoch")
+            if PRUNED_AT not in trial.user_attrs and isinstance(rung, int):  # a torn journal lost the scheduler's records
+                set_trial_user_attr(study, trial.number, PRUNED_AT, rung)
+                set_trial_user_attr(study, trial.number, f"{RUNG_PREFIX}{rung}",
+                                    {name: metrics[name] for name in names if is_finite_number(metrics.get(name))})
             study.tell(trial.number, state=TrialState.PRUNED)
         else:
             reason = str(metrics.get("reason") or "the trial failed (see its folder)")

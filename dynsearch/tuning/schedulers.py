@@ -15,7 +15,8 @@ The objectives at a rung are the ones measured each epoch on the validation
 split (``training/lightning.py``): accuracy and the mean MACs of what ran, so
 the cost of a dynamic model is re-measured as its exits learn. Objectives that
 are measured only at a trial's end (``latency_ms``, ``params``) are NaN at a
-rung and left out of the ranking.
+rung and left out of the ranking. A trial that fails leaves the rungs (``forget``),
+as a resumed search, rebuilt from COMPLETE and PRUNED trials, would see them.
 
 Durable state lives in the study, not in this object: each rung a trial
 reaches is recorded as its user attribute ``rung_<epochs>`` (objective ->
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from dynsearch.dominance import promotion_order
@@ -36,18 +35,6 @@ from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run.rundir import RunDir
 from dynsearch.compat import set_trial_user_attr
 from dynsearch.run.study import PRUNED_AT, RUNG_PREFIX, open_study
-
-
-def rung_epochs(grace: int, factor: float, epochs: int) -> list[int]:
-    """The rungs (epochs completed) below ``epochs``: grace, grace*factor, grace*factor^2, ... (rounded, distinct)."""
-    rungs, k = [], 0
-    while True:
-        milestone = int(round(grace * factor ** k))
-        if milestone >= epochs:
-            return rungs
-        if not rungs or milestone > rungs[-1]:
-            rungs.append(milestone)
-        k += 1
 
 
 def rung_records(trial) -> dict[int, dict[str, float]]:
@@ -59,13 +46,16 @@ def rung_records(trial) -> dict[int, dict[str, float]]:
 class SuccessiveHalving(FIFOScheduler):
     """Asynchronous successive halving over a run directory's study (see the module docstring)."""
 
+    # A decision is taken at the rung's own report: Ray must not let the trial run on past it (as its ASHA).
+    _supports_buffered_results = False
+
     def __init__(self, recipe: Recipe, run_dir: RunDir | Path):
         super().__init__()
         spec = recipe.scheduler
         assert spec is not None
         self._run_dir = RunDir.of(run_dir)
         self._recipe = recipe
-        self.rungs = rung_epochs(spec.grace_epochs, spec.reduction_factor, recipe.epochs)
+        self.rungs = spec.rungs(recipe.epochs)
         self.factor = spec.reduction_factor
         self.tie_break = spec.tie_break
         objectives = list(zip(recipe.metric_names, recipe.metric_modes))
@@ -99,30 +89,45 @@ class SuccessiveHalving(FIFOScheduler):
                     self.recorded[rung][trial.number] = values
 
     def decide(self, number: int, epochs: int, values: dict[str, float]) -> tuple[int | None, bool]:
-        """Record study trial ``number``'s ``values`` at the highest rung ``epochs`` reaches that it has not
-        recorded; return (that rung or None, whether it goes on)."""
-        rung = next((r for r in reversed(self.rungs) if r <= epochs and number not in self.recorded[r]), None)
-        if rung is None:
+        """At a rung (``epochs`` completed is one, not recorded yet for study trial ``number``), record its
+        ``values`` and return (the rung, whether it goes on); elsewhere (None, True).
+
+        Ranked on the objectives finite for it and for every trial recorded at the rung (those measured
+        each epoch); the newcomer comes first among equals (ASHA keeps a trial equal to its cutoff)."""
+        if epochs not in self.recorded or number in self.recorded[epochs]:
             return None, True
-        others = self.recorded[rung]
+        rung, others = epochs, self.recorded[epochs]
         used = [(name, mode) for name, mode in self.objectives
                 if is_finite_number(values.get(name)) and all(is_finite_number(o.get(name)) for o in others.values())]
         keep = math.ceil((len(others) + 1) / self.factor)
         goes_on = True
         if used and others:
-            rows = [*others.values(), values]
+            rows = [values, *others.values()]  # index 0: the newcomer, first among equals
             gains = [tuple(float(row[name]) * (1.0 if mode == "max" else -1.0) for name, mode in used) for row in rows]
-            goes_on = promotion_order(gains, self.tie_break).index(len(rows) - 1) < keep
+            goes_on = promotion_order(gains, self.tie_break).index(0) < keep
         self.recorded[rung][number] = values
         return rung, goes_on
+
+    def forget(self, number: int) -> None:
+        """A trial that failed leaves the rungs (as a resumed search, rebuilt from COMPLETE and PRUNED trials, sees them)."""
+        for recorded in self.recorded.values():
+            recorded.pop(number, None)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if isinstance(trial.config, dict) and "trial" in trial.config and (not result or result.get("failed")):
+            self.forget(int(trial.config["trial"]))
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        if isinstance(trial.config, dict) and "trial" in trial.config:
+            self.forget(int(trial.config["trial"]))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get("final") or "epoch" not in result or "trial" not in trial.config:
             return TrialScheduler.CONTINUE
         number, epochs = int(trial.config["trial"]), int(result["epoch"]) + 1
         values = {name: float(result[name]) for name in self._recipe.metric_names if is_finite_number(result.get(name))}
-        if not all(name in values for name, _ in self.objectives):
-            return TrialScheduler.CONTINUE  # a non-finite objective: the trial fails on its own
+        if not any(name in values for name, _ in self.objectives):
+            return TrialScheduler.CONTINUE  # nothing to rank on at this report
         rung, goes_on = self.decide(number, epochs, values)
         if rung is None:
             return TrialScheduler.CONTINUE
@@ -141,7 +146,3 @@ def make_scheduler(recipe: Recipe, run_dir: RunDir | Path) -> SuccessiveHalving 
     return SuccessiveHalving(recipe, run_dir) if recipe.scheduler is not None else None
 
 
-def pruned_metrics(trial_user_attrs: dict[str, Any]) -> dict[str, Any]:
-    """What a pruned trial's metrics.json holds: status, the rung it reached and its objectives there."""
-    rung = int(trial_user_attrs[PRUNED_AT])
-    return {"status": "PRUNED", "pruned_at_epoch": rung, **trial_user_attrs.get(f"{RUNG_PREFIX}{rung}", {})}

@@ -46,8 +46,7 @@ from dynsearch.errors import warn
 from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run.files import metrics_file
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import PRUNED_AT, done_states, make_sampler, open_study
-from dynsearch.tuning.schedulers import pruned_metrics
+from dynsearch.run.study import PRUNED_AT, done_states, make_sampler, open_study, pruned_metrics
 
 
 def in_flight_count(searcher: "StudySearch") -> int:

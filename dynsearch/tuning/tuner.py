@@ -21,8 +21,7 @@ from ray import tune
 
 from dynsearch import interrupts
 from dynsearch.compat import init_ray_on_loopback
-from dynsearch.run.front import hypervolume_history, trial_counts
-from dynsearch.run.trials import trial_list
+from dynsearch.run.front import trial_counts
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import (
     count_done, count_states, fail_orphans, finish_resume, make_sampler, open_study, prepare_resume, rebuild_lost_trials,
@@ -84,7 +83,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def run_search(problem, out: str | Path, trainable: Trainable, progress=None, new: bool = False,
-               finish: Finish | None = None) -> Path:
+               finish: Finish | None = None, outcome: dict[str, Any] | None = None) -> Path:
     """Run (or continue) the search of ``problem`` (a ``dynsearch.problem.Problem``) in run directory ``out``.
 
     With ``recipe.address`` the trials run on that existing Ray cluster (the
@@ -97,6 +96,7 @@ def run_search(problem, out: str | Path, trainable: Trainable, progress=None, ne
     ``recipe.trials`` COMPLETE trials or this run's attempts are used up.
     ``trainable`` runs one trial in a Ray worker (``training.trainable.run_trial``);
     ``finish`` writes what the search leaves (front, report), still under the lock.
+    ``outcome``, if given, receives ``out_of_time``: whether the recipe's time budget ended this run.
     """
     recipe = problem.recipe
     run_dir = RunDir.create(out)
@@ -111,16 +111,17 @@ def run_search(problem, out: str | Path, trainable: Trainable, progress=None, ne
         remaining = recipe.trials - count_done(study, recipe)
         if remaining > 0 and not interrupts.requested():
             try:
-                _fit(problem, run_dir, trainable, attempts=max_attempts(remaining), progress=progress,
-                     tracking=tracking.trials)
+                out_of_time = _fit(problem, run_dir, trainable, attempts=max_attempts(remaining), progress=progress,
+                                   tracking=tracking.trials)
+                if outcome is not None:
+                    outcome["out_of_time"] = out_of_time
             except BaseException:
                 tracking.abort()
                 raise
         if interrupts.requested():
             _stop_interrupted(study, run_dir, tracking)
         front, png = finish(run_dir.path) if finish is not None else ([], None)
-        tracking.finish(front, png, trial_counts(run_dir), history=hypervolume_history(run_dir.path),
-                        trials=trial_list(run_dir.path))
+        tracking.finish(front, png, trial_counts(run_dir), run_dir=run_dir.path)
         interrupts.check(count_states(study).get("COMPLETE", 0))  # a signal while the front was written
     return run_dir.path
 
@@ -153,7 +154,8 @@ class _StopOnSignal(tune.Stopper):
 
 
 def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress,
-         tracking: Tracking | None = None) -> None:
+         tracking: Tracking | None = None) -> bool:
+    """Run Ray Tune's trials; return whether the time budget stopped the searcher (``StudySearch.out_of_time``)."""
     recipe = problem.recipe
     searcher = StudySearch(recipe, run_dir, problem.shape)
     try:
@@ -164,12 +166,12 @@ def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress
         interrupts.record(signal.SIGTERM)
         if ray.is_initialized():
             ray.shutdown()
-        return
+        return False
     interrupts.reinstall()  # ray.init replaced the SIGTERM handler
     if interrupts.requested():
         if started_ray:
             ray.shutdown()
-        return
+        return False
     cpus = max(1, math.ceil(recipe.cpus_per_trial))
     files = _trial_files_actor(run_dir)
     trainable = tune.with_resources(
@@ -203,3 +205,4 @@ def _fit(problem, run_dir: RunDir, trainable: Trainable, attempts: int, progress
             ray.shutdown()
         else:  # a Ray instance that outlives this search (benchmarks, notebooks) keeps no actor of it
             ray.kill(files)
+    return searcher.out_of_time
