@@ -191,7 +191,7 @@ def test_search_tracks_every_trial_and_the_front_in_offline_wandb_files(tmp_path
     # The report the search wrote, then `dynsearch report` on the same run directory.
     page = (run_dir / "pareto.html").read_text()
     assert "exit histogram" in page and "Failed trials" in page and "NonFiniteError" in page
-    assert "exit after stage" in page and "exit stages" not in page  # the view the trials recorded, not a generic one
+    assert "each trial's own exits" in page and "exit stages" not in page  # the view the trials recorded, not a generic one
     before = (run_dir / "pareto.png").stat().st_mtime_ns
     proc = subprocess.run([sys.executable, "-m", "dynsearch.cli", "report", str(run_dir)], capture_output=True, text=True,
                           timeout=300)
