@@ -46,12 +46,7 @@ from dynsearch.errors import warn
 from dynsearch.recipe import Recipe, is_finite_number
 from dynsearch.run.files import metrics_file
 from dynsearch.run.rundir import RunDir
-from dynsearch.run.study import PRUNED_AT, done_states, make_sampler, open_study, pruned_metrics
-
-
-def in_flight_count(searcher: "StudySearch") -> int:
-    """Trials the searcher proposed that have not ended yet."""
-    return len(searcher._asked.keys() - searcher._told)
+from dynsearch.run.study import PRUNED_AT, count_done, make_sampler, open_study, pruned_metrics
 
 
 def _shape(data_shape: Any) -> Any:
@@ -101,7 +96,7 @@ class StudySearch(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if interrupts.requested():
             return None  # the search is stopping (SIGINT / SIGTERM): start nothing new
-        complete = len(self._study.get_trials(deepcopy=False, states=done_states(self._recipe)))
+        complete = count_done(self._study, self._recipe)
         if complete >= self._recipe.trials:
             return Searcher.FINISHED
         if self._recipe.time_budget is not None and self._deadline is None:  # counts from Ray's start, as Ray's own
@@ -109,15 +104,18 @@ class StudySearch(Searcher):
         if self._deadline is not None and time.monotonic() >= self._deadline:
             if not self.out_of_time:
                 warn(f"time budget ({self._recipe.time_budget:g} s) spent: no trial is started from now on; "
-                     f"the {in_flight_count(self)} running finish or are pruned")
+                     f"the {self._in_flight()} running finish or are pruned")
             self.out_of_time = True
             return Searcher.FINISHED
-        in_flight = len(self._asked.keys() - self._told)
-        if complete + in_flight >= self._recipe.trials:
+        if complete + self._in_flight() >= self._recipe.trials:
             return None  # wait: the trials running may be enough
         if trial_id not in self._asked:
             self._asked[trial_id] = self._study.ask()
         return self._define(self._asked[trial_id])
+
+    def _in_flight(self) -> int:
+        """Trials proposed that have not ended yet."""
+        return len(self._asked.keys() - self._told)
 
     def _stored_user_attrs(self, number: int) -> dict[str, Any]:
         running = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
