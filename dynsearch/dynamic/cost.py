@@ -22,28 +22,35 @@ def count_macs(fn: Callable[[], Any]) -> int:
 
 
 @torch.no_grad()
+def dry_run_input_shapes(model, modules_of: Callable[[Any], dict[str, torch.nn.Module]]) -> dict[str, torch.Size]:
+    """The input shape (batch dim included) of each module ``modules_of(copy)`` names, from a batch-2 dry run
+    of a copy of ``model`` in training mode, where every path runs; modules that did not run are absent."""
+    probe = copy.deepcopy(model)
+    shapes: dict[str, torch.Size] = {}
+
+    def recorder(name):
+        def hook(_module, args):  # a pre-hook that returns something replaces the input: this returns None
+            shapes.setdefault(name, args[0].shape)
+
+        return hook
+
+    hooks = [module.register_forward_pre_hook(recorder(name)) for name, module in modules_of(probe).items()]
+    probe.train()
+    probe(probe.example_input(batch_size=2))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+@torch.no_grad()
 def component_input_shapes(model) -> dict[str, tuple[int, ...]]:
     """Input shape (no batch dim) of each component, from a dry run of a copy in
     training mode, where every path runs. Cached on the model."""
     cached = getattr(model, "_component_input_shapes", None)
     if cached is not None:
         return cached
-    probe = copy.deepcopy(model)
-    components = probe.components()
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def recorder(name):
-        def hook(_module, args):
-            shapes.setdefault(name, tuple(args[0].shape[1:]))
-
-        return hook
-
-    hooks = [module.register_forward_pre_hook(recorder(name)) for name, module in components.items()]
-    probe.train()
-    probe(probe.example_input(batch_size=2))
-    for hook in hooks:
-        hook.remove()
-    missing = sorted(set(components) - set(shapes))
+    shapes = {name: tuple(shape[1:]) for name, shape in dry_run_input_shapes(model, lambda m: m.components()).items()}
+    missing = sorted(set(model.components()) - set(shapes))
     if missing:
         raise RuntimeError(f"components {missing} did not run in the training-mode dry run")
     model._component_input_shapes = shapes

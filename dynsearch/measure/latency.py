@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from dynsearch.dynamic.cost import dry_run_input_shapes
 from dynsearch.measure.device import pinned_threads, resolve_device
 
 
@@ -53,28 +54,15 @@ def fixed_pools(model):
     and on CPU the fixed kernel is faster (to 2x2, timed in alternation: [128, 34, 4, 4] 0.16 against
     0.23 ms, [1, 34, 4, 4] 2.7 against 4.1 us). The sizes come from a training-mode dry run of a copy
     (every path runs)."""
-    import copy
 
     from torch import nn
 
     names = {module: name for name, module in model.named_modules() if isinstance(module, nn.AdaptiveAvgPool2d)}
     if not names:
         return model
-    probe = copy.deepcopy(model)
-    sizes: dict[str, tuple[int, int]] = {}
-    probe_pools = {name: module for name, module in probe.named_modules() if name in names.values()}
-
-    def recorder(name: str):
-        def hook(_module, args) -> None:  # a pre-hook that returns something replaces the input
-            sizes.setdefault(name, tuple(args[0].shape[-2:]))
-
-        return hook
-
-    hooks = [module.register_forward_pre_hook(recorder(name)) for name, module in probe_pools.items()]
-    probe.train()
-    probe(probe.example_input(batch_size=2))
-    for hook in hooks:
-        hook.remove()
+    wanted = set(names.values())
+    sizes = {name: tuple(shape[-2:]) for name, shape in dry_run_input_shapes(
+        model, lambda probe: {name: m for name, m in probe.named_modules() if name in wanted}).items()}
     for module, name in names.items():
         if name not in sizes:
             continue
