@@ -30,8 +30,10 @@ from dynsearch.run.study import count_states, fail_orphans, open_study
 
 SENTINEL = "wandb-sentinel-7c1f3a9e5b2d"  # a fake WANDB_API_KEY that must never be written anywhere
 # 30 epochs (3-5 s a trial) left too short a window on a quiet, fast machine (the whole search took
-# 13 s and ended before it could be killed); 150 keeps a trial RUNNING for well over the poll's reach.
-KILLED_EPOCHS = "150"
+# 13 s and ended before it could be killed). 60 epochs: a trial runs ~12 s on 2 quiet cores, so the third
+# trial stays RUNNING for seconds after the first is COMPLETE, well over the poll's 0.2 s (150 epochs cost
+# the resumed search another ~55 s for nothing; test_interrupts.py uses 60 as well).
+KILLED_EPOCHS = "60"
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
