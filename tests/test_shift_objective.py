@@ -140,3 +140,15 @@ def test_search_with_macs_shifted_reaches_study_front_trials_report_and_card(tmp
     at_two = {s["corruption"]: s["macs"] for s in card["shift"]["shifted"] if s["severity"] == 2}
     per = card["macs_shifted_detail"]["per_corruption"]
     assert {name: per[name]["macs"] for name in per} == pytest.approx(at_two, rel=1e-9)
+
+    # Exported at another operating point, the objective is measured again at that point.
+    from dynsearch.deploy.points import trial_points
+
+    other = next(k for k, p in enumerate(trial_points(out, number)["points"]) if not p["trained"])
+    [at_point] = dynsearch.export(out, tmp_path / "at-point", trials=[number], point=other)
+    card = json.loads((at_point / "card.json").read_text())
+    model = dynsearch.load(at_point, raw=True)
+    with torch.inference_mode():
+        expected = _recompute(model, splits.val_x, splits.val_y, list(CORRUPTIONS), 2, 0)
+    assert card["objectives"]["macs_shifted"] == pytest.approx(expected, rel=1e-9)
+    assert card["operating_point"]["measured"]["macs_shifted"] == card["objectives"]["macs_shifted"]
