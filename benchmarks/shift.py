@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--recipe", default="digits-exits")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fixed-backbone", action="store_true",
+                        help="drop the recipe's backbone.search: every trial is the recipe's backbone with the "
+                             "exits searched")
     parser.add_argument("--work", default="/tmp/shift-objective", help="where the two runs are written")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -107,10 +110,28 @@ def _read(path: str) -> dict:
 DRIFT_LIMITS = (0.05, 0.10)
 
 
-def objective_search(args) -> None:
-    """Two seeded searches, [accuracy, macs] and [accuracy, macs, macs_shifted]; their fronts' drift under shift."""
+def _drift_summary(rows: list[dict]) -> dict:
+    """Median and largest drift (validation, test) of ``rows``, the best accuracy, and the most accurate row
+    whose validation drift is at most each of ``DRIFT_LIMITS``."""
     import statistics
 
+    def best(limit: float):
+        kept = [r for r in rows if r["drift"] <= limit]
+        top = max(kept, key=lambda r: (r["accuracy"], -r["macs"])) if kept else None
+        return None if top is None else {k: top[k] for k in ("trial", "accuracy", "test_accuracy", "macs", "drift",
+                                                               "test_drift")}
+
+    return {"size": len(rows), "median_drift": statistics.median(r["drift"] for r in rows),
+            "largest_drift": max(r["drift"] for r in rows),
+            "median_test_drift": statistics.median(r["test_drift"] for r in rows),
+            "largest_test_drift": max(r["test_drift"] for r in rows),
+            "best_accuracy": max(r["accuracy"] for r in rows),
+            "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+            "best_at_drift": {f"{limit:.0%}": best(limit) for limit in DRIFT_LIMITS}}
+
+
+def objective_search(args) -> None:
+    """Two seeded searches, [accuracy, macs] and [accuracy, macs, macs_shifted]; their fronts' drift under shift."""
     import torch
     import yaml
 
@@ -130,6 +151,8 @@ def objective_search(args) -> None:
     for arm, objectives in arms.items():
         data = yaml.safe_load(resolve_recipe_path(args.recipe).read_text())
         data.update(name=f"{args.recipe}-{arm}", objectives=[{"name": n} for n in objectives])
+        if args.fixed_backbone:
+            data["backbone"].pop("search", None)
         data.setdefault("wandb", {})["mode"] = "off"
         recipe_path = work / f"{arm}.yaml"
         recipe_path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -151,41 +174,36 @@ def objective_search(args) -> None:
     summary = {}
     torch.set_num_threads(1)  # as the trials were measured (cpus_per_trial 1)
     for arm, run in runs.items():
+        front = {item["trial"] for item in pareto(run["out"])}
         rows = []
-        for item in pareto(run["out"]):
-            metrics = json.loads((run["out"] / "trials" / str(item["trial"]) / "metrics.json").read_text())
-            model, _ = load_folder(run["out"] / "trials" / str(item["trial"]))
+        for folder in sorted((run["out"] / "trials").iterdir(), key=lambda p: int(p.name)):
+            metrics = json.loads((folder / "metrics.json").read_text())
+            if metrics.get("status") != "COMPLETE":
+                continue
+            config = json.loads((folder / "config.json").read_text())
+            model, _ = load_folder(folder)
             val = shifted_cost(model, splits.val_x, splits.val_y, **settings)
             test = shifted_cost(model, splits.test_x, splits.test_y, **settings)
-            row = {"trial": item["trial"], "accuracy": item["accuracy"], "test_accuracy": item["test_accuracy"],
-                   "macs": item["macs"], "macs_shifted": val["macs"], "drift": val["macs"] / item["macs"] - 1,
+            row = {"trial": int(folder.name), "on_front": int(folder.name) in front,
+                   "accuracy": metrics["accuracy"], "test_accuracy": metrics["test_accuracy"],
+                   "macs": metrics["macs"], "macs_shifted": val["macs"], "drift": val["macs"] / metrics["macs"] - 1,
                    "test_macs": metrics["test_macs"], "test_macs_shifted": test["macs"],
-                   "test_drift": test["macs"] / metrics["test_macs"] - 1, "macs_full": item["macs_full"],
-                   "accuracy_shifted": val["accuracy"], "exits": item["config"]["exits"]["stages"]}
+                   "test_drift": test["macs"] / metrics["test_macs"] - 1, "macs_full": metrics["macs_full"],
+                   "accuracy_shifted": val["accuracy"], "exits": config["exits"]["stages"],
+                   "threshold": config["exits"].get("threshold")}
+            row["params"] = {k: v for k, v in config.items() if k in ("backbone", "exits")}
             if "macs_shifted" in metrics:  # the trial's own figure: the same measurement
                 row["recorded_macs_shifted_matches"] = metrics["macs_shifted"] == val["macs"]
             rows.append(row)
-        drifts, test_drifts = [r["drift"] for r in rows], [r["test_drift"] for r in rows]
-        best_at = {}
-        for limit in DRIFT_LIMITS:
-            kept = [r for r in rows if r["drift"] <= limit]
-            best_at[f"{limit:.0%}"] = max(kept, key=lambda r: r["accuracy"])["trial"] if kept else None
-        summary[arm] = {
-            "objectives": arms[arm], "wall_seconds": run["wall_seconds"], "front_size": len(rows),
-            "median_drift": statistics.median(drifts), "largest_drift": max(drifts),
-            "median_test_drift": statistics.median(test_drifts), "largest_test_drift": max(test_drifts),
-            "best_accuracy": max(r["accuracy"] for r in rows),
-            "best_test_accuracy": max(r["test_accuracy"] for r in rows),
-            "best_at_drift": {limit: None if n is None else {k: next(r for r in rows if r["trial"] == n)[k]
-                                                            for k in ("trial", "accuracy", "test_accuracy", "macs",
-                                                                      "drift", "test_drift")}
-                              for limit, n in best_at.items()},
-            "front": sorted(rows, key=lambda r: -r["accuracy"]),
-        }
-        print(f"{arm}: front {len(rows)}, median drift {summary[arm]['median_drift']:+.1%} (test "
-              f"{summary[arm]['median_test_drift']:+.1%}), largest {summary[arm]['largest_drift']:+.1%}, best acc "
-              f"{summary[arm]['best_accuracy']:.4f}; best at drift <= 5%: {summary[arm]['best_at_drift']['5%']}",
-              flush=True)
+        summary[arm] = {"objectives": arms[arm], "wall_seconds": run["wall_seconds"], "complete": len(rows),
+                        "front": _drift_summary([r for r in rows if r["on_front"]]), "all_trials": _drift_summary(rows),
+                        "trials": rows}
+        f = summary[arm]["front"]
+        print(f"{arm}: front {f['size']}, median drift {f['median_drift']:+.1%} (test {f['median_test_drift']:+.1%}), "
+              f"largest {f['largest_drift']:+.1%}, best acc {f['best_accuracy']:.4f}; best at drift <= 5%: "
+              f"{f['best_at_drift']['5%']}", flush=True)
+    configs = {arm: [json.dumps(r["params"], sort_keys=True) for r in summary[arm]["trials"]] for arm in summary}
+    same = sum(a == b for a, b in zip(configs["plain"], configs["macs_shifted"]))
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     section = {
         "command": " ".join(["nice -n 10 python benchmarks/shift.py", *sys.argv[1:]]),
@@ -196,10 +214,15 @@ def objective_search(args) -> None:
         "shift": {k: settings[k] for k in ("corruptions", "severity", "seed")},
         "drift": "expected MACs on the corrupted split (mean over the corruptions) / clean expected MACs - 1; "
                  "validation (what macs_shifted optimises) and test (held out)",
+        "fixed_backbone": args.fixed_backbone,
+        "trials_with_the_same_config_in_both_runs": same,
         "runs": summary,
     }
+    label = f"{args.recipe}{' fixed backbone' if args.fixed_backbone else ''}, {args.trials} trials, seed {args.seed}"
     result = _read(args.results)
-    result["macs_shifted_objective"] = section
+    previous = result.get("macs_shifted_objective")
+    result["macs_shifted_objective"] = {**(previous if isinstance(previous, dict) and "runs" not in previous else {}),
+                                        label: section}
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.results} (macs_shifted_objective)")
 
