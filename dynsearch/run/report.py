@@ -241,8 +241,7 @@ LABEL_OFFSETS_PT = [(dx * r, dy * r) for r in (4, 9, 15, 22)
 POINT_STYLES = {  # scatter sizes (points^2) of what the front panel draws, as the label placement avoids them
     "dominated": 30, "front": 55, "static": 110, "points": 22, "pruned": 18, "shifted": 40,
 }
-SHIFTED_LABEL = ("front trials under shift: expected MACs on the shifted validation set (macs_shifted), "
-                 "at their clean accuracy")
+SHIFTED_LABEL = "front trials' MACs under shift (macs_shifted), at their clean accuracy"
 
 
 def _shifted(front: list[TrialPoint]) -> list[TrialPoint]:
