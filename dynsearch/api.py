@@ -29,7 +29,8 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     sample's trace says ran), ``macs_full``, ``params``, plus ``val_accuracy``,
     ``val_macs``, ``macs_thop`` (thop's count of the static path, docs/concepts.md), ``stats`` (the mechanism's statistics on the test split,
     e.g. ``exit_histogram``: the fraction of samples leaving at each exit) and
-    ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean).
+    ``mechanism`` (its name, whose ``stat_summary`` says what ``stats`` mean); with a ``macs_shifted``
+    objective, ``macs_shifted`` (test split) and ``val_macs_shifted``.
     With ``out``, the config, weights and metrics are written there.
     """
     recipe = _recipe(recipe_or_path, overrides)  # a bad recipe stops before Lightning is imported (seconds)
@@ -42,7 +43,7 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
     splits = prepare(recipe, search=False).splits
     config = default_config(recipe, splits)
     model = train_model(config, splits)
-    metrics = evaluate(model, splits)
+    metrics = evaluate(model, splits, shift=recipe.shift if recipe.measures_shift else None)
     if recipe.measures_latency:  # a single process: nothing else trains here
         from dynsearch.measure.latency import measure_latency
 
@@ -62,6 +63,8 @@ def train(recipe_or_path: RecipeLike = None, out: str | Path | None = None, **ov
         "stats": metrics["test_stats"],
         "mechanism": config["mechanism"],
         **{k: v for k, v in metrics.items() if k.startswith("latency_ms")},
+        **({"macs_shifted": metrics["test_macs_shifted"], "val_macs_shifted": metrics["macs_shifted"]}
+           if "macs_shifted" in metrics else {}),
     }
     if out is not None:
         save_trial(Path(out).expanduser().resolve(), config, model, {**metrics, "status": "COMPLETE"})

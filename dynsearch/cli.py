@@ -207,6 +207,7 @@ def _placement(config: dict) -> str:
 
 
 FRONT_COLUMNS = ("trial", "mechanism", "backbone", "val acc", "test acc", "macs", "of full", "params", "dynamic parts")
+SHIFT_COLUMNS = ("macs shifted", "drift")  # with a macs_shifted objective
 RIGHT = {"trial", "val acc", "test acc", "macs", "of full", "params", "seconds"}
 
 
@@ -214,6 +215,8 @@ def _print_front(front: list[dict]) -> None:
     from dynsearch.models.kinds import describe_backbone
     from dynsearch.tables import print_table
 
+    shifted = bool(front) and all("macs_shifted" in item for item in front)  # a macs_shifted objective
+    columns = FRONT_COLUMNS[:-2] + (SHIFT_COLUMNS if shifted else ()) + FRONT_COLUMNS[-2:]
     rows = [[
         str(item["trial"]),
         str(item.get("mechanism") or item["config"].get("mechanism") or "-"),
@@ -222,11 +225,15 @@ def _print_front(front: list[dict]) -> None:
         f"{item['test_accuracy']:.4f}",
         f"{item['macs']:,.0f}",
         f"{item['macs'] / item['macs_full']:.0%}",
+        *([f"{item['macs_shifted']:,.0f}", f"{item['macs_shifted'] / item['macs'] - 1:+.1%}"] if shifted else []),
         f"{item['params']:,}",
         _placement(item["config"]),
     ] for item in front]
-    print_table("Pareto front (validation accuracy vs MACs)", FRONT_COLUMNS, rows,
-                right=[c in RIGHT for c in FRONT_COLUMNS], wrap=("backbone", "dynamic parts"))
+    print_table("Pareto front (validation accuracy vs MACs)", columns, rows,
+                right=[c in RIGHT or c in SHIFT_COLUMNS for c in columns], wrap=("backbone", "dynamic parts"))
+    if shifted:
+        print("macs shifted: expected MACs on the validation split under the recipe's shift (mean over its "
+              "corruptions); drift: macs shifted / macs - 1")
 
 
 def _cmd_train(args) -> int:

@@ -17,7 +17,8 @@ from dynsearch.catalog import did_you_mean
 from dynsearch.errors import UserError
 from dynsearch.models.kinds import BACKBONE_KINDS, CLASSIFIERS, backbone_extras
 
-OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
+OBJECTIVE_DIRECTIONS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min", "macs_shifted": "min"}
+SHIFT_CORRUPTIONS = ("noise", "blur", "contrast", "occlude")  # measure/shift.py implements them
 DEFAULT_RECIPE = "digits-exits"
 LR_SCHEDULES = ("constant", "cosine")  # training/lightning.py implements them
 AUGMENTATIONS = ("hflip", "crop")  # training/augment.py implements them
@@ -337,8 +338,9 @@ class BackboneSpec(_Strict):
 
 
 class Objective(_Strict):
-    name: Literal["accuracy", "macs", "params", "latency_ms"] = Field(
-        description="accuracy (max), macs (min), params (min) or latency_ms (min)")
+    name: Literal["accuracy", "macs", "params", "latency_ms", "macs_shifted"] = Field(
+        description="accuracy (max), macs (min), params (min), latency_ms (min) or macs_shifted (min: expected "
+                    "MACs on the validation split under the recipe's shift corruptions)")
     direction: Optional[Literal["max", "min"]] = Field(None, description="the objective's natural direction; "
                                                        "may be left out")
 
@@ -372,6 +374,26 @@ class LatencySpec(_Strict):
         if device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
         return device
+
+
+class ShiftSpec(_Strict):
+    """The shifted validation set the ``macs_shifted`` objective is measured on (measure/shift.py): the
+    validation split under each corruption at one severity, generated with a fixed seed. ``macs_shifted``
+    is the mean over the corruptions of the expected MACs of what ran on each."""
+
+    corruptions: list[Literal[SHIFT_CORRUPTIONS]] = Field(
+        default_factory=lambda: list(SHIFT_CORRUPTIONS), min_length=1,
+        description="noise (Gaussian), blur (Gaussian), contrast (lowered), occlude (a square at the sample's "
+                    "minimum); each once")
+    severity: int = Field(2, ge=1, le=3, description="1 (mild) to 3 (strong); the same for every corruption")
+    seed: int = Field(0, ge=0, description="seeds the noise and the occluded squares")
+
+    @field_validator("corruptions")
+    @classmethod
+    def _distinct(cls, corruptions: list[str]) -> list[str]:
+        if len(set(corruptions)) != len(corruptions):
+            raise ValueError(f"corruptions repeat a name ({corruptions}); list each corruption once")
+        return corruptions
 
 
 class SamplerSpec(_Strict):
@@ -496,6 +518,8 @@ class Recipe(_Strict):
     defaults: dict[str, Any] = Field(default_factory=dict, description="parameter values of the default point "
                                      "(dynsearch train); the space's own defaults fill the rest")
     latency: LatencySpec = Field(default_factory=LatencySpec, description="how latency_ms is measured")
+    shift: ShiftSpec = Field(default_factory=ShiftSpec, description="the shifted validation set of the "
+                             "macs_shifted objective (set only with that objective)")
     wandb: WandbSpec = Field(default_factory=WandbSpec, description="W&B tracking")
     strategy: Literal[STRATEGIES] = Field("multi-trial", description="multi-trial: every trial trains its own "
                                           "network; one-shot: one supernet is trained, then sub-networks are "
@@ -533,6 +557,21 @@ class Recipe(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"objectives repeat a name ({names}); list each objective once")
         return objectives
+
+    @model_validator(mode="after")
+    def _shift_objective(self) -> "Recipe":
+        if "macs_shifted" not in self.metric_names:  # a dumped recipe names every field: only a changed one is refused
+            if self.shift != ShiftSpec():
+                raise ValueError("shift: is read only by the macs_shifted objective; add {name: macs_shifted} "
+                                 "to objectives or remove shift")
+            return self
+        if self.one_shot:
+            raise ValueError("objectives: macs_shifted is for strategy: multi-trial only (a one-shot search does not "
+                             "measure its sub-networks under shift yet); remove it or use strategy: multi-trial")
+        if self.scheduler is not None and self.scheduler.name == "asha" and self.metric_names[0] == "macs_shifted":
+            raise ValueError("scheduler asha ranks by the first objective, and macs_shifted is measured only at a "
+                             "trial's end (not at rungs); list accuracy or macs first, or use mo-asha")
+        return self
 
     @model_validator(mode="after")
     def _space_fits(self, info: ValidationInfo) -> "Recipe":
@@ -588,6 +627,10 @@ class Recipe(_Strict):
     @property
     def measures_latency(self) -> bool:
         return self.latency.measure or "latency_ms" in self.metric_names
+
+    @property
+    def measures_shift(self) -> bool:
+        return "macs_shifted" in self.metric_names
 
     @property
     def metric_names(self) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dynsearch.recipe import is_finite_number, recipe_dict
-from dynsearch.run.front import LATENCY_KEYS
+from dynsearch.run.front import LATENCY_KEYS, SHIFT_KEYS
 from dynsearch.run.rundir import WANDB_DIR, RunDir
 FRONT_COLUMNS = ["trial", "accuracy", "test_accuracy", "macs", "macs_full", "macs_share", "params", "stats", "config"]
 
@@ -249,8 +249,9 @@ def _epochs_trained(row: dict[str, Any]) -> int | None:
 
 
 def front_table(front: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """The front as columns and rows: ``FRONT_COLUMNS`` (stats and config as JSON text), plus latency if measured."""
-    latency = [k for k in LATENCY_KEYS if front and all(k in item for item in front)]
+    """The front as columns and rows: ``FRONT_COLUMNS`` (stats and config as JSON text), plus latency and
+    the MACs under shift if measured."""
+    latency = [k for k in (*LATENCY_KEYS, *SHIFT_KEYS) if front and all(k in item for item in front)]
     rows = [
         [item["trial"], item["accuracy"], item["test_accuracy"], item["macs"], item["macs_full"],
          item["macs"] / item["macs_full"], item["params"],

@@ -18,7 +18,7 @@ from dynsearch.deploy.onnx_export import onnx_support
 from dynsearch.dynamic import mechanisms
 from dynsearch.recipe import Recipe, recipe_dict
 _MEASURED = ("accuracy", "macs", "macs_full", "macs_thop", "params", "latency_ms", "latency_ms_p90", "latency_ms_mean",
-             "latency_device", "test_accuracy", "test_macs", "stats", "test_stats")
+             "latency_device", "test_accuracy", "test_macs", "macs_shifted", "test_macs_shifted", "stats", "test_stats")
 
 
 def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], model, run: Path,
@@ -43,6 +43,8 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
         "objectives": {name: metrics[name] for name in dict.fromkeys(["accuracy", "macs", *recipe.metric_names])
                        if name in metrics},
         "measured": {k: metrics[k] for k in _MEASURED if k in metrics},
+        # With a macs_shifted objective: its corruptions, severity, seed and each corruption's figures.
+        **({"macs_shifted_detail": metrics["shift"]} if isinstance(metrics.get("shift"), dict) else {}),
         "measured_with": reproduced["measured_with"],
         "reproduced_at_export": {k: reproduced[k] for k in ("accuracy", "macs", "matches_recorded")},
         "data": {**data, "description": description,
@@ -98,6 +100,17 @@ def _shift_lines(shift: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _macs_shifted_lines(detail: dict[str, Any] | None) -> list[str]:
+    if not detail:
+        return []
+    val, test = detail["per_corruption"], detail.get("test_per_corruption", {})
+    each = ", ".join(f"{name} {val[name]['macs']:,.0f}" + (f" (test {test[name]['macs']:,.0f})" if name in test else "")
+                     for name in val)
+    return [f"`macs_shifted` (an objective of the search): the mean over {', '.join(detail['corruptions'])} at "
+            f"severity {detail['severity']} (seed {detail['seed']}, `dynsearch.measure.shift`) of the expected MACs "
+            f"of what ran on the corrupted validation split ({each}); accuracy there {detail['accuracy']:.4f}."]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """card.md: the same content as card.json, for people."""
     m, policy = card["measured"], card["runtime_policy"]
@@ -124,6 +137,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "`accuracy` and `macs` are on the validation split (`macs`: mean multiply-accumulates per sample "
         "of what each sample ran); `test_*` on the test split; `latency_*`, when measured, as the trial "
         "timed it (not reproducible to the bit).",
+        *_macs_shifted_lines(card.get("macs_shifted_detail")),
         f"Re-measured at export (batch size {with_['batch_size']}, {with_['threads']} thread(s)): "
         f"accuracy {repro['accuracy']}, macs {repro['macs']} — "
         + ("identical to the recorded figures." if repro["matches_recorded"] else

@@ -134,6 +134,14 @@ def _finetuned(item: CheckedTrial, recipe: Recipe, epochs: int, tune: Callable) 
     weights = weights_bytes(model)
     metrics = {**item.metrics, **after, "weights_sha256": hashlib.sha256(weights).hexdigest(),
                "finetune": {**how, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}}
+    if "macs_shifted" in item.metrics and recipe.measures_shift:  # the objective of the weights exported
+        from dynsearch.measure.device import pinned_threads
+        from dynsearch.measure.shift import shifted_metrics
+
+        shift = recipe.shift
+        with pinned_threads(int(measured_with["threads"])):
+            metrics.update(shifted_metrics(model, splits, shift.corruptions, shift.severity, shift.seed,
+                                           batch_size=int(measured_with["batch_size"])))
     measured = {**item.measured, "accuracy": after["accuracy"], "macs": after["macs"]}
     return replace(item, weights=weights, metrics=metrics, measured=measured)
 

@@ -20,11 +20,12 @@ from dynsearch.data import cached_splits
 from dynsearch.deploy.trials import check_trial
 from dynsearch.measure.device import pinned_threads
 from dynsearch.measure.evaluate import measure_val, same_figures
+from dynsearch.measure.shift import shifted_metrics
 from dynsearch.measure.points import (
     FORMAT, TEST_KEYS, current_knobs, figures_on_test_split, operating_points, point_front_objectives, points_record,
 )
 from dynsearch.recipe import Recipe
-from dynsearch.run.front import point_of
+from dynsearch.run.front import SHIFT_KEYS, point_of
 from dynsearch.run.rundir import RunDir, write_json
 from dynsearch.run.supernet import is_oneshot_trial, supernet_sha256
 
@@ -97,12 +98,17 @@ def at_point(run: Path, checked, point: int, recipe: Recipe):
     # Latency was timed at the trained point only; test statistics were not kept per point.
     metrics = {k: v for k, v in checked.metrics.items() if not k.startswith("latency") and k != "test_stats"}
     metrics.update({k: item[k] for k in (*figures, "stats")})
+    if "macs_shifted" in checked.metrics and recipe.measures_shift and not item["trained"]:  # measured at the trained point
+        with pinned_threads(int(measured_with["threads"])):
+            metrics.update(shifted_metrics(model, cached_splits(recipe.data), recipe.shift.corruptions,
+                                           recipe.shift.severity, recipe.shift.seed,
+                                           batch_size=int(measured_with["batch_size"])))
     card_entry = {
         "point": point,
         "knobs": item["knobs"],
         "trained_knobs": trained_knobs,
-        "measured": {k: item[k] for k in figures},
-        "trained_point": {k: checked.metrics[k] for k in figures if k in checked.metrics},
+        "measured": {**{k: item[k] for k in figures}, **{k: metrics[k] for k in SHIFT_KEYS if k in metrics}},
+        "trained_point": {k: checked.metrics[k] for k in (*figures, *SHIFT_KEYS) if k in checked.metrics},
         "reproduced_at_export": {"accuracy": measured["accuracy"], "macs": measured["macs"],
                                  "matches_recorded": same_figures(measured, item)},
     }

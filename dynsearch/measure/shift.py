@@ -123,3 +123,30 @@ def shifted_figures(model, x: torch.Tensor, y: torch.Tensor, shifts: list[tuple[
                         "cost_rise_flag": change > COST_RISE_FLAG})
     return {"clean": clean, "shifted": shifted, "seed": seed, "samples": len(x),
             "flagged": [f"{s['corruption']}:{s['severity']}" for s in shifted if s["cost_rise_flag"]]}
+
+
+def shifted_cost(model, x: torch.Tensor, y: torch.Tensor, corruptions: list[str], severity: int, seed: int = 0,
+                 batch_size: int = 256) -> dict[str, Any]:
+    """The ``macs_shifted`` objective: expected MACs of what ran (eval mode, real skipping) on ``x`` under each
+    corruption at ``severity``, and their mean over the corruptions (``macs``; every corrupted copy holds the
+    same samples, so it is also the mean over all of them). Returns ``macs``, ``accuracy`` (the mean accuracy
+    under the corruptions) and ``per_corruption`` (name -> ``accuracy``, ``macs``)."""
+    per_corruption = {}
+    for name in corruptions:
+        result = measure(model, corrupt(x, name, severity, seed), y, batch_size=batch_size)
+        per_corruption[name] = {"accuracy": result["accuracy"], "macs": result["macs"]}
+    return {"macs": sum(r["macs"] for r in per_corruption.values()) / len(per_corruption),
+            "accuracy": sum(r["accuracy"] for r in per_corruption.values()) / len(per_corruption),
+            "per_corruption": per_corruption}
+
+
+def shifted_metrics(model, splits, corruptions: list[str], severity: int, seed: int = 0,
+                    batch_size: int = 256) -> dict[str, Any]:
+    """What a trial with a ``macs_shifted`` objective records: ``macs_shifted`` and ``test_macs_shifted``
+    (``shifted_cost`` on the validation and test splits) and their detail under ``shift``."""
+    settings = {"corruptions": list(corruptions), "severity": int(severity), "seed": int(seed)}
+    val = shifted_cost(model, splits.val_x, splits.val_y, batch_size=batch_size, **settings)
+    test = shifted_cost(model, splits.test_x, splits.test_y, batch_size=batch_size, **settings)
+    return {"macs_shifted": val["macs"], "test_macs_shifted": test["macs"],
+            "shift": {**settings, "accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+                      "per_corruption": val["per_corruption"], "test_per_corruption": test["per_corruption"]}}

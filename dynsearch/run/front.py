@@ -18,6 +18,7 @@ from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_existing
 
 LATENCY_KEYS = ("latency_ms", "latency_ms_p90", "latency_ms_mean")
+SHIFT_KEYS = ("macs_shifted", "test_macs_shifted")  # with a macs_shifted objective (training/trial.py)
 # The objectives every operating point carries (see operating_front).
 POINT_OBJECTIVES = ("accuracy", "macs", "params")
 # A trial's operating-point record (operating_points.json's content) by run directory and trial number.
@@ -50,7 +51,8 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
     ``macs``, ``macs_full``, ``macs_thop`` (thop's count of the static path; None where thop could not
     count it or the run predates it), ``params``, ``config`` and ``stats`` (the
     mechanism's statistics on the validation split, e.g. ``exit_histogram``),
-    plus the latency figures when they were measured.
+    plus the latency figures when they were measured and ``macs_shifted`` / ``test_macs_shifted``
+    (expected MACs under the recipe's shift, validation and test) with a ``macs_shifted`` objective.
     """
     run = RunDir.existing(run_dir)
     study = open_existing(run)
@@ -75,7 +77,7 @@ def pareto(run_dir: str | Path) -> list[dict[str, Any]]:
                 "stats": metrics.get("stats", {}),
             }
         )
-        for key in LATENCY_KEYS:
+        for key in (*LATENCY_KEYS, *SHIFT_KEYS):
             if key in metrics:
                 front[-1][key] = float(metrics[key])
     front.sort(key=lambda item: (-item["accuracy"], item["macs"], item["trial"]))
@@ -111,8 +113,8 @@ def operating_front(run_dir: str | Path, points_of: PointsOf) -> list[dict[str, 
     ``points_of(run, number)``: trial ``number``'s points record (deploy/points.py's
     ``trial_points``, which computes it for runs made before the sweep).
     Points are compared on the recipe's objectives that every point carries:
-    validation ``accuracy``, ``macs`` and ``params``; ``latency_ms`` is timed at
-    the trained point only, so a latency recipe's points are compared without it.
+    validation ``accuracy``, ``macs`` and ``params``; ``latency_ms`` and ``macs_shifted`` are measured at
+    the trained point only, so a recipe's points are compared without them.
     Each item: ``trial``, ``mechanism``, ``point``, ``knobs``, ``trained``, ``accuracy``, ``macs``,
     ``test_accuracy``, ``test_macs``, ``macs_full``, ``params``, ``config`` (as
     trained) and ``stats``."""

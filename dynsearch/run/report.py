@@ -239,8 +239,14 @@ def _log_macs(points: list[TrialPoint]) -> bool:
 LABEL_OFFSETS_PT = [(dx * r, dy * r) for r in (4, 9, 15, 22)
                     for dx, dy in ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
 POINT_STYLES = {  # scatter sizes (points^2) of what the front panel draws, as the label placement avoids them
-    "dominated": 30, "front": 55, "static": 110, "points": 22, "pruned": 18,
+    "dominated": 30, "front": 55, "static": 110, "points": 22, "pruned": 18, "shifted": 40,
 }
+SHIFTED_LABEL = "front trials' MACs under shift (macs_shifted), at their clean accuracy"
+
+
+def _shifted(front: list[TrialPoint]) -> list[TrialPoint]:
+    """The front trials that recorded ``macs_shifted`` (a search with that objective)."""
+    return [t for t in front if is_finite_number(t.metrics.get("macs_shifted"))]
 
 
 @dataclass
@@ -342,6 +348,14 @@ def front_figure(run: RunSummary):
                 where="post", c="tab:blue", lw=1, alpha=0.6)
     ax.scatter([t.metrics["macs"] for t in front], [t.metrics["accuracy"] for t in front],
                c="tab:blue", s=POINT_STYLES["front"], zorder=3, label=f"Pareto front of trials ({len(front)})")
+    drifted = _shifted(front)
+    if drifted:  # each front trial's cost on the shifted validation set, joined to its clean cost
+        for t in drifted:
+            ax.plot([t.metrics["macs"], t.metrics["macs_shifted"]], [t.metrics["accuracy"]] * 2, c="tab:purple",
+                    lw=0.8, alpha=0.6, zorder=2.7)
+        ax.scatter([t.metrics["macs_shifted"] for t in drifted], [t.metrics["accuracy"] for t in drifted], marker="o",
+                   facecolors="none", edgecolors="tab:purple", s=POINT_STYLES["shifted"], zorder=2.8,
+                   label=f"{SHIFTED_LABEL} ({len(drifted)})")
     if run.points_front:
         xs, ys = _points_xy(sorted(run.points_front, key=lambda item: item["macs"]))
         if _connect_front(run):
@@ -487,6 +501,8 @@ def _hover(t: TrialPoint) -> str:
              f"val acc {m['accuracy']:.4f}, test acc " + (f"{m['test_accuracy']:.4f}" if "test_accuracy" in m
                                                            else "not measured (off the front)"),
              f"MACs {m['macs']:,.0f} ({m['macs'] / m['macs_full']:.0%} of full), params {m['params']:,}"]
+    if is_finite_number(m.get("macs_shifted")):
+        lines.append(f"MACs under shift {m['macs_shifted']:,.0f} ({m['macs_shifted'] / m['macs'] - 1:+.1%} vs clean)")
     lines += [f"{k}: {json.dumps(v)}" for k, v in config.items()]
     return "<br>".join(html.escape(line, quote=False) for line in lines)
 
@@ -585,6 +601,16 @@ def draw_html(run: RunSummary, path: Path, label_offsets: dict[int, tuple[float,
             name=f"pruned trials, at the rung they were stopped ({len(pruned)})",
             marker=dict(symbol="x", color="#bbb", size=7), hoverinfo="text",
             hovertext=[f"trial {t.number}: pruned after epoch {t.pruned_at}" for t in pruned]))
+    drifted = _shifted(front)
+    if drifted:
+        xs = [x for t in drifted for x in (t.metrics["macs"], t.metrics["macs_shifted"], None)]
+        ys = [y for t in drifted for y in (t.metrics["accuracy"], t.metrics["accuracy"], None)]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#9467bd", width=1), hoverinfo="skip",
+                                 showlegend=False))
+        fig.add_trace(go.Scatter(
+            x=[t.metrics["macs_shifted"] for t in drifted], y=[t.metrics["accuracy"] for t in drifted], mode="markers",
+            name=f"{SHIFTED_LABEL} ({len(drifted)})", marker=dict(symbol="circle-open", color="#9467bd", size=10),
+            hovertext=[_hover(t) for t in drifted], hoverinfo="text"))
     if run.points_front:
         points = sorted(run.points_front, key=lambda item: item["macs"])
         xs, ys = _points_xy(points)

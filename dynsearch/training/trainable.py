@@ -51,7 +51,8 @@ def run_trial(config: dict[str, Any], recipe: Recipe, files, cpus: int, tracking
         model = train_model(config, splits, report=tracker.wrap(tune.report), accelerator=accelerator,
                             callbacks=callbacks, objectives=recipe.metric_names)
         clock.lap("training")
-        metrics = evaluate(model, splits)  # the trained point, validation and test
+        # The trained point, validation and test (and under the recipe's shift when macs_shifted is an objective).
+        metrics = evaluate(model, splits, shift=recipe.shift if recipe.measures_shift else None)
         clock.lap("evaluation")
         if latency:
             metrics.update(measure_trial_latency(config, model, splits.val_x, latency))

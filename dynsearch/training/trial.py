@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dynsearch.dynamic import DynamicModel, build_model
 from dynsearch.measure.evaluate import MEASURE_BATCH_SIZE, count_params, measure
+from dynsearch.measure.shift import shifted_metrics
 from dynsearch.measure.thop_count import thop_macs_full
 from dynsearch.run.rundir import trial_files, write_files
 from dynsearch.training.lightning import DynamicModule, NonFiniteError, Report, ReportCallback
@@ -76,8 +77,12 @@ def finetune_model(model: DynamicModel, config: dict[str, Any], splits, epochs: 
     return {"epochs": int(epochs), "lr": lr, "lr_schedule": "cosine"}
 
 
-def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
-    """The objectives of a trained model: validation for selection, test for reporting only."""
+def evaluate(model: DynamicModel, splits, shift=None) -> dict[str, Any]:
+    """The objectives of a trained model: validation for selection, test for reporting only.
+
+    ``shift`` (the recipe's ``ShiftSpec``, given when ``macs_shifted`` is an objective): also the expected
+    MACs under its corruptions, on validation (``macs_shifted``, the objective) and test (``test_macs_shifted``),
+    with the figures of each corruption in ``shift``."""
     val = measure(model, splits.val_x, splits.val_y, batch_size=MEASURE_BATCH_SIZE)
     test = measure(model, splits.test_x, splits.test_y, batch_size=MEASURE_BATCH_SIZE)
     metrics = {
@@ -95,6 +100,9 @@ def evaluate(model: DynamicModel, splits) -> dict[str, Any]:
         # Decisions at a threshold can flip with round-off: exports re-measure under these settings.
         "measured_with": {"batch_size": MEASURE_BATCH_SIZE, "threads": torch.get_num_threads()},
     }
+    if shift is not None:
+        metrics.update(shifted_metrics(model, splits, shift.corruptions, shift.severity, shift.seed,
+                                       batch_size=MEASURE_BATCH_SIZE))
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise NonFiniteError(f"non-finite metric(s) {bad}: {[metrics[k] for k in bad]}")

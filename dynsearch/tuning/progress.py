@@ -18,6 +18,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from dynsearch.recipe import is_finite_number
 from dynsearch.run.front import front_trials
 from dynsearch.run.rundir import RunDir
 from dynsearch.run.study import count_states, open_study
@@ -165,8 +166,10 @@ class Progress(tune.Callback):
             accuracy = metrics["accuracy"]
             self.best_accuracy = max(self.best_accuracy or 0.0, accuracy)
             share = metrics["macs"] / metrics["macs_full"]
+            shifted = (f", macs shifted {metrics['macs_shifted']:,.0f} ({metrics['macs_shifted'] / metrics['macs'] - 1:+.0%})"
+                       if is_finite_number(metrics.get("macs_shifted")) else "")
             self._line(f"trial {number} COMPLETE val acc {accuracy:.3f}, macs {metrics['macs']:,.0f} ({share:.0%} of full)"
-                       f"{time_split(metrics)}")
+                       f"{shifted}{time_split(metrics)}")
             self._front()
         else:
             self.failed += 1
