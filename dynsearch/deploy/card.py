@@ -98,6 +98,31 @@ def _shift_lines(shift: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _engine_lines(engine: dict[str, Any]) -> list[str]:
+    """The engine section: each candidate's figures per batch size and the choice ``dynsearch.load`` serves."""
+    load = ", ".join(f"{v:.2f}" for v in engine["load_average"])
+    lines = ["## Serving engine", "",
+             f"`dynsearch.load(path)` serves the engine chosen below at the measured batch size nearest the "
+             f"batch's (`engine=\"eager\"` or `\"onnx\"` forces one). Candidates {', '.join(engine['candidates'])}, "
+             f"timed on validation inputs, {engine['order']}; {engine['repeats']} repeats after "
+             f"{engine['warmup']} warm-up, {engine['threads']} thread(s), load average {load}. Left out: "
+             + "; ".join(f"{k} ({v})" for k, v in engine["left_out"].items()) + ".", "",
+             "| batch | engine | p50 ms | p90 ms | samples/s | speed-up over eager | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for sized in engine["batch_sizes"]:
+        for name, f in sized["figures"].items():
+            if "speedup_over_eager" in f:
+                interval = f"{f['interval'][0]:.2f}-{f['interval'][1]:.2f}" if f["interval"] else "no interval"
+                speedup = f"{f['speedup_over_eager']:.2f}x ({interval})"
+            else:
+                speedup = ""
+            mark = "yes" if name == sized["chosen"] else ""
+            lines.append(f"| {sized['batch_size']} | {name} | {f['latency_ms']:.4f} | {f['latency_ms_p90']:.4f} | "
+                         f"{f['throughput']:,.0f} | {speedup} | {mark} |")
+    lines += [""] + [f"- batch {s['batch_size']}: {s['chosen']}: {s['why']}." for s in engine["batch_sizes"]] + [""]
+    return lines
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """card.md: the same content as card.json, for people."""
     m, policy = card["measured"], card["runtime_policy"]
@@ -159,6 +184,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                   f"{f['before']['macs']:,.0f} -> {f['after']['macs']:,.0f}.", ""]
     if card.get("shift"):
         lines += _shift_lines(card["shift"])
+    if card.get("engine"):
+        lines += _engine_lines(card["engine"])
     lines += [
         "## Forms",
         "",
