@@ -105,7 +105,7 @@ def _engine_lines(engine: dict[str, Any]) -> list[str]:
              f"`dynsearch.load(path)` serves the engine chosen below at the measured batch size nearest the "
              f"batch's (`engine=\"eager\"` or `\"onnx\"` forces one). Candidates {', '.join(engine['candidates'])}, "
              f"timed on validation inputs, {engine['order']}; {engine['repeats']} repeats after "
-             f"{engine['warmup']} warm-up, {engine['threads']} thread(s), load average {load}. Left out: "
+             f"{engine['warmup']} warm-up, {engine['threads']} thread(s), load average {load}, {engine['seconds']} s in all. Left out: "
              + "; ".join(f"{k} ({v})" for k, v in engine["left_out"].items()) + ".", "",
              "| batch | engine | p50 ms | p90 ms | samples/s | speed-up over eager | chosen |",
              "|---|---|---|---|---|---|---|"]

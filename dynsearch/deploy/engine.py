@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -129,6 +130,7 @@ def measure_engines(engines: dict[str, Callable], inputs: torch.Tensor, threads:
     def kept(timed: dict[str, Any]) -> dict[str, Any]:
         return {k: timed[k] for k in ("latency_ms", "latency_ms_p90", "throughput")}
 
+    start = time.perf_counter()
     per_size = []
     for size in batch_sizes:
         batches = _batches(inputs, size, BATCHES_TIMED.get(size, 2))
@@ -149,7 +151,8 @@ def measure_engines(engines: dict[str, Callable], inputs: torch.Tensor, threads:
             "warmup": warmup, "order": "each candidate against eager in alternation (paired ratios, "
             "eager time over candidate time)", "batch_sizes": per_size,
             "chosen": {str(s["batch_size"]): s["chosen"] for s in per_size},
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
+            "load_average": [round(v, 2) for v in os.getloadavg()],
+            "seconds": round(time.perf_counter() - start, 2)}
 
 
 def serve(model, folder: Path, card: dict[str, Any] | None, engine: str,
