@@ -27,7 +27,7 @@ from dynsearch.errors import UserError
 ENGINES = ("eager", "onnx")
 BATCH_SIZES = (1, 128)  # batch 1 and a serving batch
 BATCHES_TIMED = {1: 32}  # batches timed per pass at each size (the validation inputs in order); others: 2
-REPEATS, WARMUP = 7, 1  # 6 paired repeats are the fewest with a 95% interval
+REPEATS, WARMUP = 11, 1  # 6 paired repeats are the fewest with a 95% interval; 11 give a narrower one
 LEFT_OUT = {"compiled": "torch.compile: first call 17 s at batch 1 and 2.5 s more at batch 128 on the tiniest "
                         "exit model (a graph break at every decision); too slow to build at export or load"}
 

@@ -246,8 +246,8 @@ class DepthAdaptiveTransformer(EarlyExitNet):
         """Per component, whether it ran for each sample, from its chosen depth: the stem and the halting
         unit always, every stage up to that depth, and only the head at it."""
         exit_index = records["exit_index"]
-        ones = torch.ones(len(exit_index))
-        ran = {"stem": ones, "halting": ones, "classifier": (exit_index == len(self.stages) - 1).float()}
+        ran = {"stem": torch.ones(len(exit_index)), "halting": torch.ones(len(exit_index)),
+               "classifier": (exit_index == len(self.stages) - 1).float()}
         ran.update({f"stage{i}": (exit_index >= i).float() for i in range(len(self.stages))})
         ran.update({f"exit{i}": (exit_index == i).float() for i in self.exit_stages})
         return {name: ran[name] for name in self.components()}
