@@ -73,6 +73,7 @@ def test_bench_at_batch_sizes_and_under_shift_in_a_fresh_process(exported):
         assert low <= sized["realised_speedup"] <= high
         assert sized["interval_wide"] == (sized["interval_halfwidth"] > 0.05)
     assert result["lut_predicted_ms"] > 0 and len(result["load_average"]) == 3
+    assert result["served_engine"] == {"1": "eager"}  # a card without an engine section: load serves eager
     shift = result["shift"]
     assert [(s["corruption"], s["severity"]) for s in shift["shifted"]] == \
         [("noise", 1), ("noise", 2), ("noise", 3), ("occlude", 2)]
@@ -92,6 +93,7 @@ def test_bench_prints_the_interval_and_says_when_it_is_wide(exported, capsys):
     assert "batch 4 (2 batches, timed in alternation)" in out
     assert "too few repeats for a 95% interval" in out  # 3 repeats give none: said, not hidden
     assert "contrast:3" in out and "exit_histogram" in out
+    assert "dynsearch.load serves eager at batch 1 (the form timed above)" in out
 
 
 @pytest.mark.parametrize("shift, words", [("noise,fog", "unknown corruption 'fog'"),
