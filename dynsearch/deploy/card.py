@@ -3,8 +3,8 @@
 It holds the objectives as the trial measured them, the export's own
 re-measurement, the data and recipe, the runtime policy, the forms the
 mechanism supports (PyTorch always; ONNX and int8 ONNX when it has an
-``onnx_form``), the float and int8 figures when quantized, and the library
-versions at export.
+``onnx_form``), the float and int8 figures when quantized, the library
+versions at export, and (added by export.py) the serving engine chosen by measurement (``engine``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ A model folder ``DIR/trial-<N>/`` holds:
                      plus ``runtime_policy`` (the decision rule and its thresholds) and ``export``
                      (format, the weights' sha256)
   model.safetensors  the weights, byte for byte those the trial wrote
-  card.json, card.md the objectives as measured, data, recipe, library versions, supported forms
+  card.json, card.md the objectives as measured, data, recipe, library versions, supported forms,
+                     the serving engine chosen by measurement (``engine``, see engine.py)
   onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
   onnx_int8/         with ``quantize="int8"``: the same graphs quantized (see quantize.py)
 
