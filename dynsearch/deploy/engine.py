@@ -161,12 +161,14 @@ def serve(model, folder: Path, card: dict[str, Any] | None, engine: str,
           input_shape: tuple[int, ...] | None) -> Any:
     """What ``load`` returns for ``engine``: the eager served ``model`` itself, an ``OnnxEngine``, or
     for ``auto`` the card's choice (eager without one; ``ByBatchSize`` when it differs by batch size)."""
-    section = (card or {}).get("engine") if isinstance(card, dict) else None
-    threads = int(section.get("threads", 1)) if isinstance(section, dict) else 1
+    section = card.get("engine") if isinstance(card, dict) else None
+    section = section if isinstance(section, dict) else {}
+    threads = section.get("threads") if isinstance(section.get("threads"), int) and section["threads"] > 0 else 1
     if engine == "auto":
-        chosen = section.get("chosen") if isinstance(section, dict) else None
-        if not isinstance(chosen, dict) or not chosen or not set(chosen.values()) <= set(ENGINES):
-            chosen = {"1": "eager"}
+        chosen = section.get("chosen")
+        if not isinstance(chosen, dict) or not chosen or not set(chosen.values()) <= set(ENGINES) \
+                or not all(str(size).isdigit() and int(size) > 0 for size in chosen):
+            chosen = {"1": "eager"}  # none recorded (an older export) or not one this version reads
         by_size = {int(size): name for size, name in chosen.items()}
         names = set(by_size.values())
         engines = {name: _one(name, model, folder, card, threads, input_shape, auto=True) for name in names}
