@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from dynsearch.errors import UserError
+from dynsearch.run.files import CONFIG_FILE
 
 ENGINES = ("eager", "onnx")
 BATCH_SIZES = (1, 128)  # batch 1 and a serving batch
@@ -46,7 +47,7 @@ def check_input(x, shape: tuple[int, ...] | None) -> None:
     if shape is not None and x is not None and got[1:] != shape:
         wanted = "[N, " + ", ".join(map(str, shape)) + "]"
         raise ValueError(f"input of shape {list(got)}: this model takes a batch of shape {wanted} "
-                         f"(config.json input_shape {list(shape)}); add the batch dimension "
+                         f"({CONFIG_FILE} input_shape {list(shape)}); add the batch dimension "
                          "(x.unsqueeze(0)) or reshape the input")
 
 
