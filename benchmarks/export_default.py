@@ -60,7 +60,7 @@ def onnx_checks(folder: Path, splits) -> dict:
     from dynsearch.deploy.onnx_export import graph_parity
     from dynsearch.deploy.onnx_runtime import StagedRuntime
 
-    model = dynsearch.load(folder)
+    model = dynsearch.load(folder, engine="eager")  # the DynamicModel: its parts and traces
     worst = max(graph_parity(model, folder / "onnx", splits.val_x))
     with torch.no_grad():
         reference = []

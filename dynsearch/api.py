@@ -201,11 +201,13 @@ def export(run_dir: str | Path, out: str | Path, trials: list[int] | None = None
                          finetune=finetune, tune=tune)
 
 
-def load(path: str | Path, raw: bool = False):
-    """The DynamicModel of an exported model folder, in eval mode, its weights checked against
-    config.json (``dynsearch.deploy.load.load``; imports neither Ray nor Optuna, never unpickles).
+def load(path: str | Path, raw: bool = False, engine: str = "auto"):
+    """The served model of an exported model folder, its weights checked against config.json
+    (``dynsearch.deploy.load.load``; imports neither Ray nor Optuna, never unpickles).
 
-    The inference-ready form (batch norm folded, as latency is measured); ``raw=True``: the trained form."""
+    The inference-ready form (batch norm folded, as latency is measured), run by the engine the
+    export chose by measurement (``engine="auto"``; ``"eager"`` or ``"onnx"`` force one); every
+    returned object takes a batch and has ``.logits`` and ``.engine``. ``raw=True``: the trained form."""
     from dynsearch.deploy.load import load as load_folder
 
-    return load_folder(path, raw=raw)
+    return load_folder(path, raw=raw, engine=engine)

@@ -387,6 +387,10 @@ def _cmd_bench(args) -> int:
         print(f"    speed-up {interval_text({**sized, 'speedup': sized['realised_speedup']})}; "
               f"{sized['realised_over_macs']:.2f} of the MACs speed-up")
     print(f"  params {result['params']:,}")
+    served = result["served_engine"]
+    print("  dynsearch.load serves " + ", ".join(f"{engine} at batch {size}" for size, engine in served.items())
+          + (" (chosen at export: the figures above are eager's; card.json's engine section has every engine's)"
+             if set(served.values()) != {"eager"} else " (the form timed above)"))
     if "lut_predicted_ms" in result:
         print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms at batch 1 "
               f"(error {result['lut_error']:.1%} against the dynamic mean)")

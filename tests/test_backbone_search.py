@@ -307,7 +307,7 @@ def test_a_searched_backbone_recipe_end_to_end(tmp_path):
 
     splits = load_splits("digits", 0, 0.2, 0.2)
     for t, folder in zip(trials, folders):
-        model = dynsearch.load(folder)
+        model = dynsearch.load(folder, engine="eager")
         trial_config = json.loads((run / "trials" / str(t.number) / "config.json").read_text())
         assert model.config["backbone"] == trial_config["backbone"]
         assert onnx_parity(folder, splits) <= 1e-4

@@ -100,7 +100,7 @@ def onnx_parity(folder, splits):
     """Max abs difference of every ONNX graph against the loaded PyTorch model's parts, on the validation split."""
     from dynsearch.deploy.onnx_export import graph_parity
 
-    model = dynsearch.load(folder)
+    model = dynsearch.load(folder, engine="eager")  # the DynamicModel: its parts are compared
     card = json.loads((folder / "card.json").read_text())
     form = model.onnx_form()
     assert [f"onnx/{p.name}.onnx" for p in form.parts] == [g["file"] for g in card["onnx"]["graphs"]]
@@ -113,12 +113,36 @@ def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
     from dynsearch.deploy.onnx_runtime import StagedRuntime
     from dynsearch.testing.conformance import staged_decision
 
-    model = dynsearch.load(folder)
+    model = dynsearch.load(folder, engine="eager")
     staged = StagedRuntime(folder).run(splits.val_x[:count].numpy())
     with torch.no_grad():
         for x, got in zip(splits.val_x[:count], staged):
             assert (got.prediction, got.exit_stage, got.gates, got.macs) == staged_decision(model, x)
     return staged
+
+
+def _assert_engine_section_and_served_logits(folder, card, supports_onnx, splits):
+    """The card's engine section times eager (and onnx when exported) at batch 1 and 128 and chooses by its
+    rule; ``load`` serves that choice, with the eager form's logits at batch 1 and 32."""
+    from dynsearch.deploy.engine import choose
+
+    engine = card["engine"]
+    assert engine["candidates"] == (["eager", "onnx"] if supports_onnx else ["eager"])
+    assert [s["batch_size"] for s in engine["batch_sizes"]] == [1, 128] and engine["repeats"] >= 6
+    for sized in engine["batch_sizes"]:
+        assert list(sized["figures"]) == engine["candidates"]
+        assert all(f["latency_ms"] > 0 and f["throughput"] > 0 for f in sized["figures"].values())
+        assert (sized["chosen"], sized["why"]) == choose(sized["figures"])
+        assert engine["chosen"][str(sized["batch_size"])] == sized["chosen"]
+    assert "## Serving engine" in (folder / "card.md").read_text()
+    served, eager = dynsearch.load(folder), dynsearch.load(folder, engine="eager")
+    assert served.engine == (engine["chosen"]["1"] if len(set(engine["chosen"].values())) == 1 else "by-batch-size")
+    x = splits.val_x[:64]
+    with torch.no_grad():
+        for size in (1, 32):
+            for start in range(0, 64, size):
+                assert float((served(x[start : start + size]).logits - eager(x[start : start + size]).logits)
+                             .abs().max()) <= 1e-5
 
 
 def _recipe_default(name):
@@ -188,6 +212,7 @@ def test_each_mechanism_exports_a_complete_folder_with_card_and_onnx(exported, n
     shift = card["shift"]  # cost under shifted inputs: 4 corruptions x 3 severities beside the clean figures
     assert len(shift["shifted"]) == 12 and shift["clean"]["accuracy"] == recorded["accuracy"]
     assert "## Cost under shifted inputs" in (folder / "card.md").read_text()
+    _assert_engine_section_and_served_logits(folder, card, case["supports_onnx"], splits)
     if case["supports_onnx"]:
         assert card["versions"]["onnxruntime"] and card["onnx"]["parity"]["max_abs_diff"] <= 1e-4
         assert onnx_parity(folder, splits) <= 1e-4
@@ -362,7 +387,7 @@ def test_search_export_pareto_onnx_reload_and_docs_example(tmp_path, tiny_recipe
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    model = dynsearch.load(sorted(out.glob("trial-*"))[0])
+    model = dynsearch.load(sorted(out.glob("trial-*"))[0], engine="eager")  # its trace: the exit taken
     assert len(printed) == 5
     with torch.no_grad():
         for (label, predicted, stage), image, target in zip(printed, digits.images, digits.target):

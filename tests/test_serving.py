@@ -2,6 +2,7 @@
 inputs (in a fresh process, as a user runs it), the generated corruptions, and the batched staged
 ONNX runtime against the loaded model."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ def test_bench_at_batch_sizes_and_under_shift_in_a_fresh_process(exported):
         assert low <= sized["realised_speedup"] <= high
         assert sized["interval_wide"] == (sized["interval_halfwidth"] > 0.05)
     assert result["lut_predicted_ms"] > 0 and len(result["load_average"]) == 3
+    assert result["served_engine"] == {"1": "eager"}  # a card without an engine section: load serves eager
     shift = result["shift"]
     assert [(s["corruption"], s["severity"]) for s in shift["shifted"]] == \
         [("noise", 1), ("noise", 2), ("noise", 3), ("occlude", 2)]
@@ -91,6 +93,7 @@ def test_bench_prints_the_interval_and_says_when_it_is_wide(exported, capsys):
     assert "batch 4 (2 batches, timed in alternation)" in out
     assert "too few repeats for a 95% interval" in out  # 3 repeats give none: said, not hidden
     assert "contrast:3" in out and "exit_histogram" in out
+    assert "dynsearch.load serves eager at batch 1 (the form timed above)" in out
 
 
 @pytest.mark.parametrize("shift, words", [("noise,fog", "unknown corruption 'fog'"),
@@ -176,3 +179,75 @@ def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
     kinds = {type(m).__name__ for m in served.modules()}
     assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "AvgPool2d" in kinds
     assert {"BatchNorm2d", "AdaptiveAvgPool2d"} <= {type(m).__name__ for m in trained.modules()}
+
+
+def test_load_serves_each_engine_with_the_trained_forms_logits(exported):
+    """``engine="eager"`` and ``"onnx"`` both return the trained form's logits (within 1e-5) at batch 1
+    and 32, and name their engine; ``raw=True`` is the trained form itself."""
+    import dynsearch
+    from dynsearch.data import load_splits
+    from dynsearch.deploy.engine import EngineOutput
+
+    x = load_splits("digits", 0).val_x[:64]
+    trained = dynsearch.load(exported, raw=True)
+    assert trained.engine == "eager" and any(type(m).__name__ == "BatchNorm2d" for m in trained.modules())
+    for engine in ("eager", "onnx"):
+        served = dynsearch.load(exported, engine=engine)
+        assert served.engine == engine
+        for size in (1, 32):
+            with torch.no_grad():
+                for start in range(0, len(x), size):
+                    batch = x[start : start + size]
+                    out = served(batch)
+                    assert isinstance(out, EngineOutput) == (engine == "onnx")
+                    gap = float((out.logits - trained(batch).logits).abs().max())
+                    assert out.logits.shape == (len(batch), 10) and gap <= 1e-5, (engine, size, gap)
+        with pytest.raises(ValueError, match=r"this model takes a batch of shape \[N, 1, 8, 8\]"):
+            served(x[0])
+
+
+def test_auto_serves_the_cards_choice_and_eager_without_one(exported, tmp_path):
+    import shutil
+
+    import dynsearch
+    from dynsearch.deploy.engine import ByBatchSize, OnnxEngine
+
+    assert dynsearch.load(exported).engine == "eager"  # this card records no engine section: eager
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)  # card.json is not checksummed: its choice may be edited
+    card = json.loads((folder / "card.json").read_text())
+    for chosen, expected in (({"1": "onnx", "128": "onnx"}, "onnx"), ({"1": "eager", "128": "eager"}, "eager"),
+                             ({"1": "onnx", "128": "eager"}, "by-batch-size")):
+        (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": chosen, "threads": 1}}))
+        served = dynsearch.load(folder)
+        assert served.engine == expected
+    assert isinstance(served, ByBatchSize)
+    assert [served.engine_for(n) for n in (1, 11, 12, 32, 128, 512)] == ["onnx"] * 2 + ["eager"] * 4
+    x = torch.rand(12, 1, 8, 8)
+    assert isinstance(served.engines["onnx"], OnnxEngine)
+    with torch.no_grad():
+        assert float((served(x[:3]).logits - served.engines["eager"](x[:3]).logits).abs().max()) <= 1e-5
+
+
+def test_a_bad_engine_a_raw_onnx_or_missing_graphs_is_one_line(exported, tmp_path):
+    import shutil
+
+    import dynsearch
+
+    cases = [(dict(engine="tensorrt"), "engine 'tensorrt': not one of auto, eager, onnx"),
+             (dict(raw=True, engine="onnx"), "raw=True with engine='onnx': the trained form is PyTorch only")]
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    shutil.rmtree(folder / "onnx")
+    card = json.loads((folder / "card.json").read_text())
+    for kwargs, words in cases:
+        with pytest.raises(UserError, match=re.escape(words)) as raised:
+            dynsearch.load(exported, **kwargs)
+        assert "\n" not in str(raised.value)
+    with pytest.raises(UserError, match=r"engine='onnx' but the folder has no ONNX graphs; export it with "
+                                        r"'dynsearch export \.\.\. --format onnx'"):
+        dynsearch.load(folder, engine="onnx")
+    (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": {"1": "onnx"}}}))
+    with pytest.raises(UserError, match="its card.json chose engine 'onnx' but the folder has no ONNX graphs"):
+        dynsearch.load(folder)
+    assert dynsearch.load(folder, engine="eager").engine == "eager"

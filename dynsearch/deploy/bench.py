@@ -92,6 +92,7 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     result: dict[str, Any] = {
         "path": str(folder), "data": name, "device": device, "threads": threads, "params": count_params(model),
         "served_form": "dynsearch.load: eager PyTorch, batch norm folded, fixed pools",
+        "served_engine": served_engine(folder),
         **per_size[0], "batch_sizes": per_size, "load_average": list(os.getloadavg()),
     }
     if 1 in sizes:  # the latency table predicts batch-1 latency from the traces
@@ -110,6 +111,19 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
         figures["batch_size"] = first
         result["shift"] = figures
     return result
+
+
+def served_engine(folder) -> dict[str, str]:
+    """The engine ``dynsearch.load(folder)`` serves at each batch size the export measured (its card's
+    ``engine.chosen``): eager for a trial folder or a card without an engine section."""
+    card = Path(folder) / "card.json"
+    chosen = None
+    if card.is_file():
+        try:
+            chosen = (json.loads(card.read_text()).get("engine") or {}).get("chosen")
+        except (ValueError, AttributeError):
+            chosen = None
+    return chosen if isinstance(chosen, dict) and chosen else {"1": "eager"}
 
 
 def _shift_timing(sized: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 It holds the objectives as the trial measured them, the export's own
 re-measurement, the data and recipe, the runtime policy, the forms the
 mechanism supports (PyTorch always; ONNX and int8 ONNX when it has an
-``onnx_form``), the float and int8 figures when quantized, and the library
-versions at export.
+``onnx_form``), the float and int8 figures when quantized, the library
+versions at export, and (added by export.py) the serving engine chosen by measurement (``engine``).
 """
 from __future__ import annotations
 
@@ -111,6 +111,31 @@ def _macs_shifted_lines(detail: dict[str, Any] | None) -> list[str]:
             f"of what ran on the corrupted validation split ({each}); accuracy there {detail['accuracy']:.4f}."]
 
 
+def _engine_lines(engine: dict[str, Any]) -> list[str]:
+    """The engine section: each candidate's figures per batch size and the choice ``dynsearch.load`` serves."""
+    load = ", ".join(f"{v:.2f}" for v in engine["load_average"])
+    lines = ["## Serving engine", "",
+             f"`dynsearch.load(path)` serves the engine chosen below at the measured batch size nearest the "
+             f"batch's (`engine=\"eager\"` or `\"onnx\"` forces one). Candidates {', '.join(engine['candidates'])}, "
+             f"timed on validation inputs, {engine['order']}; {engine['repeats']} repeats after "
+             f"{engine['warmup']} warm-up, {engine['threads']} thread(s), load average {load}, {engine['seconds']} s in all. Left out: "
+             + "; ".join(f"{k} ({v})" for k, v in engine["left_out"].items()) + ".", "",
+             "| batch | engine | p50 ms | p90 ms | samples/s | speed-up over eager | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for sized in engine["batch_sizes"]:
+        for name, f in sized["figures"].items():
+            if "speedup_over_eager" in f:
+                interval = f"{f['interval'][0]:.2f}-{f['interval'][1]:.2f}" if f["interval"] else "no interval"
+                speedup = f"{f['speedup_over_eager']:.2f}x ({interval})"
+            else:
+                speedup = ""
+            mark = "yes" if name == sized["chosen"] else ""
+            lines.append(f"| {sized['batch_size']} | {name} | {f['latency_ms']:.4f} | {f['latency_ms_p90']:.4f} | "
+                         f"{f['throughput']:,.0f} | {speedup} | {mark} |")
+    lines += [""] + [f"- batch {s['batch_size']}: {s['chosen']}: {s['why']}." for s in engine["batch_sizes"]] + [""]
+    return lines
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """card.md: the same content as card.json, for people."""
     m, policy = card["measured"], card["runtime_policy"]
@@ -173,6 +198,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                   f"{f['before']['macs']:,.0f} -> {f['after']['macs']:,.0f}.", ""]
     if card.get("shift"):
         lines += _shift_lines(card["shift"])
+    if card.get("engine"):
+        lines += _engine_lines(card["engine"])
     lines += [
         "## Forms",
         "",

@@ -6,7 +6,8 @@ A model folder ``DIR/trial-<N>/`` holds:
                      plus ``runtime_policy`` (the decision rule and its thresholds) and ``export``
                      (format, the weights' sha256)
   model.safetensors  the weights, byte for byte those the trial wrote
-  card.json, card.md the objectives as measured, data, recipe, library versions, supported forms
+  card.json, card.md the objectives as measured, data, recipe, library versions, supported forms,
+                     the serving engine chosen by measurement (``engine``, see engine.py)
   onnx/              with ``onnx=True``: the mechanism's staged graphs (see onnx_export.py)
   onnx_int8/         with ``quantize="int8"``: the same graphs quantized (see quantize.py)
 
@@ -214,9 +215,23 @@ def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: R
         card["operating_point"] = item.point
     if "finetune" in item.metrics:
         card["finetune"] = item.metrics["finetune"]
+    card["engine"] = engine_section(folder, card, cached_splits(recipe.data).val_x,
+                                    int(item.measured["measured_with"]["threads"]))
     card["shift"] = shift_section(model, cached_splits(recipe.data), int(item.measured["measured_with"]["threads"]))
     write_json(folder / CARD_JSON, card)
     (folder / CARD_MD).write_text(card_markdown(card), encoding="utf-8")
+
+
+def engine_section(folder: Path, card: dict[str, Any], inputs, threads: int) -> dict[str, Any]:
+    """The card's ``engine`` section (``deploy.engine.measure_engines``): the served eager form, as
+    ``load`` returns it, and the staged ONNX graphs when written, timed on the validation inputs."""
+    from dynsearch.deploy.engine import OnnxEngine, measure_engines
+
+    eager = load(folder, engine="eager")
+    engines = {"eager": eager}
+    if card.get("onnx"):
+        engines["onnx"] = OnnxEngine(folder, card, eager, threads, tuple(eager.config["input_shape"]))
+    return measure_engines(engines, inputs, threads=threads)
 
 
 def shift_section(model, splits, threads: int) -> dict[str, Any]:

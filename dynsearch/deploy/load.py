@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from dynsearch.deploy.engine import ENGINES, check_input, serve
 from dynsearch.dynamic import build_model
 from dynsearch.errors import UserError, warn
 from dynsearch.measure.latency import serving_form
@@ -20,27 +21,48 @@ from dynsearch.run.files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, config_
 
 FORMAT = "dynsearch-model/1"
 REEXPORT = "export it again with 'dynsearch export'"
+CARD_FILE = "card.json"
 EXPORT_KEYS = ("export", "runtime_policy")  # added to the trial config in an exported config.json
 
 
-def load(path: str | Path, raw: bool = False):
-    """The DynamicModel of an exported model folder, in eval mode, weights checked against config.json.
+def load(path: str | Path, raw: bool = False, engine: str = "auto"):
+    """The served model of an exported model folder, weights checked against config.json.
 
     By default the model is the inference-ready form that ``dynsearch bench``, the latency objective
     and the card's latency figures time: batch norm folded into the convolutions before it and
     adaptive pools of a known size made fixed (``measure.latency.serving_form``; outputs equal the trained form's up to float round-off, and
-    it can no longer be trained). ``raw=True`` returns the trained form, batch norms kept, for
-    fine-tuning or for reproducing the trial's recorded figures exactly.
+    it can no longer be trained), run by the engine the export chose by measurement
+    (``deploy.engine``; the card's ``engine`` section):
+
+    - ``engine="auto"``: the card's choice; eager when the card records none (older exports).
+    - ``engine="eager"``: the served ``DynamicModel`` itself (``model(x)`` returns logits and trace).
+    - ``engine="onnx"``: the staged ONNX graphs under onnxruntime (``deploy.engine.OnnxEngine``;
+      ``model(x)`` returns logits as a torch tensor and the runtime's decisions).
+
+    Every returned object is called on a batch [N, ...], its ``.logits`` equal the eager form's up
+    to float round-off, and ``.engine`` names its engine. ``raw=True`` returns the trained form
+    (eager, batch norms kept), for fine-tuning or for reproducing the trial's recorded figures exactly.
 
     Its input is checked: a batch whose sample shape is not the config's ``input_shape`` raises a
     ValueError naming the shape expected (instead of a layer's error from deep inside)."""
+    if engine not in ("auto", *ENGINES):
+        raise UserError(f"engine {engine!r}: not one of auto, {', '.join(ENGINES)}; pass one of them")
+    if raw and engine not in ("auto", "eager"):
+        raise UserError(f"raw=True with engine={engine!r}: the trained form is PyTorch only; drop raw=True "
+                        "to serve another engine, or engine= to fine-tune")
     model, config = load_folder(path, exported=True)
     if not raw:
         model = serving_form(model, inplace=True)
     expected = config.get("input_shape")
-    if isinstance(expected, list) and all(isinstance(d, int) for d in expected):
-        model.register_forward_pre_hook(_InputShapeCheck(tuple(expected)))
-    return model
+    shape = tuple(expected) if isinstance(expected, list) and all(isinstance(d, int) for d in expected) else None
+    if shape is not None:
+        model.register_forward_pre_hook(_InputShapeCheck(shape))
+    if raw:
+        model.engine = "eager"
+        return model
+    folder = Path(path).expanduser()
+    card = read_json(folder / CARD_FILE, REEXPORT) if (folder / CARD_FILE).is_file() else None
+    return serve(model, folder, card, engine, shape)
 
 
 class _InputShapeCheck:
@@ -50,13 +72,7 @@ class _InputShapeCheck:
         self.shape = shape
 
     def __call__(self, module, args):
-        x = args[0] if args else None
-        got = tuple(getattr(x, "shape", ()))
-        if x is not None and got[1:] != self.shape:
-            wanted = "[N, " + ", ".join(map(str, self.shape)) + "]"
-            raise ValueError(f"input of shape {list(got)}: this model takes a batch of shape {wanted} "
-                             f"({CONFIG_FILE} input_shape {list(self.shape)}); add the batch dimension "
-                             "(x.unsqueeze(0)) or reshape the input")
+        check_input(args[0] if args else None, self.shape)
 
 
 def load_folder(path: str | Path, exported: bool = False):

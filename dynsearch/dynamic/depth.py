@@ -217,18 +217,16 @@ class DepthAdaptiveTransformer(EarlyExitNet):
 
     # -- eval: the depth is chosen before any layer runs --------------------------
     def _forward_predicted(self, x: torch.Tensor) -> DynamicOutput:
+        """What ran per sample follows from its chosen depth (``exit_index``), so the trace's counts are
+        derived from it only when read (``_depth_counts``): serving pays no per-stage bookkeeping."""
         batch = x.shape[0]
         last = len(self.stages) - 1
-        counts = {name: x.new_zeros(batch) for name in self.components()}
         h = self.stem(x)
-        counts["stem"] += 1
-        counts["halting"] += 1
         exit_index = torch.tensor(self.depths)[self.halting_depth(h)]
         logits_out = None
         alive = torch.arange(batch)
         for i, stage in enumerate(self.stages):
             h = stage(h)
-            counts[f"stage{i}"][alive] += 1
             head = self.classifier if i == last else self.heads[str(i)] if i in self._exit_set else None
             if head is None:
                 continue
@@ -236,14 +234,23 @@ class DepthAdaptiveTransformer(EarlyExitNet):
             if not leave.any():
                 continue
             logits = head(h[leave])
-            counts["classifier" if i == last else f"exit{i}"][alive[leave]] += 1
             if logits_out is None:
                 logits_out = logits.new_zeros(batch, logits.shape[1])
             logits_out[alive[leave]] = logits
             alive, h = alive[~leave], h[~leave]
             if alive.numel() == 0:
                 break
-        return DynamicOutput(logits_out, Trace(counts, {"exit_index": exit_index}))
+        return DynamicOutput(logits_out, Trace.derived({"exit_index": exit_index}, self._depth_counts))
+
+    def _depth_counts(self, records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per component, whether it ran for each sample, from its chosen depth: the stem and the halting
+        unit always, every stage up to that depth, and only the head at it."""
+        exit_index = records["exit_index"]
+        ran = {"stem": torch.ones(len(exit_index)), "halting": torch.ones(len(exit_index)),
+               "classifier": (exit_index == len(self.stages) - 1).float()}
+        ran.update({f"stage{i}": (exit_index >= i).float() for i in range(len(self.stages))})
+        ran.update({f"exit{i}": (exit_index == i).float() for i in self.exit_stages})
+        return {name: ran[name] for name in self.components()}
 
 
 class _StemAndHalting(nn.Module):

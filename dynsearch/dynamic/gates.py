@@ -310,30 +310,34 @@ class GatedResNet(DynamicModel):
         return DynamicOutput(self.classifier(h), Trace.single(self._component_names, ran, gates=decisions))
 
     def _forward_gated(self, x: torch.Tensor) -> DynamicOutput:
+        """A batch: each gated block runs on the samples whose gate is on. What ran per sample follows
+        from the gate decisions, so the trace's counts are derived from them only when read
+        (``_gate_counts``): serving pays no per-block bookkeeping."""
         batch = x.shape[0]
         if batch == 1:
             return self._forward_one(x)
-        counts = {name: x.new_zeros(batch) for name in self.components()}
         decisions = torch.zeros(batch, len(self.gated), dtype=torch.bool)
         h = self.stem(x)
-        counts["stem"] += 1
         for k, block in enumerate(self.blocks):
             if k not in self._gated_set:
                 h = block(h)
-                counts[f"block{k}"] += 1
                 continue
             logits = self.gates[str(k)](h)
-            counts[f"gate{k}"] += 1
             on = self._gate_on(logits)  # hard and noise-free
             decisions[:, self.gated.index(k)] = on
             # h >= 0 (it leaves a ReLU), so a skipped block's relu(h + 0) is h itself.
             index = on.nonzero().flatten()
             if index.numel():
                 h = h.index_copy(0, index, torch.relu(h[index] + block.residual(h[index])))
-                counts[f"block{k}"][index] += 1
         logits = self.classifier(h)
-        counts["classifier"] += 1
-        return DynamicOutput(logits, Trace(counts, {"gates": decisions}))
+        return DynamicOutput(logits, Trace.derived({"gates": decisions}, self._gate_counts))
+
+    def _gate_counts(self, records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per component, whether it ran for each sample: a gated block where its gate said on, every
+        other component always."""
+        decisions = records["gates"]
+        ran = {f"block{k}": decisions[:, j].float() for j, k in enumerate(self.gated)}
+        return {name: ran[name] if name in ran else torch.ones(len(decisions)) for name in self.components()}
 
 
 class _GatedBlock(nn.Module):

@@ -308,14 +308,11 @@ class GlanceFocusNet(DynamicModel):
     def _forward_eval(self, x: torch.Tensor) -> DynamicOutput:
         """Hard per-sample exits: a sample that leaves is not computed further (batch 1: the loop ends)."""
         batch = x.shape[0]
-        counts = {name: x.new_zeros(batch) for name in self._component_names}
         crops = torch.full((batch, self.max_steps - 1), -1, dtype=torch.long)
         steps = torch.ones(batch, dtype=torch.long)
         alive = torch.arange(batch)
         state = self.cell(self.glance_net(self._glance_input(x)))
         logits = self.classifier(state)
-        for name in ("glance_net", "cell", "classifier"):
-            counts[name] += 1
         out = logits.new_zeros(batch, logits.shape[1])
         for step in range(1, self.max_steps):
             leave = self._leaves(logits)
@@ -324,22 +321,27 @@ class GlanceFocusNet(DynamicModel):
                 stay = ~leave
                 alive, state, x = alive[stay], state[stay], x[stay]
                 if alive.numel() == 0:
-                    return self._eval_output(out, counts, steps, crops)
+                    return self._eval_output(out, steps, crops)
             position = self._eval_position(state, step)
-            if self.policy is not None:
-                counts["policy"][alive] += 1
             crops[alive, step - 1] = position
             state = self.cell(self.local_net(self._crop(x, position)), state)
             logits = self.classifier(state)
-            for name in ("local_net", "cell", "classifier"):
-                counts[name][alive] += 1
             steps[alive] += 1
         out[alive] = logits
-        return self._eval_output(out, counts, steps, crops)
+        return self._eval_output(out, steps, crops)
 
-    @staticmethod
-    def _eval_output(logits, counts, steps, crops) -> DynamicOutput:
-        return DynamicOutput(logits, Trace(counts, {"glance_steps": steps, "crops": crops}))
+    def _eval_output(self, logits, steps, crops) -> DynamicOutput:
+        """The answers and their Trace, whose counts follow from the steps each sample ran
+        (``_step_counts``) and are derived only when read: the loop keeps one count per sample."""
+        return DynamicOutput(logits, Trace.derived({"glance_steps": steps, "crops": crops}, self._step_counts))
+
+    def _step_counts(self, records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The glance once, then per focus step the policy (if learned), the local network, and the cell
+        and classifier at every step."""
+        steps = records["glance_steps"].float()
+        ran = {"glance_net": torch.ones(len(steps)), "local_net": steps - 1, "cell": steps, "classifier": steps.clone(),
+               "policy": steps - 1}
+        return {name: ran[name] for name in self._component_names}
 
     # -- operating points from one pass ----------------------------------------------
     @torch.no_grad()
@@ -369,10 +371,6 @@ class GlanceFocusNet(DynamicModel):
         always = torch.ones(batch, 1, dtype=torch.bool)
         taken = torch.cat([leaves, always], dim=1).int().argmax(dim=1)  # index of the answering step
         steps = taken + 1
-        counts = {"glance_net": torch.ones(batch), "local_net": taken.float(), "cell": steps.float(),
-                  "classifier": steps.float()}
-        if self.policy is not None:
-            counts["policy"] = taken.float()
         ran = torch.arange(self.max_steps - 1)[None, :] < taken[:, None]
         crops = torch.where(ran, records["crops"], torch.full_like(records["crops"], -1))
-        return self._eval_output(logits[torch.arange(batch), taken], counts, steps, crops)
+        return self._eval_output(logits[torch.arange(batch), taken], steps, crops)

@@ -153,7 +153,7 @@ class HaltingNet(DynamicModel):
         """Eval: per-sample hard halting; halted samples leave the loop (batch 1: the loop ends)."""
         batch = x.shape[0]
         first, rest = self._step_inputs(x)
-        counts = {name: x.new_zeros(batch) for name in self._component_names}
+        steps = torch.zeros(batch, dtype=torch.long)
         readout = x.new_zeros(batch, self.hidden)
         alive = torch.arange(batch)
         state = x.new_zeros(batch, self.hidden)
@@ -161,34 +161,38 @@ class HaltingNet(DynamicModel):
         for n in range(self.max_steps):
             state = self.cell((first if n == 0 else rest)[alive], state)
             h = None if n == self.max_steps - 1 else self._halting_prob(state)  # none at the forced last step
-            halt = self._eval_step(n, state, h, alive, counts, readout, halted_so_far)
+            halt = self._eval_step(n, state, h, alive, steps, readout, halted_so_far)
             alive, state = alive[~halt], state[~halt]
             if alive.numel() == 0:
                 break
-        return self._eval_output(counts, readout)
+        return self._eval_output(steps, readout)
 
     def _eval_step(self, n: int, state: torch.Tensor, h: torch.Tensor | None, alive: torch.Tensor,
-                   counts: dict[str, torch.Tensor], readout: torch.Tensor, halted_so_far: torch.Tensor) -> torch.Tensor:
+                   steps: torch.Tensor, readout: torch.Tensor, halted_so_far: torch.Tensor) -> torch.Tensor:
         """Step ``n`` of the eval loop for the samples ``alive`` (their new ``state`` and halting
-        probability ``h``, None at the last step): count it, add the state to the readout with its
-        weight, carry the halted quantity; returns which of them halt. The eval forward and ``replay``
-        both take their steps here, so a replayed point decides and reads out as the real one does."""
-        counts["cell"][alive] += 1
+        probability ``h``, None at the last step): count it in ``steps``, add the state to the readout
+        with its weight, carry the halted quantity; returns which of them halt. The eval forward and
+        ``replay`` both take their steps here, so a replayed point decides and reads out as the real one does."""
+        steps[alive] += 1
         if h is None:
             halt = torch.ones(len(alive), dtype=torch.bool)
             readout[alive] += self._eval_weight(None, halted_so_far[alive], halt)[:, None] * state
             return halt
-        counts["halting"][alive] += 1
         halt, so_far = self._eval_halt(h, halted_so_far[alive], n)
         readout[alive] += self._eval_weight(h, halted_so_far[alive], halt)[:, None] * state
         halted_so_far[alive] = so_far
         return halt
 
-    def _eval_output(self, counts: dict[str, torch.Tensor], readout: torch.Tensor) -> DynamicOutput:
-        """The classifier on the readout of every sample; the Trace of the steps they ran."""
-        counts["classifier"] += 1
-        steps = counts["cell"].long()
-        return DynamicOutput(self.classifier(readout), Trace(counts, {"ponder_steps": steps}))
+    def _eval_output(self, steps: torch.Tensor, readout: torch.Tensor) -> DynamicOutput:
+        """The classifier on the readout of every sample; the Trace of the steps they ran, its counts
+        derived from ``ponder_steps`` when read (``_step_counts``): the loop keeps one count per sample."""
+        return DynamicOutput(self.classifier(readout), Trace.derived({"ponder_steps": steps}, self._step_counts))
+
+    def _step_counts(self, records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The cell ran once per step; the halting unit at every step but the forced last one."""
+        steps = records["ponder_steps"].float()
+        ran = {"cell": steps, "halting": steps.clamp(max=self.max_steps - 1), "classifier": torch.ones(len(steps))}
+        return {name: ran[name] for name in self._component_names}
 
     # -- operating points from one pass --------------------------------------------
     @torch.no_grad()
@@ -212,17 +216,17 @@ class HaltingNet(DynamicModel):
         readouts of the whole batch, as the eval forward runs it."""
         states, probs = records["states"], records["h"]
         batch = states.shape[0]
-        counts = {name: states.new_zeros(batch) for name in self._component_names}
+        steps = torch.zeros(batch, dtype=torch.long)
         readout = states.new_zeros(batch, self.hidden)
         halted_so_far = states.new_zeros(batch)
         alive = torch.arange(batch)
         for n in range(self.max_steps):
             h = None if n == self.max_steps - 1 else probs[alive, n]
-            halt = self._eval_step(n, states[alive, n], h, alive, counts, readout, halted_so_far)
+            halt = self._eval_step(n, states[alive, n], h, alive, steps, readout, halted_so_far)
             alive = alive[~halt]
             if alive.numel() == 0:
                 break
-        return self._eval_output(counts, readout)
+        return self._eval_output(steps, readout)
 
 
 @register_mechanism("act", family="halting",
