@@ -152,3 +152,35 @@ def test_search_with_macs_shifted_reaches_study_front_trials_report_and_card(tmp
         expected = _recompute(model, splits.val_x, splits.val_y, list(CORRUPTIONS), 2, 0)
     assert card["objectives"]["macs_shifted"] == pytest.approx(expected, rel=1e-9)
     assert card["operating_point"]["measured"]["macs_shifted"] == card["objectives"]["macs_shifted"]
+
+
+def test_resuming_with_a_changed_shift_is_refused(tmp_path, capsys):
+    from dynsearch.run.rundir import RunDir
+
+    out = tmp_path / "run"
+    run_dir = RunDir.create(out)
+    run_dir.write_recipe(parse_recipe(TINY))
+    run_dir.study_path.write_bytes(b"")  # a study was started: resuming compares the recipes
+    before = {p: p.read_bytes() for p in (run_dir.recipe_path, run_dir.study_path)}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**TINY, "shift": {"severity": 3}}))
+    assert cli.main(["search", str(changed), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "different recipe (changed: shift)" in err and "--new" in err
+    assert {p: p.read_bytes() for p in before} == before  # nothing rewritten
+    assert not (out / "previous").exists()
+
+
+def test_a_stored_recipe_without_shift_resumes_as_the_default_shift(tmp_path):
+    from dynsearch.recipe import ShiftSpec
+    from dynsearch.run.rundir import RunDir
+
+    run_dir = RunDir.create(tmp_path / "run")
+    run_dir.write_recipe(parse_recipe(TINY))
+    data = yaml.safe_load(run_dir.recipe_path.read_text())
+    del data["shift"]  # written before the recipe had a shift section
+    run_dir.recipe_path.write_text(yaml.safe_dump(data))
+    run_dir.study_path.write_bytes(b"")
+    assert run_dir.read_recipe().shift == ShiftSpec()
+    assert run_dir.check_resume(parse_recipe(TINY)) is None
