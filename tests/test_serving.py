@@ -229,6 +229,29 @@ def test_auto_serves_the_cards_choice_and_eager_without_one(exported, tmp_path):
         assert float((served(x[:3]).logits - served.engines["eager"](x[:3]).logits).abs().max()) <= 1e-5
 
 
+def test_an_engine_whose_outputs_differ_from_eager_is_left_out_not_timed(exported):
+    """Before timing, each candidate runs the timing batches beside eager: the staged ONNX graphs agree
+    (within 1e-5, same classes) and are timed; an engine off by 2e-5 in one logit is left out, with by how much."""
+    import dynsearch
+    from dynsearch.data import load_splits
+    from dynsearch.deploy.engine import SERVED_TOLERANCE, EngineOutput, measure_engines
+
+    eager, onnx = dynsearch.load(exported, engine="eager"), dynsearch.load(exported, engine="onnx")
+
+    def off(x):
+        out = onnx(x)
+        logits = out.logits.clone()
+        logits[0, 0] += 2 * SERVED_TOLERANCE
+        return EngineOutput(logits, out.decisions)
+
+    x = load_splits("digits", 0).val_x[:40]
+    section = measure_engines({"eager": eager, "onnx": onnx, "off": off}, x, batch_sizes=(1, 32), repeats=2)
+    assert section["candidates"] == ["eager", "onnx"] and "onnx" not in section["left_out"]
+    assert [list(s["figures"]) for s in section["batch_sizes"]] == [["eager", "onnx"]] * 2
+    why = section["left_out"]["off"]
+    assert re.search(r"logits by up to 2\.\d*e-05 \(at most 1e-05 allowed\), 0 prediction\(s\) differ$", why), why
+
+
 def test_a_bad_engine_a_raw_onnx_or_missing_graphs_is_one_line(exported, tmp_path):
     import shutil
 
