@@ -154,7 +154,7 @@ def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
     from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
     from dynsearch.deploy.onnx_runtime import StagedRuntime
 
-    model = dynsearch.load(exported)
+    model = dynsearch.load(exported, engine="eager")
     runtime = StagedRuntime(exported)
     x = load_splits("digits", 0).val_x[:64]
     for size in (1, 7, 32):
@@ -175,7 +175,7 @@ def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
 def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
     import dynsearch
 
-    served, trained = dynsearch.load(exported), dynsearch.load(exported, raw=True)
+    served, trained = dynsearch.load(exported, engine="eager"), dynsearch.load(exported, raw=True)
     kinds = {type(m).__name__ for m in served.modules()}
     assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "AvgPool2d" in kinds
     assert {"BatchNorm2d", "AdaptiveAvgPool2d"} <= {type(m).__name__ for m in trained.modules()}
@@ -250,6 +250,25 @@ def test_an_engine_whose_outputs_differ_from_eager_is_left_out_not_timed(exporte
     assert [list(s["figures"]) for s in section["batch_sizes"]] == [["eager", "onnx"]] * 2
     why = section["left_out"]["off"]
     assert re.search(r"logits by up to 2\.\d*e-05 \(at most 1e-05 allowed\), 0 prediction\(s\) differ$", why), why
+
+
+def test_bench_and_load_read_the_cards_choice_alike(exported, tmp_path):
+    """``bench.served_engine`` says what ``load`` serves, for a valid choice and for ones this version
+    does not read (eager at batch 1, as ``load``)."""
+    import shutil
+
+    import dynsearch
+    from dynsearch.deploy.bench import served_engine
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    card = json.loads((folder / "card.json").read_text())
+    cases = [({"1": "onnx", "128": "eager"}, {"1": "onnx", "128": "eager"}, "by-batch-size"),
+             *((chosen, {"1": "eager"}, "eager") for chosen in
+               ({"1": "tensorrt"}, {"0": "onnx"}, {"one": "onnx"}, {"1": ["onnx"]}, {}, "onnx"))]
+    for chosen, expected, engine in cases:
+        (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": chosen}}))
+        assert (served_engine(folder), dynsearch.load(folder).engine) == (expected, engine), chosen
 
 
 def test_a_bad_engine_a_raw_onnx_or_missing_graphs_is_one_line(exported, tmp_path):

@@ -184,6 +184,18 @@ def measure_engines(engines: dict[str, Callable], inputs: torch.Tensor, threads:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def chosen_engines(card: Any) -> dict[str, str]:
+    """The card's ``engine.chosen`` (batch size as a string -> engine), as ``load`` reads it: eager at
+    batch 1 when the card records none (an older export) or not one this version reads."""
+    section = card.get("engine") if isinstance(card, dict) else None
+    chosen = section.get("chosen") if isinstance(section, dict) else None
+    if not isinstance(chosen, dict) or not chosen or not all(isinstance(name, str) for name in chosen.values()) \
+            or not set(chosen.values()) <= set(ENGINES) \
+            or not all(str(size).isdigit() and int(size) > 0 for size in chosen):
+        return {"1": "eager"}
+    return {str(int(size)): name for size, name in chosen.items()}
+
+
 def serve(model, folder: Path, card: dict[str, Any] | None, engine: str,
           input_shape: tuple[int, ...] | None) -> Any:
     """What ``load`` returns for ``engine``: the eager served ``model`` itself, an ``OnnxEngine``, or
@@ -192,11 +204,7 @@ def serve(model, folder: Path, card: dict[str, Any] | None, engine: str,
     section = section if isinstance(section, dict) else {}
     threads = section.get("threads") if isinstance(section.get("threads"), int) and section["threads"] > 0 else 1
     if engine == "auto":
-        chosen = section.get("chosen")
-        if not isinstance(chosen, dict) or not chosen or not set(chosen.values()) <= set(ENGINES) \
-                or not all(str(size).isdigit() and int(size) > 0 for size in chosen):
-            chosen = {"1": "eager"}  # none recorded (an older export) or not one this version reads
-        by_size = {int(size): name for size, name in chosen.items()}
+        by_size = {int(size): name for size, name in chosen_engines(card).items()}
         names = set(by_size.values())
         engines = {name: _one(name, model, folder, card, threads, input_shape, auto=True) for name in names}
         if len(engines) == 1:
