@@ -271,6 +271,22 @@ def test_bench_and_load_read_the_cards_choice_alike(exported, tmp_path):
         assert (served_engine(folder), dynsearch.load(folder).engine) == (expected, engine), chosen
 
 
+def test_every_engine_answers_an_empty_batch_as_eager_does(exported, tmp_path):
+    import shutil
+
+    import dynsearch
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": {"1": "onnx", "128": "eager"}}}))
+    empty = torch.zeros(0, 1, 8, 8)
+    with torch.no_grad():
+        for engine in ("eager", "onnx", "auto"):
+            out = dynsearch.load(folder, engine=engine)(empty)
+            assert (out.logits.shape, out.logits.dtype) == ((0, 10), torch.float32), engine
+
+
 def test_a_bad_engine_a_raw_onnx_or_missing_graphs_is_one_line(exported, tmp_path):
     import shutil
 

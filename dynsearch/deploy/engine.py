@@ -78,7 +78,10 @@ class OnnxEngine:
 
     def __call__(self, x: torch.Tensor) -> EngineOutput:
         check_input(x, self.input_shape)
-        decisions = self.runtime.run_batch(x.detach().cpu().numpy(), batch_size=max(len(x), 1))
+        if len(x) == 0:  # as eager answers an empty batch: logits [0, K] (eager is cheap on nothing)
+            with torch.no_grad():
+                return EngineOutput(self.model(x).logits, [])
+        decisions = self.runtime.run_batch(x.detach().cpu().numpy(), batch_size=len(x))
         import numpy as np
 
         return EngineOutput(torch.from_numpy(np.stack([d.logits for d in decisions])), decisions)
