@@ -184,3 +184,25 @@ def test_a_stored_recipe_without_shift_resumes_as_the_default_shift(tmp_path):
     run_dir.study_path.write_bytes(b"")
     assert run_dir.read_recipe().shift == ShiftSpec()
     assert run_dir.check_resume(parse_recipe(TINY)) is None
+
+
+def test_hypervolume_scales_macs_and_macs_shifted_by_one_divisor(tmp_path):
+    """Both MACs objectives are divided by the largest ``macs_full`` (or a larger value of either)."""
+    from optuna.trial import create_trial
+
+    from dynsearch.run.front import hypervolume_history
+    from dynsearch.run.rundir import RunDir, write_json
+    from dynsearch.run.study import open_study
+
+    recipe = parse_recipe(TINY)  # accuracy (max), macs, macs_shifted (min)
+    run_dir = RunDir.create(tmp_path / "run")
+    run_dir.write_recipe(recipe)
+    study = open_study(run_dir, recipe)
+    for number, (values, macs_full) in enumerate((([0.8, 300.0, 500.0], 1000), ([0.9, 600.0, 700.0], 800))):
+        study.add_trial(create_trial(values=values))
+        run_dir.trial_dir(number).mkdir(parents=True)
+        write_json(run_dir.metrics_path(number), {"macs_full": macs_full})
+    history = hypervolume_history(run_dir.path)
+    assert history["scale"]["macs"] == history["scale"]["macs_shifted"] == 1000.0
+    # The second trial is not dominated: 0.8 * 0.7 * 0.5 + (0.9 - 0.8) * 0.4 * 0.3.
+    assert history["hypervolume"][-1] == pytest.approx(0.28 + 0.012)
