@@ -154,7 +154,7 @@ def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
     from dynsearch.deploy.onnx_export import PARITY_TOLERANCE
     from dynsearch.deploy.onnx_runtime import StagedRuntime
 
-    model = dynsearch.load(exported)
+    model = dynsearch.load(exported, engine="eager")
     runtime = StagedRuntime(exported)
     x = load_splits("digits", 0).val_x[:64]
     for size in (1, 7, 32):
@@ -175,7 +175,7 @@ def test_batched_staged_onnx_runtime_matches_the_loaded_model(exported):
 def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
     import dynsearch
 
-    served, trained = dynsearch.load(exported), dynsearch.load(exported, raw=True)
+    served, trained = dynsearch.load(exported, engine="eager"), dynsearch.load(exported, raw=True)
     kinds = {type(m).__name__ for m in served.modules()}
     assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "AvgPool2d" in kinds
     assert {"BatchNorm2d", "AdaptiveAvgPool2d"} <= {type(m).__name__ for m in trained.modules()}
@@ -227,6 +227,64 @@ def test_auto_serves_the_cards_choice_and_eager_without_one(exported, tmp_path):
     assert isinstance(served.engines["onnx"], OnnxEngine)
     with torch.no_grad():
         assert float((served(x[:3]).logits - served.engines["eager"](x[:3]).logits).abs().max()) <= 1e-5
+
+
+def test_an_engine_whose_outputs_differ_from_eager_is_left_out_not_timed(exported):
+    """Before timing, each candidate runs the timing batches beside eager: the staged ONNX graphs agree
+    (within 1e-5, same classes) and are timed; an engine off by 2e-5 in one logit is left out, with by how much."""
+    import dynsearch
+    from dynsearch.data import load_splits
+    from dynsearch.deploy.engine import SERVED_TOLERANCE, EngineOutput, measure_engines
+
+    eager, onnx = dynsearch.load(exported, engine="eager"), dynsearch.load(exported, engine="onnx")
+
+    def off(x):
+        out = onnx(x)
+        logits = out.logits.clone()
+        logits[0, 0] += 2 * SERVED_TOLERANCE
+        return EngineOutput(logits, out.decisions)
+
+    x = load_splits("digits", 0).val_x[:40]
+    section = measure_engines({"eager": eager, "onnx": onnx, "off": off}, x, batch_sizes=(1, 32), repeats=2)
+    assert section["candidates"] == ["eager", "onnx"] and "onnx" not in section["left_out"]
+    assert [list(s["figures"]) for s in section["batch_sizes"]] == [["eager", "onnx"]] * 2
+    why = section["left_out"]["off"]
+    assert re.search(r"logits by up to 2\.\d*e-05 \(at most 1e-05 allowed\), 0 prediction\(s\) differ$", why), why
+
+
+def test_bench_and_load_read_the_cards_choice_alike(exported, tmp_path):
+    """``bench.served_engine`` says what ``load`` serves, for a valid choice and for ones this version
+    does not read (eager at batch 1, as ``load``)."""
+    import shutil
+
+    import dynsearch
+    from dynsearch.deploy.bench import served_engine
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    card = json.loads((folder / "card.json").read_text())
+    cases = [({"1": "onnx", "128": "eager"}, {"1": "onnx", "128": "eager"}, "by-batch-size"),
+             *((chosen, {"1": "eager"}, "eager") for chosen in
+               ({"1": "tensorrt"}, {"0": "onnx"}, {"one": "onnx"}, {"1": ["onnx"]}, {}, "onnx"))]
+    for chosen, expected, engine in cases:
+        (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": chosen}}))
+        assert (served_engine(folder), dynsearch.load(folder).engine) == (expected, engine), chosen
+
+
+def test_every_engine_answers_an_empty_batch_as_eager_does(exported, tmp_path):
+    import shutil
+
+    import dynsearch
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": {"1": "onnx", "128": "eager"}}}))
+    empty = torch.zeros(0, 1, 8, 8)
+    with torch.no_grad():
+        for engine in ("eager", "onnx", "auto"):
+            out = dynsearch.load(folder, engine=engine)(empty)
+            assert (out.logits.shape, out.logits.dtype) == ((0, 10), torch.float32), engine
 
 
 def test_a_bad_engine_a_raw_onnx_or_missing_graphs_is_one_line(exported, tmp_path):

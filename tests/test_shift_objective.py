@@ -152,3 +152,57 @@ def test_search_with_macs_shifted_reaches_study_front_trials_report_and_card(tmp
         expected = _recompute(model, splits.val_x, splits.val_y, list(CORRUPTIONS), 2, 0)
     assert card["objectives"]["macs_shifted"] == pytest.approx(expected, rel=1e-9)
     assert card["operating_point"]["measured"]["macs_shifted"] == card["objectives"]["macs_shifted"]
+
+
+def test_resuming_with_a_changed_shift_is_refused(tmp_path, capsys):
+    from dynsearch.run.rundir import RunDir
+
+    out = tmp_path / "run"
+    run_dir = RunDir.create(out)
+    run_dir.write_recipe(parse_recipe(TINY))
+    run_dir.study_path.write_bytes(b"")  # a study was started: resuming compares the recipes
+    before = {p: p.read_bytes() for p in (run_dir.recipe_path, run_dir.study_path)}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**TINY, "shift": {"severity": 3}}))
+    assert cli.main(["search", str(changed), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "different recipe (changed: shift)" in err and "--new" in err
+    assert {p: p.read_bytes() for p in before} == before  # nothing rewritten
+    assert not (out / "previous").exists()
+
+
+def test_a_stored_recipe_without_shift_resumes_as_the_default_shift(tmp_path):
+    from dynsearch.recipe import ShiftSpec
+    from dynsearch.run.rundir import RunDir
+
+    run_dir = RunDir.create(tmp_path / "run")
+    run_dir.write_recipe(parse_recipe(TINY))
+    data = yaml.safe_load(run_dir.recipe_path.read_text())
+    del data["shift"]  # written before the recipe had a shift section
+    run_dir.recipe_path.write_text(yaml.safe_dump(data))
+    run_dir.study_path.write_bytes(b"")
+    assert run_dir.read_recipe().shift == ShiftSpec()
+    assert run_dir.check_resume(parse_recipe(TINY)) is None
+
+
+def test_hypervolume_scales_macs_and_macs_shifted_by_one_divisor(tmp_path):
+    """Both MACs objectives are divided by the largest ``macs_full`` (or a larger value of either)."""
+    from optuna.trial import create_trial
+
+    from dynsearch.run.front import hypervolume_history
+    from dynsearch.run.rundir import RunDir, write_json
+    from dynsearch.run.study import open_study
+
+    recipe = parse_recipe(TINY)  # accuracy (max), macs, macs_shifted (min)
+    run_dir = RunDir.create(tmp_path / "run")
+    run_dir.write_recipe(recipe)
+    study = open_study(run_dir, recipe)
+    for number, (values, macs_full) in enumerate((([0.8, 300.0, 500.0], 1000), ([0.9, 600.0, 700.0], 800))):
+        study.add_trial(create_trial(values=values))
+        run_dir.trial_dir(number).mkdir(parents=True)
+        write_json(run_dir.metrics_path(number), {"macs_full": macs_full})
+    history = hypervolume_history(run_dir.path)
+    assert history["scale"]["macs"] == history["scale"]["macs_shifted"] == 1000.0
+    # The second trial is not dominated: 0.8 * 0.7 * 0.5 + (0.9 - 0.8) * 0.4 * 0.3.
+    assert history["hypervolume"][-1] == pytest.approx(0.28 + 0.012)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from dynsearch.data import DATASETS, load_data, load_splits, source_of
+from dynsearch.deploy.engine import chosen_engines
 from dynsearch.deploy.load import load_folder
 from dynsearch.errors import UserError
 from dynsearch.measure.device import resolve_device
@@ -91,7 +92,7 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     per_size = [timed(splits.val_x, size) for size in sizes]
     result: dict[str, Any] = {
         "path": str(folder), "data": name, "device": device, "threads": threads, "params": count_params(model),
-        "served_form": "dynsearch.load: eager PyTorch, batch norm folded, fixed pools",
+        "served_form": "dynsearch.load(path, engine='eager'): eager PyTorch, batch norm folded, fixed pools",
         "served_engine": served_engine(folder),
         **per_size[0], "batch_sizes": per_size, "load_average": list(os.getloadavg()),
     }
@@ -115,15 +116,13 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
 
 def served_engine(folder) -> dict[str, str]:
     """The engine ``dynsearch.load(folder)`` serves at each batch size the export measured (its card's
-    ``engine.chosen``): eager for a trial folder or a card without an engine section."""
+    ``engine.chosen``, read as ``load`` reads it): eager for a trial folder or a card without one."""
     card = Path(folder) / "card.json"
-    chosen = None
-    if card.is_file():
-        try:
-            chosen = (json.loads(card.read_text()).get("engine") or {}).get("chosen")
-        except (ValueError, AttributeError):
-            chosen = None
-    return chosen if isinstance(chosen, dict) and chosen else {"1": "eager"}
+    try:
+        data = json.loads(card.read_text()) if card.is_file() else None
+    except ValueError:
+        data = None
+    return chosen_engines(data)
 
 
 def _shift_timing(sized: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def make_card(number: int, config: dict[str, Any], metrics: dict[str, Any], mode
                  "as the user's data gave them (float32, no scaling by dynsearch)"},
         "recipe": recipe_dict(recipe),
         "runtime_policy": model.runtime_policy(),
-        "forms": {"pytorch": "dynsearch.load(path)", "onnx": onnx_support(model),
+        "forms": {"pytorch": "dynsearch.load(path, engine='eager')", "onnx": onnx_support(model),
                   "int8": ("the staged ONNX graphs quantized by onnxruntime (dynsearch export --quantize int8)"
                            if model.onnx_form() is not None else "not supported (needs the ONNX form)")},
         "onnx": onnx_manifest,

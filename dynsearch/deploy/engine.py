@@ -5,8 +5,10 @@ Candidates: ``eager`` (the served PyTorch form, ``measure.latency.serving_form``
 wrote them. ``dynsearch export`` times each against eager on the validation inputs, at batch 1 and
 at a serving batch (``BATCH_SIZES``), in alternation (``measure.latency.paired_speedup``), and
 chooses per batch size: the candidate with the largest median speed-up over eager whose 95%
-interval lies wholly above 1, else eager (the simplest). The card's ``engine`` section holds the
-figures and the choice; ``dynsearch.load(path)`` serves it.
+interval lies wholly above 1, else eager (the simplest). Before timing, each candidate runs the same
+batches as eager: one whose logits differ from eager's by more than ``SERVED_TOLERANCE`` (what ``load``
+promises) or that predicts another class anywhere is left out (the card's ``left_out`` says by how much),
+not timed. The card's ``engine`` section holds the figures and the choice; ``dynsearch.load(path)`` serves it.
 
 ``torch.compile`` is not a candidate: on the tiniest exit model here its first call took 17 s at
 batch 1 (a graph break at every exit decision) and 2.5 s more at batch 128, far from the few
@@ -28,6 +30,8 @@ from dynsearch.run.files import CONFIG_FILE
 ENGINES = ("eager", "onnx")
 BATCH_SIZES = (1, 128)  # batch 1 and a serving batch
 BATCHES_TIMED = {1: 16}  # batches timed per pass at each size (the validation inputs in order); others: 1
+SERVED_TOLERANCE = 1e-5  # max abs logit difference from eager a served engine may have (the export's
+# per-graph parity check allows 1e-4: onnx_export.PARITY_TOLERANCE)
 REPEATS, WARMUP = 11, 1  # 6 paired repeats are the fewest with a 95% interval; 11 give a narrower one
 LEFT_OUT = {"compiled": "torch.compile: first call 17 s at batch 1 and 2.5 s more at batch 128 on the tiniest "
                         "exit model (a graph break at every decision); too slow to build at export or load"}
@@ -74,7 +78,10 @@ class OnnxEngine:
 
     def __call__(self, x: torch.Tensor) -> EngineOutput:
         check_input(x, self.input_shape)
-        decisions = self.runtime.run_batch(x.detach().cpu().numpy(), batch_size=max(len(x), 1))
+        if len(x) == 0:  # as eager answers an empty batch: logits [0, K] (eager is cheap on nothing)
+            with torch.no_grad():
+                return EngineOutput(self.model(x).logits, [])
+        decisions = self.runtime.run_batch(x.detach().cpu().numpy(), batch_size=len(x))
         import numpy as np
 
         return EngineOutput(torch.from_numpy(np.stack([d.logits for d in decisions])), decisions)
@@ -121,17 +128,39 @@ def _batches(x: torch.Tensor, size: int, count: int) -> list[torch.Tensor]:
     return list(x[index].split(size))
 
 
+def served_gap(engine: Callable, eager: Callable, batches: list[torch.Tensor]) -> tuple[float, int]:
+    """``(max abs logit difference, differing predictions)`` of ``engine`` against ``eager`` on ``batches``."""
+    gaps, differ = [], 0
+    with torch.no_grad():
+        for x in batches:
+            got, want = engine(x).logits, eager(x).logits
+            gaps.append((got - want).abs().max())
+            differ += int((got.argmax(dim=1) != want.argmax(dim=1)).sum())
+    return float(torch.stack(gaps).max()), differ  # torch's max keeps a NaN: such an engine is left out
+
+
 def measure_engines(engines: dict[str, Callable], inputs: torch.Tensor, threads: int = 1,
                     batch_sizes: tuple[int, ...] = BATCH_SIZES, repeats: int = REPEATS,
                     warmup: int = WARMUP) -> dict[str, Any]:
     """The card's ``engine`` section: each candidate of ``engines`` (``eager`` first) timed against
-    eager at each batch size on ``inputs`` (in order, wrapping round), and the choice at each."""
+    eager at each batch size on ``inputs`` (in order, wrapping round), and the choice at each. A candidate
+    whose outputs on those batches differ from eager's (``served_gap``) is left out instead."""
+    from dynsearch.measure.device import pinned_threads
     from dynsearch.measure.latency import paired_speedup
 
     def kept(timed: dict[str, Any]) -> dict[str, Any]:
         return {k: timed[k] for k in ("latency_ms", "latency_ms_p90", "throughput")}
 
     start = time.perf_counter()
+    left_out = dict(LEFT_OUT)
+    with pinned_threads(threads):  # as timed and as served
+        for name in [n for n in engines if n != "eager"]:
+            batches = [b for size in batch_sizes for b in _batches(inputs, size, BATCHES_TIMED.get(size, 1))]
+            gap, differ = served_gap(engines[name], engines["eager"], batches)
+            if not gap <= SERVED_TOLERANCE or differ:
+                left_out[name] = (f"differs from eager on the timing batches: logits by up to {gap:.3g} "
+                                  f"(at most {SERVED_TOLERANCE:g} allowed), {differ} prediction(s) differ")
+    engines = {name: engine for name, engine in engines.items() if name not in left_out}
     per_size = []
     for size in batch_sizes:
         batches = _batches(inputs, size, BATCHES_TIMED.get(size, 1))
@@ -150,12 +179,24 @@ def measure_engines(engines: dict[str, Callable], inputs: torch.Tensor, threads:
         chosen, why = choose(figures)
         per_size.append({"batch_size": size, "batches": len(batches), "figures": figures,
                          "chosen": chosen, "why": why})
-    return {"candidates": list(engines), "left_out": LEFT_OUT, "threads": threads, "repeats": repeats,
+    return {"candidates": list(engines), "left_out": left_out, "threads": threads, "repeats": repeats,
             "warmup": warmup, "order": "each candidate against eager in alternation (paired ratios, "
             "eager time over candidate time)", "batch_sizes": per_size,
             "chosen": {str(s["batch_size"]): s["chosen"] for s in per_size},
             "load_average": [round(v, 2) for v in os.getloadavg()],
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def chosen_engines(card: Any) -> dict[str, str]:
+    """The card's ``engine.chosen`` (batch size as a string -> engine), as ``load`` reads it: eager at
+    batch 1 when the card records none (an older export) or not one this version reads."""
+    section = card.get("engine") if isinstance(card, dict) else None
+    chosen = section.get("chosen") if isinstance(section, dict) else None
+    if not isinstance(chosen, dict) or not chosen or not all(isinstance(name, str) for name in chosen.values()) \
+            or not set(chosen.values()) <= set(ENGINES) \
+            or not all(str(size).isdigit() and int(size) > 0 for size in chosen):
+        return {"1": "eager"}
+    return {str(int(size)): name for size, name in chosen.items()}
 
 
 def serve(model, folder: Path, card: dict[str, Any] | None, engine: str,
@@ -166,11 +207,7 @@ def serve(model, folder: Path, card: dict[str, Any] | None, engine: str,
     section = section if isinstance(section, dict) else {}
     threads = section.get("threads") if isinstance(section.get("threads"), int) and section["threads"] > 0 else 1
     if engine == "auto":
-        chosen = section.get("chosen")
-        if not isinstance(chosen, dict) or not chosen or not set(chosen.values()) <= set(ENGINES) \
-                or not all(str(size).isdigit() and int(size) > 0 for size in chosen):
-            chosen = {"1": "eager"}  # none recorded (an older export) or not one this version reads
-        by_size = {int(size): name for size, name in chosen.items()}
+        by_size = {int(size): name for size, name in chosen_engines(card).items()}
         names = set(by_size.values())
         engines = {name: _one(name, model, folder, card, threads, input_shape, auto=True) for name in names}
         if len(engines) == 1:

@@ -166,12 +166,16 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     return compute_hypervolume(inside, [-low_accuracy, high_cost])
 
 
+MACS_OBJECTIVES = ("macs", "macs_shifted")  # scaled alike by hypervolume_history
+
+
 def hypervolume_history(run_dir: str | Path) -> dict[str, Any]:
     """The search's hypervolume after each COMPLETE trial, against wall-clock: what the report and the
     W&B summary draw. Every objective of the study counts (n-dimensional, Optuna's WFG): an objective
     maximised (accuracy) is taken as it is, reference 0; one minimised (MACs, latency, params) is divided
-    by its largest value over the COMPLETE trials (MACs by the largest ``macs_full``: the static path of
-    the biggest network tried), reference 1. Returns ``seconds`` (since the first trial started),
+    by its largest value over the COMPLETE trials (``macs`` and ``macs_shifted`` both by one divisor: the
+    largest ``macs_full``, the static path of the biggest network tried, or a larger value of either),
+    reference 1. Returns ``seconds`` (since the first trial started),
     ``hypervolume`` (the same length), ``trials`` (which trial each step added) and ``scale`` (objective ->
     divisor). PRUNED trials are not counted: their objectives are those of a partly trained network."""
     from optuna.trial import TrialState
@@ -186,11 +190,13 @@ def hypervolume_history(run_dir: str | Path) -> dict[str, Any]:
     if not trials:
         return {"seconds": [], "hypervolume": [], "trials": [], "scale": {}}
     scale: dict[str, float] = {}
+    macs_at = [i for i, name in enumerate(names) if name in MACS_OBJECTIVES and not maximised[i]]
+    if macs_at:  # one divisor for every MACs objective, so that their scaled values compare
+        largest_macs = max([abs(t.values[i]) for t in trials for i in macs_at]
+                           + [run.read_metrics(t.number).get("macs_full") or 0 for t in trials])
     for i, name in enumerate(names):
         if not maximised[i]:
-            largest = max(abs(t.values[i]) for t in trials)
-            if name == "macs":
-                largest = max([largest] + [run.read_metrics(t.number).get("macs_full") or 0 for t in trials])
+            largest = largest_macs if i in macs_at else max(abs(t.values[i]) for t in trials)
             scale[name] = float(largest) or 1.0
     first = min(t.datetime_start for t in every if t.datetime_start is not None)
     reference = [0.0 if up else 1.0 for up in maximised]

@@ -44,7 +44,7 @@ from dynsearch.run.files import (  # noqa: F401 (re-exported)
 # What makes two searches' trials comparable; the trial budget, sampler and
 # resources may change between runs of the same search.
 RESUME_FIELDS = ("data", "backbone", "space", "objectives", "epochs", "batch_size", "lr_schedule", "augment", "latency",
-                 "strategy", "supernet", "scheduler")
+                 "strategy", "supernet", "scheduler", "shift")
 # What --new moves aside (everything a search writes, see docs/trust.md "The run directory").
 SEARCH_STATE = (RECIPE_FILE, STUDY_FILE, TRIALS_DIR, FRONT_FILE, RAY_DIR, REPORT_PNG, REPORT_HTML, WANDB_DIR,
                 SUPERNET_DIR)
