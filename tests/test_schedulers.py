@@ -120,10 +120,12 @@ def test_a_time_budget_is_read_as_seconds_minutes_or_hours():
 
 
 # -- real searches ------------------------------------------------------------------------------
-# One trial at a time: the first trial is alone at every rung, so it goes on to COMPLETE; the others are
-# ranked against those before them.
-SCHEDULED = TINY_RECIPE.replace("trials: 3", "trials: 6").replace("epochs: 1", "epochs: 12").replace(
-    "concurrent_trials: 2", "concurrent_trials: 1") + "scheduler: {name: mo-asha, grace_epochs: 1, reduction_factor: 2}\n"
+# Two trials at a time, 30 epochs: the first trial to reach a rung is alone there and goes on, so one trial
+# runs its 30 epochs past the first rung (seconds) while the other of its pair is ranked and, often, pruned.
+# With one trial at a time and 12 epochs, a trial other than the first ran past its first rung for one epoch
+# only (~0.1 s on quiet cores), and the search could end before the poll saw one.
+SCHEDULED = TINY_RECIPE.replace("trials: 3", "trials: 6").replace("epochs: 1", "epochs: 30") + \
+    "scheduler: {name: mo-asha, grace_epochs: 1, reduction_factor: 2}\n"
 
 
 def _search(recipe: Path, out: Path, **kw) -> subprocess.Popen:
@@ -197,7 +199,7 @@ def test_a_search_killed_mid_rung_resumes_with_every_trial_complete_or_pruned(ki
         elif trial.state == TrialState.COMPLETE:
             assert metrics["status"] == "COMPLETE"
             # A COMPLETE trial went on at every rung it reached: the rungs below the epochs, each recorded.
-            assert sorted(rung_records(trial)) == rung_epochs(1, 2, 12)
+            assert sorted(rung_records(trial)) == rung_epochs(1, 2, 30)
 
 
 @pytest.mark.slow
