@@ -182,8 +182,12 @@ def test_a_search_killed_mid_rung_resumes_with_every_trial_complete_or_pruned(ki
     trials = study.get_trials()
     for trial in trials:
         if trial.state == TrialState.FAIL:  # only what the kill interrupted, each retried once
-            assert "interrupted" in trial.user_attrs["fail_reason"]
-            assert sum(t.user_attrs.get("retry_of") == trial.number for t in trials) == 1
+            reason = trial.user_attrs["fail_reason"]
+            assert "interrupted" in reason
+            retries = sum(t.user_attrs.get("retry_of") == trial.number for t in trials)
+            # A trial killed before its space suggested anything has no parameters to queue again.
+            assert retries == (1 if "queued for one retry" in reason else 0), (reason, trial.params)
+            assert retries == 1 or not trial.params
     after = _attrs(out)
     for number, attrs in before.items():  # decisions made before the kill stand, untouched
         assert {k: v for k, v in after[number].items() if k != "ray_trial_id"} == \
