@@ -206,11 +206,22 @@ def test_a_search_killed_mid_rung_resumes_with_every_trial_complete_or_pruned(ki
             assert sorted(rung_records(trial)) == rung_epochs(1, 2, 30)
 
 
+# One trial at a time: the first trial is alone at every rung, so it goes on to COMPLETE (a front to read);
+# the others are ranked against those before them. (The killed search above may end with every trial PRUNED.)
+SCHEDULED_ONE_AT_A_TIME = TINY_RECIPE.replace("trials: 3", "trials: 6").replace("epochs: 1", "epochs: 12").replace(
+    "concurrent_trials: 2", "concurrent_trials: 1") + "scheduler: {name: mo-asha, grace_epochs: 1, reduction_factor: 2}\n"
+
+
 @pytest.mark.slow
-def test_pruned_trials_never_reach_the_front_or_an_export(killed_and_resumed, tmp_path):
-    out = killed_and_resumed[0]
+def test_pruned_trials_never_reach_the_front_or_an_export(tmp_path):
+    recipe, out = tmp_path / "sched.yaml", tmp_path / "run"
+    recipe.write_text(SCHEDULED_ONE_AT_A_TIME)
+    done = subprocess.run([sys.executable, "-m", "dynsearch.cli", "search", str(recipe), "--out", str(out),
+                           "--wandb", "off"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     study = open_study(out)
     pruned = [t.number for t in study.get_trials(states=(TrialState.PRUNED,))]
+    assert pruned and study.get_trials(states=(TrialState.COMPLETE,)), count_states(study)
     front = json.loads(subprocess.run([sys.executable, "-m", "dynsearch.cli", "pareto", str(out), "--json"],
                                       capture_output=True, text=True, check=True).stdout)
     assert front and not {item["trial"] for item in front} & set(pruned)
