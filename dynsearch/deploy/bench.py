@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dynsearch.data import DATASETS, load_data, load_splits, source_of
-from dynsearch.deploy.engine import chosen_engines
+from dynsearch.deploy.engine import chosen_engines, wrapping_batches
 from dynsearch.deploy.load import load_folder
 from dynsearch.errors import UserError
 from dynsearch.measure.device import resolve_device
@@ -42,13 +42,6 @@ def _check_bench_folder(folder: Path) -> None:
                         f"--state COMPLETE') or an exported model ('dynsearch export {folder} --out DIR')")
 
 
-def _batches(x: torch.Tensor, batch_size: int, count: int) -> list[torch.Tensor]:
-    """``count`` batches of ``batch_size`` validation inputs in order, wrapping round the split
-    when it holds fewer (a throughput figure needs full batches)."""
-    index = torch.arange(count * batch_size) % len(x)
-    return list(x[index].split(batch_size))
-
-
 def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: int | list[int] = 1,
           threads: int = 1, inputs: int = 100, repeats: int = 15, warmup: int = 3,
           shift: list[tuple[str, int]] | None = None, seed: int = 0) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     timing = dict(device=device, warmup=warmup, repeats=repeats, threads=threads)
 
     def timed(x: torch.Tensor, size: int) -> dict[str, Any]:
-        batches = _batches(x, size, inputs)
+        batches = wrapping_batches(x, size, inputs)
         index = torch.arange(inputs * size) % len(x)
         costs = measure(model, x[index], splits.val_y[index])
         paired = paired_speedup(model, model.forward_static, batches, **timing)

@@ -123,7 +123,9 @@ def choose(figures: dict[str, dict[str, Any]]) -> tuple[str, str]:
                      + "; eager, the simplest, is kept")
 
 
-def _batches(x: torch.Tensor, size: int, count: int) -> list[torch.Tensor]:
+def wrapping_batches(x: torch.Tensor, size: int, count: int) -> list[torch.Tensor]:
+    """``count`` batches of ``size`` inputs of ``x`` in order, wrapping round ``x`` when it holds fewer
+    (a throughput figure needs full batches)."""
     index = torch.arange(size * count) % len(x)
     return list(x[index].split(size))
 
@@ -153,17 +155,17 @@ def measure_engines(engines: dict[str, Callable], inputs: torch.Tensor, threads:
 
     start = time.perf_counter()
     left_out = dict(LEFT_OUT)
+    timed_batches = {size: wrapping_batches(inputs, size, BATCHES_TIMED.get(size, 1)) for size in batch_sizes}
     with pinned_threads(threads):  # as timed and as served
         for name in [n for n in engines if n != "eager"]:
-            batches = [b for size in batch_sizes for b in _batches(inputs, size, BATCHES_TIMED.get(size, 1))]
-            gap, differ = served_gap(engines[name], engines["eager"], batches)
+            gap, differ = served_gap(engines[name], engines["eager"],
+                                     [b for batches in timed_batches.values() for b in batches])
             if not gap <= SERVED_TOLERANCE or differ:
                 left_out[name] = (f"differs from eager on the timing batches: logits by up to {gap:.3g} "
                                   f"(at most {SERVED_TOLERANCE:g} allowed), {differ} prediction(s) differ")
     engines = {name: engine for name, engine in engines.items() if name not in left_out}
     per_size = []
-    for size in batch_sizes:
-        batches = _batches(inputs, size, BATCHES_TIMED.get(size, 1))
+    for size, batches in timed_batches.items():
         figures: dict[str, dict[str, Any]] = {}
         if len(engines) == 1:  # eager alone: nothing to pair it with (a no-op costs nothing)
             figures["eager"] = kept(paired_speedup(engines["eager"], lambda x: None, batches, warmup=warmup,
