@@ -3,15 +3,19 @@ batches, each the median of paired, alternated timings with a 95% interval (`dyn
 protocol, measure/latency.py `paired_speedup`), and the batched staged ONNX runtime's throughput.
 
   python benchmarks/serving.py                       # a seeded 12-trial digits-exits search, exported
-  python benchmarks/serving.py --models DIR [DIR...] # folders of exported models (dynsearch export --out DIR)
+  python benchmarks/serving.py --recipe fmnist-exits --trials 8 --concurrent 0 --name fmnist-exits-s0
+  python benchmarks/serving.py --models NAME=DIR [NAME=DIR...] # folders of exported models, timed in one run
 
-Without --models it runs `dynsearch search --trials 12 --seed 0 --concurrent 1` (the default recipe) and exports its
-front plus every other COMPLETE trial with exit heads (a small front is often exit-free), then times
+Without --models it runs `dynsearch search RECIPE --trials N --seed 0` (default: the digits default, 12 trials,
+one at a time) and exports its front plus every other COMPLETE trial with exit heads (a small front is often
+exit-free); with --work DIR a finished search there is reused (re-running a search resumes it). Then it times
 every exported model: batch 1 (--inputs-1 inputs) and --batch-sizes (--inputs-batched batches each),
 1 torch thread, the model as `dynsearch.load` serves it. Writes benchmarks/results/serving.json:
 `batch1_realised_over_macs` and `batch128_throughput_over_macs` (model -> realised / MACs speed-up),
 their 95% intervals, every figure, the command, date, machine and load average before and after.
 Timings of a busy machine are upper bounds of the noise: read the intervals and the load.
+--cards DIR copies each model's config.json, card.json and card.md to DIR/NAME/trial-N (the weights are
+not committed: the seeded search command remakes them).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,14 +33,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serving.json"
-SEARCH = ["dynsearch", "search", "--trials", "12", "--seed", "0", "--concurrent", "1", "--wandb", "off"]
 
 
-def exported_models(work: Path) -> tuple[list[Path], list[list[str]]]:
+def exported_models(work: Path, recipe: str, trials: int, concurrent: int) -> tuple[list[Path], list[list[str]]]:
     """Search, then export the front and every other COMPLETE trial with exit heads; the commands run."""
     run, out = work / "run", work / "models"
-    commands = [[*SEARCH, "--out", str(run)], ["dynsearch", "export", str(run), "--pareto", "--out", str(out),
-                                                  "--format", "onnx"]]
+    search = ["dynsearch", "search", recipe, "--trials", str(trials), "--seed", "0", "--wandb", "off",
+              *(["--concurrent", str(concurrent)] if concurrent else []), "--out", str(run)]
+    commands = [search, ["dynsearch", "export", str(run), "--pareto", "--out", str(out), "--format", "onnx"]]
+    if out.exists():
+        shutil.rmtree(out)  # exported again from the (resumed, finished) search
     for command in commands:
         subprocess.run(command, check=True, capture_output=True)
     front = {int(p.name.split("-")[1]) for p in out.iterdir()}
@@ -78,8 +85,13 @@ def onnx_throughput(folder: Path, samples: int, batch_size: int) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", help="folders holding exported model folders (trial-N)")
-    parser.add_argument("--name", default="digits-exits-s0", help="prefix of the model names in the results")
+    parser.add_argument("--models", nargs="*", help="NAME=DIR: folders holding exported model folders (trial-N), "
+                        "their models named NAME/trial-N in the results")
+    parser.add_argument("--recipe", default="digits-exits", help="without --models: the recipe searched")
+    parser.add_argument("--trials", type=int, default=12, help="without --models: trials searched")
+    parser.add_argument("--concurrent", type=int, default=1, help="without --models: trials at once (0: the recipe's)")
+    parser.add_argument("--name", default="digits-exits-s0", help="without --models: prefix of the model names")
+    parser.add_argument("--cards", help="copy each model's config.json, card.json and card.md to CARDS/NAME/trial-N")
     parser.add_argument("--batch-sizes", default="32,128,256")
     parser.add_argument("--inputs-1", type=int, default=100, help="inputs timed at batch 1")
     parser.add_argument("--inputs-batched", type=int, default=8, help="batches timed at each larger size")
@@ -93,17 +105,27 @@ def main() -> None:
 
     load_before = os.getloadavg()
     commands = []
+    named: list[tuple[str, Path]] = []  # (model name, folder)
     if args.models:
-        folders = sorted((p for d in args.models for p in Path(d).iterdir() if (p / "config.json").is_file()),
-                         key=lambda p: (str(p.parent), int(p.name.split("-")[1])))
+        for given in args.models:
+            prefix, sep, directory = given.partition("=")
+            if not sep:
+                parser.error(f"--models {given}: give NAME=DIR")
+            folders = sorted((p for p in Path(directory).iterdir() if (p / "config.json").is_file()),
+                             key=lambda p: int(p.name.split("-")[1]))
+            named += [(f"{prefix}/{p.name}", p) for p in folders]
     else:
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dynsearch-serving-"))
-        folders, commands = exported_models(work)
+        folders, commands = exported_models(work, args.recipe, args.trials, args.concurrent)
+        named = [(f"{args.name}/{p.name}", p) for p in folders]
         print(f"models exported to {work / 'models'}", flush=True)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     models, batch1, batch1_interval, batch128, batch128_interval, onnx = {}, {}, {}, {}, {}, {}
-    for folder in folders:
-        name = f"{args.name}/{folder.name}"
+    for name, folder in named:
+        if args.cards:
+            (Path(args.cards) / name).mkdir(parents=True, exist_ok=True)
+            for file in ("config.json", "card.json", "card.md"):
+                shutil.copy(folder / file, Path(args.cards) / name / file)
         one = bench(folder, batch_size=1, inputs=args.inputs_1, repeats=args.repeats)
         many = bench(folder, batch_size=sizes, inputs=args.inputs_batched, repeats=args.repeats)
         config = json.loads((folder / "config.json").read_text())

@@ -386,10 +386,16 @@ def _cmd_bench(args) -> int:
         print(f"    {speedup_line(sized)}")
         print(f"    speed-up {interval_text({**sized, 'speedup': sized['realised_speedup']})}; "
               f"{sized['realised_over_macs']:.2f} of the MACs speed-up")
+        if "served" in sized:
+            s = sized["served"]
+            print(f"    served by {s['engine']} (as dynsearch.load serves it): p50 {s['latency_ms']:.4f} ms  "
+                  f"{s['throughput']:,.0f} samples/s; speed-up over static "
+                  f"{interval_text({**s, 'speedup': s['realised_speedup']})}; "
+                  f"{s['realised_over_macs']:.2f} of the MACs speed-up")
     print(f"  params {result['params']:,}")
     served = result["served_engine"]
     print("  dynsearch.load serves " + ", ".join(f"{engine} at batch {size}" for size, engine in served.items())
-          + (" (chosen at export: the figures above are eager's; card.json's engine section has every engine's)"
+          + (" (chosen at export: 'served by' above times it at each batch size where it is not eager)"
              if set(served.values()) != {"eager"} else " (the form timed above)"))
     if "lut_predicted_ms" in result:
         print(f"  latency table predicts {result['lut_predicted_ms']:.4f} ms at batch 1 "

@@ -99,6 +99,48 @@ def test_batch_decisions_equal_batch_one_decisions(digits):
     assert (batch.logits.argmax(1)[same] == single_logits.argmax(1)[same]).all()
 
 
+def test_batch_with_samples_leaving_at_every_head_equals_batch_one(digits):
+    """The batched forward's index bookkeeping (the first head lending its logits as the output, later
+    heads and the final classifier writing their rows into it) gives each sample its batch-1 answer.
+    A model trained for 150 steps: its heads' confidences spread so that one threshold sends samples
+    to both exits and the final classifier."""
+    torch.manual_seed(0)
+    model = build_model(exits_config(stages=[0, 1], widths=(8, 16, 16), head_width=0)).train()
+    optimiser = torch.optim.Adam(model.parameters(), 0.01)
+    for _ in range(150):
+        i = torch.randint(0, len(digits.train_x), (64,))
+        loss = model.task_loss(model(digits.train_x[i]), digits.train_y[i])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    x = digits.val_x[:96]
+    mixed = 0
+    for threshold in (0.4, 0.5, 0.6, 0.7):
+        model.threshold = threshold
+        with torch.no_grad():
+            batch = model(x)
+            singles = [model(x[i : i + 1]) for i in range(len(x))]
+        single_exits = torch.cat([o.trace.records["exit_index"] for o in singles])
+        same = batch.trace.records["exit_index"] == single_exits
+        assert same.float().mean() > 0.95  # only samples on a threshold may flip with round-off
+        assert torch.allclose(batch.logits[same], torch.cat([o.logits for o in singles])[same], atol=1e-5)
+        mixed += len(set(batch.trace.records["exit_index"].tolist())) == 3
+    assert mixed  # some threshold sent samples to both exits and the final classifier in one batch
+
+
+@pytest.mark.parametrize("size", [1, 7])
+def test_exit_free_model_serves_its_static_path(digits, size):
+    model = build_model(exits_config(stages=[])).eval()
+    x = digits.val_x[:size]
+    with torch.no_grad():
+        out = model(x)
+        assert torch.equal(out.logits, model.forward_static(x))
+    assert out.trace.records["exit_index"].tolist() == [2] * size
+    assert {name: counts.tolist() for name, counts in out.trace.counts.items()} == {
+        name: [1.0] * size for name in ("stem", "stage0", "stage1", "stage2", "classifier")}
+
+
 def test_later_stages_never_run_after_an_exit_at_batch_one():
     model = build_model(exits_config(threshold=0.0)).eval()  # every sample leaves at the first head
     ran = []

@@ -164,3 +164,24 @@ def test_folding_batch_norm_keeps_outputs_and_decisions(digits):
     x = digits.val_x[:32]
     assert torch.allclose(folded.forward_static(x), model.forward_static(x), atol=1e-5)
     assert torch.allclose(folded(x).logits, model(x).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, kernel, batched_way", [
+    ((64, 7, 7), (7, 7), "mean"),          # a whole map of >= 64 values: a mean over height and width
+    ((34, 4, 4), (2, 2), "channels_last"),  # a map of <= 16 positions: on a channels-last copy
+    ((32, 14, 14), (7, 7), "plain"),        # a larger map: the plain kernel
+    ((5, 2, 2), (2, 2), "plain"),           # a whole map of fewer than 64 values: the plain kernel
+])
+def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_way):
+    import torch
+    from torch.nn import functional as F
+
+    from dynsearch.measure.latency import BATCHED_POOL_ROWS, ServedAvgPool2d
+
+    pool = ServedAvgPool2d(kernel, shape)
+    assert (pool.whole_map, pool.small_map) == (batched_way == "mean", batched_way == "channels_last")
+    for batch in (1, BATCHED_POOL_ROWS - 1, BATCHED_POOL_ROWS, 128):
+        x = torch.randn(batch, *shape)
+        out = pool(x)
+        assert out.shape == F.avg_pool2d(x, kernel).shape
+        assert torch.allclose(out, F.avg_pool2d(x, kernel), atol=1e-6)

@@ -177,7 +177,7 @@ def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
 
     served, trained = dynsearch.load(exported, engine="eager"), dynsearch.load(exported, raw=True)
     kinds = {type(m).__name__ for m in served.modules()}
-    assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "AvgPool2d" in kinds
+    assert "BatchNorm2d" not in kinds and "AdaptiveAvgPool2d" not in kinds and "ServedAvgPool2d" in kinds
     assert {"BatchNorm2d", "AdaptiveAvgPool2d"} <= {type(m).__name__ for m in trained.modules()}
 
 
@@ -269,6 +269,28 @@ def test_bench_and_load_read_the_cards_choice_alike(exported, tmp_path):
     for chosen, expected, engine in cases:
         (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": chosen}}))
         assert (served_engine(folder), dynsearch.load(folder).engine) == (expected, engine), chosen
+
+
+def test_bench_times_the_engine_load_serves_where_it_is_not_eager(exported, tmp_path, capsys):
+    """Where the card chose onnx (batch 1 here), bench times the ONNX engine against the static path as it
+    times the dynamic path; at a size served by eager it adds nothing."""
+    import shutil
+
+    from dynsearch.deploy.bench import bench
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": {"1": "onnx", "128": "eager"}}}))
+    result = bench(folder, batch_size=[1, 128], inputs=2, repeats=6, warmup=1)
+    one, many = result["batch_sizes"]
+    assert (one["served_by"], many["served_by"]) == ("onnx", "eager") and "served" not in many
+    served = one["served"]
+    assert served["engine"] == "onnx" and served["realised_speedup"] > 0 and served["throughput"] > 0
+    assert served["realised_over_macs"] == pytest.approx(served["realised_speedup"] / one["macs_speedup"])
+    assert served["interval"][0] <= served["realised_speedup"] <= served["interval"][1]
+    assert cli.main(["bench", str(folder), "--batch-size", "1", "--inputs", "2", "--repeats", "6"]) == 0
+    assert "served by onnx (as dynsearch.load serves it)" in capsys.readouterr().out
 
 
 def test_every_engine_answers_an_empty_batch_as_eager_does(exported, tmp_path):

@@ -83,10 +83,13 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
         }
 
     per_size = [timed(splits.val_x, size) for size in sizes]
+    engines = served_engine(folder)
+    if set(engines.values()) != {"eager"}:  # the card chose another engine somewhere: time it as served
+        _time_served_engines(folder, model, splits.val_x, sizes, per_size, inputs, timing)
     result: dict[str, Any] = {
         "path": str(folder), "data": name, "device": device, "threads": threads, "params": count_params(model),
         "served_form": "dynsearch.load(path, engine='eager'): eager PyTorch, batch norm folded, fixed pools",
-        "served_engine": served_engine(folder),
+        "served_engine": engines,
         **per_size[0], "batch_sizes": per_size, "load_average": list(os.getloadavg()),
     }
     if 1 in sizes:  # the latency table predicts batch-1 latency from the traces
@@ -105,6 +108,30 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
         figures["batch_size"] = first
         result["shift"] = figures
     return result
+
+
+def _time_served_engines(folder, model, x: torch.Tensor, sizes: list[int], per_size: list[dict[str, Any]],
+                         inputs: int, timing: dict[str, Any]) -> None:
+    """At each batch size that ``dynsearch.load(folder)`` serves with an engine other than eager, that
+    engine timed against the static path as the dynamic path was (paired, the same batches): each
+    such size's figures get ``served``; every size gets ``served_by``, the engine load serves there."""
+    from dynsearch.deploy.engine import ByBatchSize
+    from dynsearch.deploy.load import load
+
+    served = load(folder)
+    for size, figures in zip(sizes, per_size):
+        name = served.engine_for(size) if isinstance(served, ByBatchSize) else served.engine
+        figures["served_by"] = name
+        if name == "eager":
+            continue
+        engine = served.engines[name] if isinstance(served, ByBatchSize) else served
+        paired = paired_speedup(engine, model.forward_static, wrapping_batches(x, size, inputs), **timing)
+        figures["served"] = {
+            "engine": name, "realised_speedup": paired["speedup"],
+            "realised_over_macs": paired["speedup"] / figures["macs_speedup"],
+            **{k: paired[k] for k in ("interval", "interval_halfwidth", "interval_wide")},
+            "latency_ms": paired["dynamic"]["latency_ms"], "throughput": paired["dynamic"]["throughput"],
+        }
 
 
 def served_engine(folder) -> dict[str, str]:

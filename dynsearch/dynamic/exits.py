@@ -143,6 +143,7 @@ class EarlyExitNet(DynamicModel):
         self._stage_names = [f"stage{i}" for i in range(len(stages))]
         self._exit_names = [f"exit{i}" for i in range(len(stages))]
         self._component_names = list(self.components())
+        self._full_path = ["stem", *self._stage_names, "classifier"]  # what an exit-free model runs
 
     @classmethod
     def tiny_configs(cls) -> list[dict[str, Any]]:
@@ -348,6 +349,9 @@ class EarlyExitNet(DynamicModel):
 
     def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
         """Batch size 1: one decision per head, a single sync each, no index bookkeeping."""
+        if not self.exit_stages:  # nothing to decide: the static path, and its trace
+            return DynamicOutput(self.forward_static(x), Trace.single(self._component_names, self._full_path,
+                                                                      exit_index=len(self.stages) - 1))
         h = self.stem(x)
         ran = ["stem"]
         previous, streak = None, 0  # PABEE's state
@@ -394,13 +398,19 @@ class EarlyExitNet(DynamicModel):
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
         """A batch: samples that leave drop out of it. What ran per sample follows from where it left
         (``exit_index``), so the trace's counts are derived from it only when read (``_exit_counts``);
-        a head that no sample leaves at costs no indexing, and no bookkeeping runs per stage."""
+        a head that no sample leaves at costs no indexing, and no bookkeeping runs per stage.
+
+        Per head one index (``nonzero``) of the samples that stay, which is also its one sync. The first
+        head any sample leaves at lends its logits tensor as the output: rows that stay are overwritten
+        where they leave later, so the samples that leave there need no copy."""
         batch = x.shape[0]
         if batch == 1:
             return self._forward_one(x)
         last = len(self.stages) - 1
-        exit_index = torch.full((batch,), last, dtype=torch.long)
-        logits_out = None
+        if not self.exit_stages:  # nothing to decide: the static path
+            exit_index = torch.full((batch,), last, dtype=torch.long)
+            return DynamicOutput(self.forward_static(x), Trace.derived({"exit_index": exit_index}, self._exit_counts))
+        exit_index = logits_out = None
         alive = None  # indices of the samples still running; None: all of them, in order
         previous, streak = None, torch.zeros(batch, dtype=torch.long)  # PABEE's state, per alive sample
         h = self.stem(x)
@@ -419,25 +429,27 @@ class EarlyExitNet(DynamicModel):
                 leave = rules.patience_leaves(streak, self.patience)
             else:
                 leave = self._leave(logits)
-            if not leave.any():
-                continue
-            if logits_out is None:
-                logits_out = logits.new_zeros(batch, logits.shape[1])
-            gone = leave.nonzero().squeeze(1) if alive is None else alive[leave]
-            logits_out[gone] = logits[leave]
-            exit_index[gone] = i
             stay = (~leave).nonzero().squeeze(1)
+            if stay.numel() == len(leave):  # nobody leaves here
+                continue
+            if alive is None:  # the first head anyone leaves at: its rows are the output so far
+                logits_out, exit_index, alive = logits, torch.where(leave, i, last), stay
+            else:
+                gone = alive[leave]
+                logits_out.index_copy_(0, gone, logits[leave])
+                exit_index.index_fill_(0, gone, i)
+                alive = alive.index_select(0, stay)
             if stay.numel() == 0:
                 return DynamicOutput(logits_out, Trace.derived({"exit_index": exit_index}, self._exit_counts))
-            alive = stay if alive is None else alive[stay]
             h, streak = h.index_select(0, stay), streak.index_select(0, stay)
             if previous is not None:
                 previous = previous.index_select(0, stay)
         logits = self.classifier(h)
-        if logits_out is None:
+        if alive is None:
+            exit_index = torch.full((batch,), last, dtype=torch.long)
             logits_out = logits
         else:
-            logits_out[alive] = logits
+            logits_out.index_copy_(0, alive, logits)
         return DynamicOutput(logits_out, Trace.derived({"exit_index": exit_index}, self._exit_counts))
 
     def _exit_counts(self, records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
