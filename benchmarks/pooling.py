@@ -3,7 +3,7 @@ pool shapes of the built-in recipes' exit heads and classifiers, batch 1, 32 and
 
   python benchmarks/pooling.py
 
-Each shape and batch size: the served pool and ``F.avg_pool2d`` timed in alternation over the same 8
+Each shape and batch size: the served pool and ``nn.AvgPool2d`` (the module it replaces) timed in alternation over the same 8
 batches (``measure.latency.paired_speedup``: median of paired ratios, 95% interval). Above 1 the served pool
 is faster. Writes benchmarks/results/pooling.json with the command, date, machine and load average.
 """
@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
+from torch import nn
 
 from dynsearch.measure.latency import ServedAvgPool2d, paired_speedup
 
@@ -37,7 +37,7 @@ def main() -> None:
         way = "mean" if pool.whole_map else "channels_last" if pool.small_map else "plain"
         for batch in (1, 32, 128):
             batches = [torch.randn(batch, *shape) for _ in range(8)]
-            paired = paired_speedup(pool, lambda x, k=k: F.avg_pool2d(x, k), batches, repeats=21, threads=1)
+            paired = paired_speedup(pool, nn.AvgPool2d(k), batches, repeats=21, threads=1)
             rows.append({"shape": list(shape), "kernel": k, "batch": batch, "batched_way": way,
                          "served_over_plain_speedup": round(paired["speedup"], 3),
                          "interval": [round(v, 3) for v in paired["interval"]],

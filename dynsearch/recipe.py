@@ -355,14 +355,16 @@ class Objective(_Strict):
 
 
 class LatencySpec(_Strict):
-    """How latency is measured: eval mode, real skipping, each batch timed alone."""
+    """How latency is measured: eval mode, real skipping, each batch timed alone, the dynamic and static
+    paths in alternation (the trial records ``latency_speedup`` over the static path with its 95% interval)."""
 
     measure: bool = Field(False, description="measure even when latency_ms is not an objective")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     batch_size: int = Field(1, ge=1, le=4096, description="inputs per timed call")
     inputs: int = Field(100, ge=1, le=100000, description="validation inputs timed")
-    warmup: int = Field(3, ge=0, le=1000, description="untimed runs per input")
-    repeats: int = Field(15, ge=1, le=10000, description="timed runs per input (the median is kept)")
+    warmup: int = Field(3, ge=0, le=1000, description="untimed passes over the inputs, each path")
+    repeats: int = Field(15, ge=1, le=10000, description="timed passes over the inputs, each path (per input the "
+                         "median is kept; 6 or more give the speed-up a 95% interval)")
     threads: int = Field(1, ge=1, le=1024, description="torch threads while timing")
     resource: Optional[str] = Field(None, description="a Ray custom resource naming the node to time on")
     isolation_timeout_s: float = Field(120.0, gt=0, description="longest wait for the node's training epochs "

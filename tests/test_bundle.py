@@ -420,8 +420,17 @@ def test_int8_export_records_float_and_int8_figures_measured_with_onnxruntime(tm
     # rounding may flip a few of them (the 1-point target is the benchmark's, on a trained model).
     assert abs(int8["int8"]["test_accuracy"] - float_["test_accuracy"]) <= 0.03
     assert int8["int8"]["latency_ms"] > 0 and float_["latency_ms"] > 0
+    # Batched as well (where int8 may pay): both throughputs, their ratio, and the sizes where int8 was faster.
+    batched = int8["batched"]
+    assert batched["batch_size"] == 128 and batched["inputs"] == 256
+    assert batched["int8_over_float"] == pytest.approx(
+        batched["throughput"]["int8"] / batched["throughput"]["float"], rel=1e-3)
+    assert set(int8["pays_at_batch_sizes"]) <= {1, 128}
+    assert (128 in int8["pays_at_batch_sizes"]) == (batched["int8_over_float"] > 1)
+    assert (1 in int8["pays_at_batch_sizes"]) == (int8["int8"]["latency_ms"] < float_["latency_ms"])
     text = (folder / "card.md").read_text()
     assert "## int8 (onnxruntime)" in text and "| int8 |" in text and "| float |" in text
+    assert "Batched (128 inputs per graph call" in text and "int8 pays at" in text
 
 
 def test_a_bad_quantize_value_is_a_one_line_usage_error(tmp_path, one_good_one_failed, capsys):

@@ -11,7 +11,7 @@ from conftest import TINY_RECIPE, exits_config
 from dynsearch.dynamic import build_model
 from dynsearch.measure.latency import component_latency_table, measure_latency, predict_latency_ms
 
-LATENCY = {"inputs": 20, "repeats": 3, "warmup": 1}
+LATENCY = {"inputs": 20, "repeats": 6, "warmup": 1}  # 6: the fewest paired repeats with a 95% interval
 
 
 def _latency_recipe(tmp_path, **latency):
@@ -33,6 +33,18 @@ def test_measure_latency_reports_a_distribution(digits):
         assert result["latency_ms_mean"] > 0
     batched = measure_latency(model, digits.val_x[:10], repeats=2, batch_size=5)
     assert batched["latency_inputs"] == 2
+
+
+def test_latency_against_static_times_both_paths_in_alternation(digits):
+    """The latency objective's protocol: the dynamic path's distribution as before, plus the static path's
+    p50 and the median paired speed-up with its interval; an exit-free model runs its static path."""
+    model = build_model(exits_config(stages=[])).eval()
+    result = measure_latency(model, digits.val_x[:6], repeats=7, warmup=1, against_static=True)
+    assert result["latency_inputs"] == 6 and 0 < result["latency_ms"] <= result["latency_ms_p90"]
+    low, high = result["latency_speedup_interval"]
+    assert low <= result["latency_speedup"] <= high and result["latency_static_ms"] > 0
+    assert 0.5 < result["latency_speedup"] < 2  # the same computation on both paths
+    assert isinstance(result["latency_speedup_wide"], bool) and "throughput" not in result
 
 
 def test_static_path_is_the_backbone_with_its_final_classifier(digits):
@@ -108,6 +120,9 @@ def test_latency_objective_end_to_end(tmp_path):
     for folder in (out / "trials").iterdir():
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["latency_isolated"] is True and metrics["latency_device"] == "cpu"
+        # the paired protocol: the static path timed in alternation, the speed-up with its 95% interval
+        low, high = metrics["latency_speedup_interval"]
+        assert 0 < low <= metrics["latency_speedup"] <= high and metrics["latency_static_ms"] > 0
 
 
 @pytest.mark.slow
@@ -167,10 +182,10 @@ def test_folding_batch_norm_keeps_outputs_and_decisions(digits):
 
 
 @pytest.mark.parametrize("shape, kernel, batched_way", [
-    ((64, 7, 7), (7, 7), "mean"),          # a whole map of >= 64 values: a mean over height and width
-    ((34, 4, 4), (2, 2), "channels_last"),  # a map of <= 16 positions: on a channels-last copy
-    ((32, 14, 14), (7, 7), "plain"),        # a larger map: the plain kernel
-    ((5, 2, 2), (2, 2), "plain"),           # a whole map of fewer than 64 values: the plain kernel
+    ((64, 7, 7), (7, 7), "mean"),          # a whole map of > 16 positions: a mean over height and width
+    ((34, 4, 4), (2, 2), "channels_last"),  # part of a map of <= 16 positions: on a channels-last copy
+    ((32, 14, 14), (7, 7), "plain"),        # part of a larger map: the plain kernel
+    ((16, 4, 4), (4, 4), "plain"),          # a whole map of <= 16 positions: the plain kernel
 ])
 def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_way):
     import torch

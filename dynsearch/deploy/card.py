@@ -255,4 +255,12 @@ def _int8_markdown(int8: dict | None) -> list[str]:
         f = int8[name]
         lines.append(f"| {name} | {f['val_accuracy']:.4f} | {f['val_macs']:,.0f} | {f['test_accuracy']:.4f} | "
                      f"{f['test_macs']:,.0f} | {f['latency_ms']:.4f} |")
+    batched = int8.get("batched")
+    if batched:  # exports before batched int8 timing lack it
+        pays = int8.get("pays_at_batch_sizes") or []
+        lines += ["", f"Batched ({batched['batch_size']} inputs per graph call, {batched['repeats']} alternating "
+                  f"passes over {batched['inputs']} validation inputs): float {batched['throughput']['float']:,.0f}, "
+                  f"int8 {batched['throughput']['int8']:,.0f} samples/s (int8 {batched['int8_over_float']:.2f}x "
+                  "float). int8 pays " + (f"at batch size {' and '.join(map(str, pays))}" if pays else
+                                          "at neither batch size measured") + "."]
     return lines

@@ -88,13 +88,34 @@ def _figures(runtime, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "macs": float(np.mean([d.macs for d in decisions]))}
 
 
+def _batched_throughput(runtimes: dict[str, Any], x: np.ndarray, batch_size: int, repeats: int) -> dict[str, Any]:
+    """Samples per second of each runtime's batched forward (``run_batch``) over ``batch_size`` inputs at a
+    time (the validation inputs in order, wrapping round to two full batches), passes alternating; the
+    median pass of each, and int8's throughput over float's."""
+    inputs = x[np.arange(2 * batch_size) % len(x)]
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    for name in runtimes:
+        runtimes[name].run_batch(inputs[:batch_size], batch_size)  # warm-up
+    for repeat in range(repeats):
+        for name in list(runtimes) if repeat % 2 == 0 else list(runtimes)[::-1]:
+            start = time.perf_counter()
+            runtimes[name].run_batch(inputs, batch_size)
+            times[name].append(time.perf_counter() - start)
+    throughput = {name: len(inputs) / statistics.median(times[name]) for name in runtimes}
+    return {"batch_size": batch_size, "inputs": len(inputs), "repeats": repeats,
+            "throughput": {name: round(v, 1) for name, v in throughput.items()},
+            "int8_over_float": round(throughput["int8"] / throughput["float"], 4)}
+
+
 def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latency_inputs: int = 200,
-            repeats: int = 5) -> dict[str, Any]:
-    """Float and int8 staged graphs measured side by side with onnxruntime at batch size 1.
+            repeats: int = 5, batched_size: int = 128) -> dict[str, Any]:
+    """Float and int8 staged graphs measured side by side with onnxruntime at batch size 1 and batched.
 
     Returns per variant ``val_accuracy``, ``val_macs``, ``test_accuracy``,
     ``test_macs`` and ``latency_ms`` (median over ``repeats`` alternating passes of
-    the mean per-input time over the first ``latency_inputs`` validation inputs).
+    the mean per-input time over the first ``latency_inputs`` validation inputs); ``batched``: each
+    variant's throughput at ``batched_size`` inputs per graph call (``_batched_throughput``), and
+    ``pays_at_batch_sizes``: the batch sizes (1, ``batched_size``) at which int8 was the faster.
     """
     runtimes = {name: StagedRuntime(folder, int8=name == "int8", threads=threads, card=card)
                 for name in ("float", "int8")}
@@ -115,11 +136,16 @@ def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latenc
     for name in runtimes:
         result[name]["latency_ms"] = round(statistics.median(times[name]), 4)
         result[name]["latency_ms_runs"] = [round(t, 4) for t in times[name]]
+    batched = _batched_throughput(runtimes, splits.val_x.numpy(), batched_size, repeats)
+    pays = [size for size, int8_over_float in ((1, result["float"]["latency_ms"] / result["int8"]["latency_ms"]),
+                                               (batched_size, batched["int8_over_float"])) if int8_over_float > 1]
     return {
         "method": METHOD,
         "files": None,  # filled in by the exporter
         "latency": {"batch_size": 1, "threads": threads, "inputs": len(timing_inputs), "repeats": repeats,
                     "order": "float and int8 passes alternate; median of the per-input means"},
+        "batched": batched,
+        "pays_at_batch_sizes": pays,
         "float": result["float"],
         "int8": result["int8"],
         "int8_minus_float": {"test_accuracy": result["int8"]["test_accuracy"] - result["float"]["test_accuracy"],

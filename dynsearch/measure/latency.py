@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from torch.nn import functional as F
 
 from dynsearch.dynamic.cost import dry_run_input_shapes
 from dynsearch.measure.device import pinned_threads, resolve_device
@@ -53,27 +54,28 @@ BATCHED_POOL_ROWS = 32
 
 class ServedAvgPool2d(torch.nn.AvgPool2d):
     """``AvgPool2d(kernel)`` (stride = kernel, no padding) of a known input size, computed on batches of at
-    least ``BATCHED_POOL_ROWS`` rows the way that measured faster on CPU (benchmarks/results/pooling.json,
-    1 thread): a pool over the whole map of at least 64 values per sample as a mean over height and width
-    (at batch 128: [64, 7, 7] 0.07 against 0.31 ms), a pool of a map of at most 16 positions on a channels-last
-    copy ([34, 4, 4] to 2x2: 0.08 against 0.17 ms). Smaller batches, other maps and other devices use the
-    plain kernel (at batch 1 it is the fastest). The same averages up to float round-off."""
+    least ``BATCHED_POOL_ROWS`` rows the way that measured faster on CPU (``python benchmarks/pooling.py``,
+    1 thread): a pool over a whole map of more than 16 positions as a mean over height and width (at batch
+    128: [64, 7, 7] 3.4x, [32, 14, 14] 3.4x faster), a pool of a map of at most 16 positions to a smaller one
+    on a channels-last copy ([34, 4, 4] to 2x2: 2.1x). Smaller batches, other maps (a whole 4x4 map: the mean
+    is slower at batch 32) and other devices use the plain kernel (at batch 1 it is the fastest). The same
+    averages up to float round-off."""
 
     def __init__(self, kernel: tuple[int, int], input_shape: tuple[int, int, int]):
         super().__init__(kernel)
         channels, height, width = input_shape
-        whole = (height, width) == tuple(kernel)
-        self.whole_map = whole and channels * height * width >= 64
-        self.small_map = not whole and height * width <= 16
+        whole, small = (height, width) == tuple(kernel), height * width <= 16
+        self.whole_map = whole and not small
+        self.small_map = small and not whole
+        self._plain = not (self.whole_map or self.small_map)
+        self._kernel = tuple(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] < BATCHED_POOL_ROWS or x.device.type != "cpu" or x.dim() != 4:
-            return super().forward(x)
+        if self._plain or x.shape[0] < BATCHED_POOL_ROWS or x.device.type != "cpu":
+            return F.avg_pool2d(x, self._kernel)
         if self.whole_map:
             return x.mean((2, 3), keepdim=True)
-        if self.small_map:
-            return super().forward(x.contiguous(memory_format=torch.channels_last))
-        return super().forward(x)
+        return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), self._kernel)
 
 
 @torch.no_grad()
@@ -153,16 +155,28 @@ def measure_latency(
     repeats: int = 15,
     threads: int | None = 1,
     static: bool = False,
+    against_static: bool = False,
 ) -> dict[str, float]:
     """Latency distribution of ``model`` (or its static full-depth path) over ``inputs``.
 
     Returns ``latency_ms`` (p50), ``latency_ms_mean``, ``latency_ms_p90`` and
-    ``latency_inputs`` (how many batches were timed).
+    ``latency_inputs`` (how many batches were timed). ``against_static`` (the latency objective):
+    the dynamic and static paths timed in alternation over the same batches (``paired_speedup``), the
+    dynamic path's distribution as above plus ``latency_static_ms`` (the static path's p50),
+    ``latency_speedup`` (median of the paired ratios), its 95% ``latency_speedup_interval`` and
+    ``latency_speedup_wide`` (the interval is wider than +-5%, or there were too few repeats for one).
     """
     target = resolve_device(device)
     model = serving_form(model).to(target)
     forward = model.forward_static if static else model
     batches = [inputs[i : i + batch_size].to(target) for i in range(0, len(inputs), batch_size)]
+    if against_static:
+        paired = paired_speedup(model, model.forward_static, batches, device=device, warmup=warmup,
+                                repeats=repeats, threads=threads)
+        dynamic = {k: v for k, v in paired["dynamic"].items() if k.startswith("latency_")}
+        return {**dynamic, "latency_static_ms": paired["static"]["latency_ms"],
+                "latency_speedup": paired["speedup"], "latency_speedup_interval": paired["interval"],
+                "latency_speedup_wide": paired["interval_wide"]}
     with pinned_threads(threads):
         per_input = [_time_call(lambda x=x: forward(x), target, warmup, repeats) for x in batches]
     return _distribution(per_input)

@@ -103,6 +103,7 @@ def _measure_with_isolation(model, inputs: torch.Tensor, spec) -> dict[str, Any]
         result = measure_latency(
             model, inputs[: spec.inputs * spec.batch_size], device=spec.device,
             batch_size=spec.batch_size, warmup=spec.warmup, repeats=spec.repeats, threads=spec.threads,
+            against_static=True,
         )
     return {**result, "latency_isolated": isolated, "latency_device": spec.device,
             "latency_node_id": ray.get_runtime_context().get_node_id()}
