@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 from typing import Any
 
 import torch
@@ -71,6 +72,11 @@ def exit_score(policy: str, logits: torch.Tensor) -> torch.Tensor:
     if policy == "fastbert":
         return entropy_nats(logits) / math.log(logits.shape[1])
     raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
+
+
+def as_float32(value: float) -> float:
+    """``value`` rounded to float32, as a comparison of a float32 tensor with a Python number rounds it."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def confident(policy: str, logits: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -362,13 +368,17 @@ class EarlyExitNet(DynamicModel):
                 continue
             logits = head(h)
             ran.append(self._exit_names[i])
+            # One sample: the score read back once and compared in Python (the float32 threshold, as the
+            # batched comparison's) costs half of comparing as a tensor and reading the answer back.
             if self.policy == "patience":
-                prediction = int(logits.argmax(dim=1))
+                values = logits[0].tolist()
+                prediction = values.index(max(values))  # the first maximum, as argmax
                 streak = rules.patience_streak(streak, prediction, previous)
                 previous = prediction
                 leave = rules.patience_leaves(streak, self.patience)
             else:
-                leave = bool(self._leave(logits))
+                leave = rules.exit_leaves(self.policy, float(exit_score(self.policy, logits)),
+                                          as_float32(self.threshold))
             if leave:
                 return DynamicOutput(logits, Trace.single(self._component_names, ran, exit_index=i))
         ran.append("classifier")
@@ -392,7 +402,8 @@ class EarlyExitNet(DynamicModel):
 
                 calls[f"exit{i}"] = agree
             else:
-                calls[f"exit{i}"] = lambda head_call=head_call: bool(self._leave(head_call()))
+                calls[f"exit{i}"] = lambda head_call=head_call: rules.exit_leaves(
+                    self.policy, float(exit_score(self.policy, head_call())), as_float32(self.threshold))
         return calls
 
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
