@@ -123,7 +123,7 @@ def test_batch_with_samples_leaving_at_every_head_equals_batch_one(digits):
             singles = [model(x[i : i + 1]) for i in range(len(x))]
         single_exits = torch.cat([o.trace.records["exit_index"] for o in singles])
         same = batch.trace.records["exit_index"] == single_exits
-        assert same.float().mean() > 0.95  # only samples on a threshold may flip with round-off
+        assert same.float().mean() >= 0.98  # only samples on a threshold may flip with round-off
         assert torch.allclose(batch.logits[same], torch.cat([o.logits for o in singles])[same], atol=1e-5)
         mixed += len(set(batch.trace.records["exit_index"].tolist())) == 3
     assert mixed  # some threshold sent samples to both exits and the final classifier in one batch

@@ -43,7 +43,6 @@ def test_latency_against_static_times_both_paths_in_alternation(digits):
     assert result["latency_inputs"] == 6 and 0 < result["latency_ms"] <= result["latency_ms_p90"]
     low, high = result["latency_speedup_interval"]
     assert low <= result["latency_speedup"] <= high and result["latency_static_ms"] > 0
-    assert 0.5 < result["latency_speedup"] < 2  # the same computation on both paths
     assert isinstance(result["latency_speedup_wide"], bool) and "throughput" not in result
 
 
@@ -200,3 +199,7 @@ def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_
         out = pool(x)
         assert out.shape == F.avg_pool2d(x, kernel).shape
         assert torch.allclose(out, F.avg_pool2d(x, kernel), atol=1e-6)
+        # the way taken: a channels-last result only from the channels-last copy, at a batched size
+        batched = batch >= BATCHED_POOL_ROWS
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous() \
+            if batched and batched_way == "channels_last" else out.is_contiguous()

@@ -258,9 +258,12 @@ def _int8_markdown(int8: dict | None) -> list[str]:
     batched = int8.get("batched")
     if batched:  # exports before batched int8 timing lack it
         pays = int8.get("pays_at_batch_sizes") or []
+        undetermined = int8.get("pays_undetermined_at") or []
         lines += ["", f"Batched ({batched['batch_size']} inputs per graph call, {batched['repeats']} alternating "
                   f"passes over {batched['inputs']} validation inputs): float {batched['throughput']['float']:,.0f}, "
-                  f"int8 {batched['throughput']['int8']:,.0f} samples/s (int8 {batched['int8_over_float']:.2f}x "
-                  "float). int8 pays " + (f"at batch size {' and '.join(map(str, pays))}" if pays else
-                                          "at neither batch size measured") + "."]
+                  f"int8 {batched['throughput']['int8']:,.0f} samples/s (int8 {batched['int8_speedup']:.2f}x "
+                  "float, median of the paired passes). int8 pays (95% interval of its speed-up wholly above 1) "
+                  + (f"at batch size {' and '.join(map(str, pays))}" if pays else "at neither batch size measured")
+                  + (f"; too few passes to tell at {' and '.join(map(str, undetermined))}" if undetermined else "")
+                  + "."]
     return lines

@@ -104,18 +104,38 @@ def _batched_throughput(runtimes: dict[str, Any], x: np.ndarray, batch_size: int
     throughput = {name: len(inputs) / statistics.median(times[name]) for name in runtimes}
     return {"batch_size": batch_size, "inputs": len(inputs), "repeats": repeats,
             "throughput": {name: round(v, 1) for name, v in throughput.items()},
-            "int8_over_float": round(throughput["int8"] / throughput["float"], 4)}
+            "int8_over_float": round(throughput["int8"] / throughput["float"], 4),
+            **_paired(times["float"], times["int8"])}
+
+
+def _paired(float_times: list[float], int8_times: list[float]) -> dict[str, Any]:
+    """The median of the per-pass ratios (float time over int8 time: above 1 int8 is faster) and its 95%
+    interval (``measure.latency.median_interval``; None with fewer than 6 passes)."""
+    from dynsearch.measure.latency import median_interval
+
+    ratios = [f / i for f, i in zip(float_times, int8_times)]
+    low, high = median_interval(ratios)
+    return {"int8_speedup": round(statistics.median(ratios), 4),
+            "int8_speedup_interval": None if low is None else [round(low, 4), round(high, 4)]}
+
+
+def _pays(speedup: dict[str, Any]) -> bool | None:
+    """int8 pays where its speed-up's 95% interval lies wholly above 1; None (undetermined) without one."""
+    interval = speedup["int8_speedup_interval"]
+    return None if interval is None else interval[0] > 1
 
 
 def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latency_inputs: int = 200,
-            repeats: int = 5, batched_size: int = 128) -> dict[str, Any]:
+            repeats: int = 7, batched_size: int = 128) -> dict[str, Any]:
     """Float and int8 staged graphs measured side by side with onnxruntime at batch size 1 and batched.
 
     Returns per variant ``val_accuracy``, ``val_macs``, ``test_accuracy``,
     ``test_macs`` and ``latency_ms`` (median over ``repeats`` alternating passes of
     the mean per-input time over the first ``latency_inputs`` validation inputs); ``batched``: each
-    variant's throughput at ``batched_size`` inputs per graph call (``_batched_throughput``), and
-    ``pays_at_batch_sizes``: the batch sizes (1, ``batched_size``) at which int8 was the faster.
+    variant's throughput at ``batched_size`` inputs per graph call (``_batched_throughput``); at each
+    of the two sizes int8's speed-up over float (median of the per-pass ratios, 95% interval), and
+    ``pays_at_batch_sizes``: the sizes where that interval lies wholly above 1 (``pays_undetermined_at``:
+    too few passes for an interval, under 6).
     """
     runtimes = {name: StagedRuntime(folder, int8=name == "int8", threads=threads, card=card)
                 for name in ("float", "int8")}
@@ -137,15 +157,19 @@ def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latenc
         result[name]["latency_ms"] = round(statistics.median(times[name]), 4)
         result[name]["latency_ms_runs"] = [round(t, 4) for t in times[name]]
     batched = _batched_throughput(runtimes, splits.val_x.numpy(), batched_size, repeats)
-    pays = [size for size, int8_over_float in ((1, result["float"]["latency_ms"] / result["int8"]["latency_ms"]),
-                                               (batched_size, batched["int8_over_float"])) if int8_over_float > 1]
+    one = _paired(times["float"], times["int8"])
+    verdicts = {1: _pays(one), batched_size: _pays(batched)}
+    pays = [size for size, verdict in verdicts.items() if verdict]
+    undetermined = [size for size, verdict in verdicts.items() if verdict is None]
     return {
         "method": METHOD,
         "files": None,  # filled in by the exporter
         "latency": {"batch_size": 1, "threads": threads, "inputs": len(timing_inputs), "repeats": repeats,
                     "order": "float and int8 passes alternate; median of the per-input means"},
+        "batch1": one,
         "batched": batched,
         "pays_at_batch_sizes": pays,
+        "pays_undetermined_at": undetermined,
         "float": result["float"],
         "int8": result["int8"],
         "int8_minus_float": {"test_accuracy": result["int8"]["test_accuracy"] - result["float"]["test_accuracy"],

@@ -419,11 +419,11 @@ class EarlyExitNet(DynamicModel):
             return self._forward_one(x)
         last = len(self.stages) - 1
         if not self.exit_stages:  # nothing to decide: the static path
-            exit_index = torch.full((batch,), last, dtype=torch.long)
+            exit_index = torch.full((batch,), last, dtype=torch.long, device=x.device)
             return DynamicOutput(self.forward_static(x), Trace.derived({"exit_index": exit_index}, self._exit_counts))
         exit_index = logits_out = None
         alive = None  # indices of the samples still running; None: all of them, in order
-        previous, streak = None, torch.zeros(batch, dtype=torch.long)  # PABEE's state, per alive sample
+        previous, streak = None, torch.zeros(batch, dtype=torch.long, device=x.device)  # PABEE's state, per alive sample
         h = self.stem(x)
         for i, stage in enumerate(self.stages):
             h = stage(h)
@@ -457,7 +457,7 @@ class EarlyExitNet(DynamicModel):
                 previous = previous.index_select(0, stay)
         logits = self.classifier(h)
         if alive is None:
-            exit_index = torch.full((batch,), last, dtype=torch.long)
+            exit_index = torch.full((batch,), last, dtype=torch.long, device=x.device)
             logits_out = logits
         else:
             logits_out.index_copy_(0, alive, logits)
@@ -469,7 +469,7 @@ class EarlyExitNet(DynamicModel):
         exit_index = records["exit_index"]
         last = len(self.stages) - 1
         reached = {i: (exit_index >= i).float() for i in range(len(self.stages))}
-        counts = {"stem": torch.ones(len(exit_index))}
+        counts = {"stem": torch.ones(len(exit_index), device=exit_index.device)}
         counts.update({f"stage{i}": reached[i] for i in range(len(self.stages))})
         counts.update({f"exit{i}": reached[i] for i in self.exit_stages})
         counts["classifier"] = (exit_index == last).float()
