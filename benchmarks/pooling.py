@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dynsearch.measure.latency import ServedAvgPool2d, paired_speedup
+from dynsearch.measure.latency import ServedAvgPool2d, paired_speedup, served_pool
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pooling.json"
 # (channels, height, width), kernel: digits heads (4x4 to 2x2), digits classifiers (2x2 whole), Fashion-MNIST
@@ -34,8 +34,9 @@ def main() -> None:
     rows = []
     torch.manual_seed(0)
     for shape, k in SHAPES:
-        pool = ServedAvgPool2d((k, k), shape)
-        way = "mean" if pool.whole_map else "channels_last" if pool.small_map else "plain"
+        pool = served_pool((k, k), shape)  # what the served form installs
+        way = ("plain module" if not isinstance(pool, ServedAvgPool2d) else "mean" if pool.whole_map
+               else "channels_last from 1024 rows x channels")
         for batch in (1, 32, 128):
             batches = [torch.randn(batch, *shape) for _ in range(8)]
             # followed by the Flatten of the head it sits in (a channels-last result costs Flatten a copy)

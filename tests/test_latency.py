@@ -190,7 +190,7 @@ def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_
     import torch
     from torch.nn import functional as F
 
-    from dynsearch.measure.latency import BATCHED_POOL_ROWS, ServedAvgPool2d
+    from dynsearch.measure.latency import BATCHED_POOL_ROWS, CHANNELS_LAST_POOL_PLANES, ServedAvgPool2d, served_pool
 
     pool = ServedAvgPool2d(kernel, shape)
     assert (pool.whole_map, pool.small_map) == (batched_way == "mean", batched_way == "channels_last")
@@ -200,6 +200,7 @@ def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_
         assert out.shape == F.avg_pool2d(x, kernel).shape
         assert torch.allclose(out, F.avg_pool2d(x, kernel), atol=1e-6)
         # the way taken: a channels-last result only from the channels-last copy, at a batched size
-        batched = batch >= BATCHED_POOL_ROWS
+        copied = batch >= BATCHED_POOL_ROWS and batch * shape[0] >= CHANNELS_LAST_POOL_PLANES
         assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous() \
-            if batched and batched_way == "channels_last" else out.is_contiguous()
+            if copied and batched_way == "channels_last" else out.is_contiguous()
+    assert isinstance(served_pool(kernel, shape), ServedAvgPool2d if batched_way != "plain" else torch.nn.AvgPool2d)

@@ -48,18 +48,21 @@ def fold_batch_norm(model, inplace: bool = False):
     return folded
 
 
-# Batches of at least this many rows pool the way measured faster on CPU (``ServedAvgPool2d``).
+# Batches of at least this many rows pool the way measured faster on CPU (``ServedAvgPool2d``); a small
+# map's pool takes a channels-last copy only from this many rows x channels (the copy's fixed cost).
 BATCHED_POOL_ROWS = 32
+CHANNELS_LAST_POOL_PLANES = 1024
 
 
 class ServedAvgPool2d(torch.nn.AvgPool2d):
     """``AvgPool2d(kernel)`` (stride = kernel, no padding) of a known input size, computed on batches of at
     least ``BATCHED_POOL_ROWS`` rows the way that measured faster on CPU (``python benchmarks/pooling.py``,
-    1 thread): a pool over a whole map of more than 16 positions as a mean over height and width (at batch
-    128: [64, 7, 7] 3.4x, [32, 14, 14] 3.4x faster), a pool of a map of at most 16 positions to a smaller one
-    on a channels-last copy ([34, 4, 4] to 2x2: 2.1x). Smaller batches, other maps (a whole 4x4 map: the mean
-    is slower at batch 32) and other devices use the plain kernel (at batch 1 it is the fastest). The same
-    averages up to float round-off."""
+    1 thread, each pool followed by its head's Flatten): a pool over a whole map of more than 16 positions
+    as a mean over height and width (at batch 128: [64, 7, 7] 2.6x, [32, 14, 14] 2.7x faster), a pool of a map
+    of at most 16 positions to a smaller one on a channels-last copy from ``CHANNELS_LAST_POOL_PLANES`` rows x
+    channels ([128, 34, 4, 4] to 2x2: 1.6x; [32, 17, 4, 4]: 0.95x, so not there). Smaller batches and other
+    devices use the plain kernel (at batch 1 it is the fastest); other maps get a plain ``nn.AvgPool2d``
+    (``served_pool``). The same averages up to float round-off."""
 
     def __init__(self, kernel: tuple[int, int], input_shape: tuple[int, int, int]):
         super().__init__(kernel)
@@ -74,9 +77,20 @@ class ServedAvgPool2d(torch.nn.AvgPool2d):
             return F.avg_pool2d(x, self._kernel)
         if self.whole_map:
             return x.mean((2, 3), keepdim=True)
-        if self.small_map:
+        if self.small_map and x.shape[0] * x.shape[1] >= CHANNELS_LAST_POOL_PLANES:
             return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), self._kernel)
         return F.avg_pool2d(x, self._kernel)
+
+
+def served_pool(kernel: tuple[int, int], input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The served average pool (kernel = stride) of inputs of ``input_shape`` (no batch dim): a
+    ``ServedAvgPool2d`` where it has a faster way at large batches, else the plain ``nn.AvgPool2d``
+    (the served module's check would only cost time)."""
+    if len(input_shape) == 3:
+        served = ServedAvgPool2d(kernel, input_shape)
+        if served.whole_map or served.small_map:
+            return served
+    return torch.nn.AvgPool2d(kernel)
 
 
 @torch.no_grad()
@@ -105,10 +119,7 @@ def fixed_pools(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         kernel = tuple(size // o for size, o in zip(sizes[name], out))
-        served = ServedAvgPool2d(kernel, shapes[name]) if len(shapes[name]) == 3 else None
-        # The plain module where the served one would only ever run the plain kernel (its check costs ~0.1 us)
-        setattr(parent, child, served if served is not None and (served.whole_map or served.small_map)
-                else nn.AvgPool2d(kernel))
+        setattr(parent, child, served_pool(kernel, shapes[name]))
     return model
 
 
