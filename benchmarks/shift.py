@@ -5,6 +5,7 @@
    (`dynsearch bench MODEL --shift noise,blur,contrast,occlude`).
 
      python benchmarks/shift.py --models DIR [DIR...] [--name digits-exits-s0]
+     python benchmarks/shift.py --models NAME=DIR [NAME=DIR...]   # each folder's models named NAME/trial-N
 
    DIR holds exported model folders (benchmarks/serving.py says how the digits ones are made). Writes per
    model the clean and shifted figures, the largest rise of expected MACs and the corruptions flagged
@@ -46,7 +47,7 @@ RESULTS = HERE / "results" / "shift.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--models", nargs="+", help="folders holding exported model folders")
+    mode.add_argument("--models", nargs="+", help="folders holding exported model folders (DIR or NAME=DIR)")
     mode.add_argument("--objective-search", action="store_true", help="plain search vs one with macs_shifted")
     parser.add_argument("--name", default="digits-exits-s0")
     parser.add_argument("--inputs", type=int, default=50, help="inputs timed at batch 1 per corruption")
@@ -69,11 +70,14 @@ def main() -> None:
 
     load_before = os.getloadavg()
     shifts = [(name, severity) for name in CORRUPTIONS for severity in SEVERITIES]
-    folders = sorted((p for d in args.models for p in Path(d).iterdir() if (p / "config.json").is_file()),
-                     key=lambda p: (str(p.parent), int(p.name.split("-")[1])))
+    named = []  # (prefix, folder): DIR takes --name, NAME=DIR its own
+    for given in args.models:
+        prefix, _, directory = given.rpartition("=") if "=" in given else (args.name, "", given)
+        named += sorted(((prefix, p) for p in Path(directory).iterdir() if (p / "config.json").is_file()),
+                        key=lambda item: int(item[1].name.split("-")[1]))
     models = {}
-    for folder in folders:
-        name = f"{args.name}/{folder.name}"
+    for prefix, folder in named:
+        name = f"{prefix}/{folder.name}"
         result = bench(folder, batch_size=1, inputs=args.inputs, repeats=args.repeats, shift=shifts)
         shift = result["shift"]
         rises = {f"{s['corruption']}:{s['severity']}": s["macs_change"] for s in shift["shifted"]}
