@@ -62,13 +62,13 @@ def exported_models(work: Path, recipe: str, trials: int, concurrent: int) -> tu
 
 def onnx_throughput(folder: Path, samples: int, batch_size: int) -> dict | None:
     """Samples per second of the staged ONNX runtime one input at a time and ``batch_size`` at a time."""
-    from dynsearch.data import load_splits
+    from dynsearch.data import cached_splits
     from dynsearch.deploy.onnx_runtime import StagedRuntime
 
     card = json.loads((folder / "card.json").read_text())
     if not card.get("onnx"):
         return None
-    x = load_splits(card["data"]["name"], 0).val_x[:samples].numpy()
+    x = cached_splits(card["data"]).val_x[:samples].numpy()
     runtime = StagedRuntime(folder)
     timings = {}
     for name, call in (("one_at_a_time", lambda: runtime.run(x)), ("batched", lambda: runtime.run_batch(x, batch_size))):

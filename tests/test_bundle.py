@@ -122,31 +122,36 @@ def assert_staged_onnx_matches_pytorch(folder, splits, count=None):
 
 
 def _assert_engine_section_and_served_logits(folder, card, supports_onnx, splits):
-    """The card's engine section times eager (and onnx when exported, unless its outputs differ from eager's)
-    at batch 1 and 128 and chooses by its rule; ``load`` serves that choice. The onnx engine, whatever the
-    card chose, gives the eager form's logits within 1e-5 at batch 1 and 32."""
-    from dynsearch.deploy.engine import choose
+    """The card's engine section times eager (the channels-last copy for a convolutional model, and onnx
+    when exported, unless their outputs differ from eager's) at batch 1 and 128 and chooses by its rule;
+    ``load`` serves that choice. The onnx and channels-last engines, whatever the card chose, give the
+    eager form's logits within 1e-5 at batch 1 and 32."""
+    from dynsearch.deploy.engine import choose, has_conv2d
 
     engine = card["engine"]
-    timed_or_left_out = engine["candidates"] + [name for name in ("onnx",) if name in engine["left_out"]]
-    assert timed_or_left_out == (["eager", "onnx"] if supports_onnx else ["eager"])
+    eager = dynsearch.load(folder, engine="eager")
+    candidates = ["eager", *(["channels_last"] if has_conv2d(eager) else []), *(["onnx"] if supports_onnx else [])]
+    assert [n for n in candidates if n not in engine["left_out"]] == engine["candidates"]
+    assert set(candidates) - set(engine["candidates"]) <= set(engine["left_out"])
     assert [s["batch_size"] for s in engine["batch_sizes"]] == [1, 128] and engine["repeats"] >= 6
     for sized in engine["batch_sizes"]:
-        assert list(sized["figures"]) == engine["candidates"]
+        assert sorted(sized["figures"]) == sorted(engine["candidates"])  # card.json keys are written sorted
         assert all(f["latency_ms"] > 0 and f["throughput"] > 0 for f in sized["figures"].values())
         assert (sized["chosen"], sized["why"]) == choose(sized["figures"])
         assert engine["chosen"][str(sized["batch_size"])] == sized["chosen"]
     assert "## Serving engine" in (folder / "card.md").read_text()
-    served, eager = dynsearch.load(folder), dynsearch.load(folder, engine="eager")
+    served = dynsearch.load(folder)
     assert served.engine == (engine["chosen"]["1"] if len(set(engine["chosen"].values())) == 1 else "by-batch-size")
-    if not card.get("onnx"):
-        return
-    onnx, x = dynsearch.load(folder, engine="onnx"), splits.val_x[:64]
-    with torch.no_grad():
-        for size in (1, 32):
-            for start in range(0, 64, size):
-                assert float((onnx(x[start : start + size]).logits - eager(x[start : start + size]).logits)
-                             .abs().max()) <= 1e-5
+    others = [name for name in ("channels_last", "onnx") if name in candidates]
+    x = splits.val_x[:64]
+    for name in others:
+        other = dynsearch.load(folder, engine=name)
+        assert other.engine == name
+        with torch.no_grad():
+            for size in (1, 32):
+                for start in range(0, 64, size):
+                    assert float((other(x[start : start + size]).logits - eager(x[start : start + size]).logits)
+                                 .abs().max()) <= 1e-5, name
 
 
 def _recipe_default(name):

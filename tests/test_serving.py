@@ -182,8 +182,9 @@ def test_the_served_form_folds_batch_norm_and_fixes_pools(exported):
 
 
 def test_load_serves_each_engine_with_the_trained_forms_logits(exported):
-    """``engine="eager"`` and ``"onnx"`` both return the trained form's logits (within 1e-5) at batch 1
-    and 32, and name their engine; ``raw=True`` is the trained form itself."""
+    """``engine="eager"``, ``"channels_last"`` and ``"onnx"`` each return the trained form's logits (within
+    1e-5) at batch 1 and 32, and name their engine; ``raw=True`` is the trained form itself. The channels-last
+    engine returns eager's trace too (the same exits taken)."""
     import dynsearch
     from dynsearch.data import load_splits
     from dynsearch.deploy.engine import EngineOutput
@@ -191,7 +192,8 @@ def test_load_serves_each_engine_with_the_trained_forms_logits(exported):
     x = load_splits("digits", 0).val_x[:64]
     trained = dynsearch.load(exported, raw=True)
     assert trained.engine == "eager" and any(type(m).__name__ == "BatchNorm2d" for m in trained.modules())
-    for engine in ("eager", "onnx"):
+    eager = dynsearch.load(exported, engine="eager")
+    for engine in ("eager", "channels_last", "onnx"):
         served = dynsearch.load(exported, engine=engine)
         assert served.engine == engine
         for size in (1, 32):
@@ -202,6 +204,8 @@ def test_load_serves_each_engine_with_the_trained_forms_logits(exported):
                     assert isinstance(out, EngineOutput) == (engine == "onnx")
                     gap = float((out.logits - trained(batch).logits).abs().max())
                     assert out.logits.shape == (len(batch), 10) and gap <= 1e-5, (engine, size, gap)
+                    if engine == "channels_last":
+                        assert torch.equal(out.trace.records["exit_index"], eager(batch).trace.records["exit_index"])
         with pytest.raises(ValueError, match=r"this model takes a batch of shape \[N, 1, 8, 8\]"):
             served(x[0])
 
@@ -314,7 +318,7 @@ def test_a_bad_engine_a_raw_onnx_or_missing_graphs_is_one_line(exported, tmp_pat
 
     import dynsearch
 
-    cases = [(dict(engine="tensorrt"), "engine 'tensorrt': not one of auto, eager, onnx"),
+    cases = [(dict(engine="tensorrt"), "engine 'tensorrt': not one of auto, eager, channels_last, onnx"),
              (dict(raw=True, engine="onnx"), "raw=True with engine='onnx': the trained form is PyTorch only")]
     folder = tmp_path / "model"
     shutil.copytree(exported, folder)

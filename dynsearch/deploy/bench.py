@@ -63,7 +63,12 @@ def bench(folder, *, data: str | None = None, device: str = "cpu", batch_size: i
     if source_of(section) is None and name not in DATASETS:
         raise UserError(f"--data {name}: unknown dataset; use one of {sorted(DATASETS)}")
     resolve_device(device)
-    splits = load_data({**section, "split_seed": 0}) if source_of(section) else load_splits(name, 0)
+    if source_of(section):
+        splits = load_data({**section, "split_seed": 0})
+    elif "val_fraction" in section:  # the recipe's or card's own splits (Fashion-MNIST carves 10% for validation)
+        splits = load_data(section)
+    else:  # --data NAME: that dataset's default splits
+        splits = load_splits(name, 0)
     sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
     timing = dict(device=device, warmup=warmup, repeats=repeats, threads=threads)
 

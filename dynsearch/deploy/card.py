@@ -116,7 +116,7 @@ def _engine_lines(engine: dict[str, Any]) -> list[str]:
     load = ", ".join(f"{v:.2f}" for v in engine["load_average"])
     lines = ["## Serving engine", "",
              f"`dynsearch.load(path)` serves the engine chosen below at the measured batch size nearest the "
-             f"batch's (`engine=\"eager\"` or `\"onnx\"` forces one). Candidates {', '.join(engine['candidates'])}, "
+             f"batch's (`engine=\"eager\"`, `\"channels_last\"` or `\"onnx\"` forces one). Candidates {', '.join(engine['candidates'])}, "
              f"timed on validation inputs, {engine['order']}; {engine['repeats']} repeats after "
              f"{engine['warmup']} warm-up, {engine['threads']} thread(s), load average {load}, {engine['seconds']} s in all. Left out: "
              + "; ".join(f"{k} ({v})" for k, v in engine["left_out"].items()) + ".", "",

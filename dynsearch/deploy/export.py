@@ -224,11 +224,14 @@ def _write_model_folder(folder: Path, item: CheckedTrial, run: RunDir, recipe: R
 
 def engine_section(folder: Path, card: dict[str, Any], inputs, threads: int) -> dict[str, Any]:
     """The card's ``engine`` section (``deploy.engine.measure_engines``): the served eager form, as
-    ``load`` returns it, and the staged ONNX graphs when written, timed on the validation inputs."""
-    from dynsearch.deploy.engine import OnnxEngine, measure_engines
+    ``load`` returns it, its channels-last copy for a convolutional model, and the staged ONNX graphs
+    when written, timed on the validation inputs."""
+    from dynsearch.deploy.engine import ChannelsLastEngine, OnnxEngine, has_conv2d, measure_engines
 
     eager = load(folder, engine="eager")
     engines = {"eager": eager}
+    if has_conv2d(eager):
+        engines["channels_last"] = ChannelsLastEngine(eager, tuple(eager.config["input_shape"]))
     if card.get("onnx"):
         engines["onnx"] = OnnxEngine(folder, card, eager, threads, tuple(eager.config["input_shape"]))
     return measure_engines(engines, inputs, threads=threads)

@@ -36,6 +36,8 @@ def load(path: str | Path, raw: bool = False, engine: str = "auto"):
 
     - ``engine="auto"``: the card's choice; eager when the card records none (older exports).
     - ``engine="eager"``: the served ``DynamicModel`` itself (``model(x)`` returns logits and trace).
+    - ``engine="channels_last"``: the eager served form in channels-last layout
+      (``deploy.engine.ChannelsLastEngine``; returns logits and trace as eager does).
     - ``engine="onnx"``: the staged ONNX graphs under onnxruntime (``deploy.engine.OnnxEngine``;
       ``model(x)`` returns logits as a torch tensor and the runtime's decisions).
 
