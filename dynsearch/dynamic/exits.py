@@ -74,6 +74,12 @@ def exit_score(policy: str, logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown exit policy {policy!r}; use one of {POLICIES}")
 
 
+def score_value(score: torch.Tensor) -> float:
+    """A one-sample score as a Python float (detached first when it carries a gradient: an eval forward
+    outside ``no_grad``)."""
+    return float(score.detach() if score.requires_grad else score)
+
+
 def as_float32(value: float) -> float:
     """``value`` rounded to float32, as a comparison of a float32 tensor with a Python number rounds it."""
     return struct.unpack("f", struct.pack("f", value))[0]
@@ -377,7 +383,7 @@ class EarlyExitNet(DynamicModel):
                 previous = prediction
                 leave = rules.patience_leaves(streak, self.patience)
             else:
-                leave = rules.exit_leaves(self.policy, float(exit_score(self.policy, logits)),
+                leave = rules.exit_leaves(self.policy, score_value(exit_score(self.policy, logits)),
                                           as_float32(self.threshold))
             if leave:
                 return DynamicOutput(logits, Trace.single(self._component_names, ran, exit_index=i))
@@ -403,7 +409,7 @@ class EarlyExitNet(DynamicModel):
                 calls[f"exit{i}"] = agree
             else:
                 calls[f"exit{i}"] = lambda head_call=head_call: rules.exit_leaves(
-                    self.policy, float(exit_score(self.policy, head_call())), as_float32(self.threshold))
+                    self.policy, score_value(exit_score(self.policy, head_call())), as_float32(self.threshold))
         return calls
 
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
