@@ -91,7 +91,8 @@ class OnnxEngine:
 class ChannelsLastEngine:
     """The eager served form in channels-last layout: a copy whose 4-D weights are channels-last, called
     on each 4-D input batch made channels-last, so the convolutions run on NHWC data (at batch 128 on
-    2 cores about 1.2-1.5x the contiguous static path's speed, ``benchmarks/channels_last_serving.py``).
+    2 cores 0.89-1.71x the default layout's speed, 1.2x or more on 13 of 16 models; at batch 1 often
+    slower: ``benchmarks/channels_last_serving.py``).
     Returns what the eager model returns (``DynamicOutput``: logits and trace)."""
 
     engine = "channels_last"
