@@ -6,7 +6,8 @@ against a channels-last copy (weights and each input batch converted), at batch 
 Per model and batch size, paired and alternated (``measure.latency.paired_speedup``, 11 repeats, 4 batches):
 the static path channels-last over contiguous, the dynamic path likewise, and the dynamic-over-static speed-up
 within each layout; plus the largest logit difference of the channels-last dynamic path from the contiguous one.
-Not a serving engine yet: this measures whether one would pay. Writes
+The measurement behind the ``channels_last`` serving engine candidate (``deploy/engine.py``), which each
+export times for itself. Writes
 benchmarks/results/channels_last_serving.json with the command, date, machine and load average.
 """
 from __future__ import annotations

@@ -206,7 +206,7 @@ def load(path: str | Path, raw: bool = False, engine: str = "auto"):
     (``dynsearch.deploy.load.load``; imports neither Ray nor Optuna, never unpickles).
 
     The inference-ready form (batch norm folded, as latency is measured), run by the engine the
-    export chose by measurement (``engine="auto"``; ``"eager"`` or ``"onnx"`` force one); every
+    export chose by measurement (``engine="auto"``; ``"eager"``, ``"channels_last"`` or ``"onnx"`` force one); every
     returned object takes a batch and has ``.logits`` and ``.engine``. ``raw=True``: the trained form."""
     from dynsearch.deploy.load import load as load_folder
 

@@ -185,6 +185,7 @@ def test_folding_batch_norm_keeps_outputs_and_decisions(digits):
     ((34, 4, 4), (2, 2), "channels_last"),  # part of a map of <= 16 positions: on a channels-last copy
     ((32, 14, 14), (7, 7), "plain"),        # part of a larger map: the plain kernel
     ((16, 4, 4), (4, 4), "plain"),          # a whole map of <= 16 positions: the plain kernel
+    ((17, 4, 4), (2, 2), "channels_last"),  # channels-last only from 1024 rows x channels: 128 rows, not 32
 ])
 def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_way):
     import torch
@@ -203,4 +204,4 @@ def test_served_pool_equals_the_pool_at_every_batch_size(shape, kernel, batched_
         copied = batch >= BATCHED_POOL_ROWS and batch * shape[0] >= CHANNELS_LAST_POOL_PLANES
         assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous() \
             if copied and batched_way == "channels_last" else out.is_contiguous()
-    assert isinstance(served_pool(kernel, shape), ServedAvgPool2d if batched_way != "plain" else torch.nn.AvgPool2d)
+    assert type(served_pool(kernel, shape)) is (ServedAvgPool2d if batched_way != "plain" else torch.nn.AvgPool2d)

@@ -206,6 +206,11 @@ def test_load_serves_each_engine_with_the_trained_forms_logits(exported):
                     assert out.logits.shape == (len(batch), 10) and gap <= 1e-5, (engine, size, gap)
                     if engine == "channels_last":
                         assert torch.equal(out.trace.records["exit_index"], eager(batch).trace.records["exit_index"])
+        if engine == "channels_last":  # the layout really changed (eager's weights keep theirs)
+            convs = [m.weight for m in served.model.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                                 for w in convs if w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1)
+            assert all(m.weight.is_contiguous() for m in eager.modules() if isinstance(m, torch.nn.Conv2d))
         with pytest.raises(ValueError, match=r"this model takes a batch of shape \[N, 1, 8, 8\]"):
             served(x[0])
 
@@ -220,11 +225,18 @@ def test_auto_serves_the_cards_choice_and_eager_without_one(exported, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(exported, folder)  # card.json is not checksummed: its choice may be edited
     card = json.loads((folder / "card.json").read_text())
-    for chosen, expected in (({"1": "onnx", "128": "onnx"}, "onnx"), ({"1": "eager", "128": "eager"}, "eager"),
+    from dynsearch.deploy.engine import ChannelsLastEngine
+
+    for chosen, expected in (({"1": "eager", "128": "channels_last"}, "by-batch-size"),
+                             ({"1": "channels_last", "128": "channels_last"}, "channels_last"),
+                             ({"1": "onnx", "128": "onnx"}, "onnx"), ({"1": "eager", "128": "eager"}, "eager"),
                              ({"1": "onnx", "128": "eager"}, "by-batch-size")):
         (folder / "card.json").write_text(json.dumps({**card, "engine": {"chosen": chosen, "threads": 1}}))
         served = dynsearch.load(folder)
         assert served.engine == expected
+        if "channels_last" in chosen.values():
+            engine = served.engines["channels_last"] if expected == "by-batch-size" else served
+            assert isinstance(engine, ChannelsLastEngine)
     assert isinstance(served, ByBatchSize)
     assert [served.engine_for(n) for n in (1, 11, 12, 32, 128, 512)] == ["onnx"] * 2 + ["eager"] * 4
     x = torch.rand(12, 1, 8, 8)
@@ -252,6 +264,12 @@ def test_an_engine_whose_outputs_differ_from_eager_is_left_out_not_timed(exporte
     section = measure_engines({"eager": eager, "onnx": onnx, "off": off}, x, batch_sizes=(1, 32), repeats=2)
     assert section["candidates"] == ["eager", "onnx"] and "onnx" not in section["left_out"]
     assert [list(s["figures"]) for s in section["batch_sizes"]] == [["eager", "onnx"]] * 2
+    def broken(x):  # an engine that fails outright (a layer that cannot take its layout) is left out too
+        raise RuntimeError("view size is not compatible with input tensor's size and stride")
+
+    failing = measure_engines({"eager": eager, "broken": broken}, x, batch_sizes=(1,), repeats=2)
+    assert failing["candidates"] == ["eager"] and failing["left_out"]["broken"] == (
+        "fails on the timing batches (RuntimeError: view size is not compatible with input tensor's size and stride)")
     why = section["left_out"]["off"]
     assert re.search(r"logits by up to 2\.\d*e-05 \(at most 1e-05 allowed\), 0 prediction\(s\) differ$", why), why
 
