@@ -359,6 +359,12 @@ class EarlyExitNet(DynamicModel):
         """The exit decision per sample under a threshold policy (not ``patience``)."""
         return confident(self.policy, logits, self.threshold)
 
+    def _leave_one(self, logits: torch.Tensor) -> bool:
+        """The exit decision for one sample under a threshold policy: the score read back once and compared
+        in Python with the threshold rounded to float32, as the batched comparison rounds it (half the cost
+        of comparing as a tensor and reading the answer back)."""
+        return rules.exit_leaves(self.policy, score_value(exit_score(self.policy, logits)), as_float32(self.threshold))
+
     def _forward_one(self, x: torch.Tensor) -> DynamicOutput:
         """Batch size 1: one decision per head, a single sync each, no index bookkeeping."""
         if not self.exit_stages:  # nothing to decide: the static path, and its trace
@@ -374,17 +380,14 @@ class EarlyExitNet(DynamicModel):
                 continue
             logits = head(h)
             ran.append(self._exit_names[i])
-            # One sample: the score read back once and compared in Python (the float32 threshold, as the
-            # batched comparison's) costs half of comparing as a tensor and reading the answer back.
             if self.policy == "patience":
-                values = logits[0].tolist()
+                values = logits[0].tolist()  # one sample's logits: the argmax in Python
                 prediction = values.index(max(values))  # the first maximum, as argmax
                 streak = rules.patience_streak(streak, prediction, previous)
                 previous = prediction
                 leave = rules.patience_leaves(streak, self.patience)
             else:
-                leave = rules.exit_leaves(self.policy, score_value(exit_score(self.policy, logits)),
-                                          as_float32(self.threshold))
+                leave = self._leave_one(logits)
             if leave:
                 return DynamicOutput(logits, Trace.single(self._component_names, ran, exit_index=i))
         ran.append("classifier")
@@ -408,8 +411,7 @@ class EarlyExitNet(DynamicModel):
 
                 calls[f"exit{i}"] = agree
             else:
-                calls[f"exit{i}"] = lambda head_call=head_call: rules.exit_leaves(
-                    self.policy, score_value(exit_score(self.policy, head_call())), as_float32(self.threshold))
+                calls[f"exit{i}"] = lambda head_call=head_call: self._leave_one(head_call())
         return calls
 
     def _forward_exiting(self, x: torch.Tensor) -> DynamicOutput:
