@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,19 +88,25 @@ def _figures(runtime, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "macs": float(np.mean([d.macs for d in decisions]))}
 
 
+def _alternating_passes(runtimes: dict[str, Any], run: Callable[[Any], Any], repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``run(runtime)`` for each runtime, ``repeats`` passes each, alternating which runs first."""
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    for repeat in range(repeats):
+        for name in list(runtimes) if repeat % 2 == 0 else list(runtimes)[::-1]:
+            start = time.perf_counter()
+            run(runtimes[name])
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def _batched_throughput(runtimes: dict[str, Any], x: np.ndarray, batch_size: int, repeats: int) -> dict[str, Any]:
     """Samples per second of each runtime's batched forward (``run_batch``) over ``batch_size`` inputs at a
     time (the validation inputs in order, wrapping round to two full batches), passes alternating; the
     median pass of each, and int8's throughput over float's."""
     inputs = x[np.arange(2 * batch_size) % len(x)]
-    times: dict[str, list[float]] = {name: [] for name in runtimes}
     for name in runtimes:
         runtimes[name].run_batch(inputs[:batch_size], batch_size)  # warm-up
-    for repeat in range(repeats):
-        for name in list(runtimes) if repeat % 2 == 0 else list(runtimes)[::-1]:
-            start = time.perf_counter()
-            runtimes[name].run_batch(inputs, batch_size)
-            times[name].append(time.perf_counter() - start)
+    times = _alternating_passes(runtimes, lambda runtime: runtime.run_batch(inputs, batch_size), repeats)
     throughput = {name: len(inputs) / statistics.median(times[name]) for name in runtimes}
     return {"batch_size": batch_size, "inputs": len(inputs), "repeats": repeats,
             "throughput": {name: round(v, 1) for name, v in throughput.items()},
@@ -146,13 +152,9 @@ def compare(folder: Path, card: dict[str, Any], splits, threads: int = 1, latenc
         result[name] = {"val_accuracy": val["accuracy"], "val_macs": val["macs"],
                         "test_accuracy": test["accuracy"], "test_macs": test["macs"]}
     timing_inputs = splits.val_x[:latency_inputs].numpy()
-    times: dict[str, list[float]] = {name: [] for name in runtimes}
-    for repeat in range(repeats):
-        order = list(runtimes) if repeat % 2 == 0 else list(runtimes)[::-1]  # alternate who runs first
-        for name in order:
-            start = time.perf_counter()
-            runtimes[name].run(timing_inputs)
-            times[name].append((time.perf_counter() - start) * 1000 / len(timing_inputs))
+    times = {name: [seconds * 1000 / len(timing_inputs) for seconds in passes]  # ms per input, each pass
+             for name, passes in _alternating_passes(runtimes, lambda runtime: runtime.run(timing_inputs),
+                                                     repeats).items()}
     for name in runtimes:
         result[name]["latency_ms"] = round(statistics.median(times[name]), 4)
         result[name]["latency_ms_runs"] = [round(t, 4) for t in times[name]]

@@ -70,16 +70,15 @@ class ServedAvgPool2d(torch.nn.AvgPool2d):
         whole, small = (height, width) == tuple(kernel), height * width <= 16
         self.whole_map = whole and not small
         self.small_map = small and not whole
-        self._kernel = tuple(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] < BATCHED_POOL_ROWS or x.device.type != "cpu" or x.dim() != 4:
-            return F.avg_pool2d(x, self._kernel)
+            return F.avg_pool2d(x, self.kernel_size)
         if self.whole_map:
             return x.mean((2, 3), keepdim=True)
         if self.small_map and x.shape[0] * x.shape[1] >= CHANNELS_LAST_POOL_PLANES:
-            return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), self._kernel)
-        return F.avg_pool2d(x, self._kernel)
+            return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size)
+        return F.avg_pool2d(x, self.kernel_size)
 
 
 def served_pool(kernel: tuple[int, int], input_shape: tuple[int, ...]) -> torch.nn.Module:
